@@ -1,0 +1,34 @@
+"""lipcli: train and measure adversarially robust image classifiers (Lipschitz regularisation of the loss).
+
+Plugins write ``from lipcli import hookimpl``. Importing this package is cheap: torch is imported only by
+the engine modules that need it.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+import pluggy
+
+hookimpl = pluggy.HookimplMarker("lipcli")
+"""Marks a plugin's implementation of a hook in :mod:`lipcli.hookspecs`."""
+
+try:
+    __version__ = metadata.version("lipcli")
+except metadata.PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = ["hookimpl", "__version__", "load_model", "train"]
+
+
+def __getattr__(name: str) -> object:
+    """The engine's entry points, imported on first use so that ``import lipcli`` stays light."""
+    if name == "load_model":
+        from lipcli.models.loading import load_model
+
+        return load_model
+    if name == "train":
+        from lipcli.train.trainer import train
+
+        return train
+    raise AttributeError(f"module 'lipcli' has no attribute {name!r}")

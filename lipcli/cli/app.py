@@ -1,0 +1,79 @@
+"""The ``lipcli`` Typer app: global options, error handling at the command boundary, plugin commands.
+
+Commands are thin: they parse options and call the engine, which never imports Typer. Domain errors
+(:class:`lipcli.errors.LipcliError`) become one red line on stderr and their exit code (1, or 2 for
+configuration and usage errors); ``--verbose`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+import typer
+from typer.core import TyperGroup
+
+import lipcli
+from lipcli.cli import config_cmd, console, plugins_cmd, train_cmd
+from lipcli.errors import LipcliError
+from lipcli.plugins import PluginHost, get_host
+
+VERBOSE_KEY = "lipcli.verbose"
+
+
+class LipcliGroup(TyperGroup):
+    """Turns domain errors raised anywhere below into a one-line message and an exit code."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LipcliError as exc:
+            if ctx.meta.get(VERBOSE_KEY):
+                console.err.print_exception()
+            console.error(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            console.error("interrupted")
+            raise typer.Exit(130) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"lipcli {lipcli.__version__}")
+        raise typer.Exit()
+
+
+def build_app(host: PluginHost | None = None) -> typer.Typer:
+    """The app with the built-in commands and every plugin's ``register_commands``."""
+    host = host or get_host()
+    app = typer.Typer(
+        name="lipcli",
+        cls=LipcliGroup,
+        help="Train and measure adversarially robust image classifiers (Lipschitz regularisation of the loss).",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+    )
+
+    @app.callback()
+    def main_options(
+        ctx: typer.Context,
+        version: Annotated[
+            Optional[bool],
+            typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit."),
+        ] = None,
+        verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks of errors.")] = False,
+    ) -> None:
+        ctx.meta[VERBOSE_KEY] = verbose
+        ctx.obj = host
+
+    plugins_cmd.add_to(app)
+    config_cmd.add_to(app)
+    train_cmd.add_to(app)
+    host.add_commands(app)
+    return app
+
+
+def main() -> None:
+    """Console-script entry point."""
+    console.route_warnings()
+    build_app()()

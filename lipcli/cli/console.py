@@ -1,0 +1,33 @@
+"""The two output streams: results on stdout, everything else (progress, warnings, errors) on stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def print_json(data: Any) -> None:
+    """Machine-readable results on stdout (plain ``json``, so it never wraps or colours)."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def error(message: str) -> None:
+    err.print(f"[bold red]Error:[/] {escape(message)}", highlight=False)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+    err.print(f"[yellow]Warning:[/] {escape(str(message))}", highlight=False)
+
+
+def route_warnings() -> None:
+    """Show Python warnings (a plugin that failed to load, ...) as one yellow line on stderr."""
+    warnings.showwarning = _show_warning

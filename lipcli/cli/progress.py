@@ -1,0 +1,86 @@
+"""Rich progress bars on stderr for the engine's :class:`lipcli.progress.Reporter` calls.
+
+Bars are drawn only when stderr is a terminal and ``--quiet`` is off; per-epoch rows are printed to stderr
+as they finish, so stdout stays reserved for the command's results.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from lipcli.cli import console
+from lipcli.progress import Reporter, Task
+
+_REFRESH_SECONDS = 0.25
+
+
+class _RichTask(Task):
+    def __init__(self, progress: Progress, description: str, total: int | None) -> None:
+        self.progress = progress
+        self.id = progress.add_task(description, total=total, status="")
+        self.started = time.perf_counter()
+        self.done = 0
+        self.shown_at = 0.0
+
+    def advance(self, amount: int = 1, **fields: Any) -> None:
+        self.done += amount
+        now = time.perf_counter()
+        status = ""
+        if fields and now - self.shown_at >= _REFRESH_SECONDS:  # reading a device tensor syncs: do it rarely
+            self.shown_at = now
+            rate = self.done / max(now - self.started, 1e-9)
+            values = " ".join(f"{k} {_scalar(v):.4g}" for k, v in fields.items())
+            status = f"{values} | {rate:.1f} it/s"
+        self.progress.update(self.id, advance=amount, **({"status": status} if status else {}))
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.remove_task(self.id)
+
+
+class RichReporter(Reporter):
+    """Draws progress bars and epoch lines on stderr."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
+            console=console.err,
+            disable=quiet or not console.err.is_terminal,
+            transient=True,
+        )
+
+    def __enter__(self) -> "RichReporter":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def task(self, description: str, total: int | None) -> Task:
+        return _RichTask(self.progress, description, total)
+
+    def epoch(self, metrics: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        parts = [f"epoch {metrics['epoch']}"]
+        for key in ("loss", "train_error", "test_error", "lr"):
+            if key in metrics:
+                parts.append(f"{key} {metrics[key]:.4g}")
+        parts.append(f"{metrics.get('images_per_second', float('nan')):.0f} img/s")
+        console.err.print(" | ".join(parts), highlight=False)
+
+    def info(self, text: str) -> None:
+        if not self.quiet:
+            console.err.print(text, highlight=False)
+
+
+def _scalar(value: Any) -> float:
+    return float(value.item()) if hasattr(value, "item") else float(value)  # tensors without importing torch

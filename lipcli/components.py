@@ -1,0 +1,37 @@
+"""Calling a plugin's factory with options from the configuration, with errors that name the dotted key."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Mapping
+
+from lipcli.errors import ConfigError
+from lipcli.registry import Component, did_you_mean
+
+
+def check_options(component: Component, options: Mapping[str, Any], dotted: str, reserved: set[str]) -> None:
+    """Reject options the factory does not accept, before calling it (a TypeError deep inside is no help).
+
+    ``reserved`` are the arguments lipcli itself passes (``info``, ``data_dir``, ...), never user options.
+    """
+    parameters = inspect.signature(component.factory).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    accepted = [
+        name for name, p in parameters.items()
+        if name not in reserved and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    for key in options:
+        if key in reserved:
+            raise ConfigError(f"{dotted}.{key}: set by lipcli itself, not an option of {component.name!r}")
+        if not takes_any and key not in accepted:
+            known = did_you_mean(key, accepted) if accepted else f" {component.name!r} takes no options."
+            raise ConfigError(f"{dotted}.{key}: unknown option of {component.name!r}.{known}")
+
+
+def call_factory(component: Component, options: Mapping[str, Any], dotted: str, **fixed: Any) -> Any:
+    """``component.factory(**fixed, **options)`` after :func:`check_options`; bad values name the key."""
+    check_options(component, options, dotted, set(fixed))
+    try:
+        return component.factory(**fixed, **options)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{dotted}: {component.name!r} rejected its options {dict(options)}: {exc}") from None

@@ -1,0 +1,174 @@
+"""Resolving an experiment: defaults < TOML file < explicit flags < ``--set section.key=value``.
+
+Every layer is checked against the schema as it is merged, so an error names the dotted key and where the
+bad value came from (the file, the flag, or the ``--set``). Nothing is silently ignored: an unknown key is
+an error with the closest valid key suggested.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from lipcli.config.schema import ExperimentConfig
+from lipcli.errors import ConfigError
+from lipcli.registry import suggest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+_LOWER_BOUNDS: dict[str, float] = {
+    "data.crop_padding": 0, "data.cutout": 0, "data.train_limit": 1,
+    "training.epochs": 1, "training.batch_size": 1, "training.momentum": 0, "training.weight_decay": 0,
+    "training.lr_gamma": 0, "training.max_steps": 1, "training.seed": 0,
+    "evaluation.batch_size": 1, "evaluation.limit": 1,
+}
+"""Range checks done once on the merged configuration (types are checked while merging)."""
+
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file; a missing or malformed file is a :class:`ConfigError` naming it."""
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: experiment file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``section.key=value``; the value is read as a TOML value, else taken as a bare string."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def resolve(
+    config_file: Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    overrides: Iterable[str] = (),
+) -> ExperimentConfig:
+    """The resolved configuration; ``flags`` maps dotted keys to explicitly given flag values."""
+    tree = ExperimentConfig().to_dict()
+    if config_file is not None:
+        _merge(tree, ExperimentConfig, load_toml(config_file), str(config_file), "")
+    for key, value in (flags or {}).items():
+        if value is not None:
+            _set_dotted(tree, key, value, f"flag for {key}")
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value, f"--set {text}")
+    return build(tree)
+
+
+def build(tree: Mapping[str, Any]) -> ExperimentConfig:
+    """An :class:`ExperimentConfig` from a plain (already validated) nested dict, e.g. a checkpoint's."""
+    fresh = ExperimentConfig().to_dict()
+    _merge(fresh, ExperimentConfig, tree, "configuration", "")
+    for dotted, low in _LOWER_BOUNDS.items():
+        section, key = dotted.split(".")
+        value = fresh[section][key]
+        if value is not None and value < low:
+            raise ConfigError(f"{dotted}: must be at least {low}, got {value}")
+    if fresh["training"]["lr"] <= 0:
+        raise ConfigError(f"training.lr: must be positive, got {fresh['training']['lr']}")
+    return _instantiate(ExperimentConfig, fresh)
+
+
+def _instantiate(cls: type, tree: Mapping[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        kwargs[f.name] = _instantiate(hint, tree[f.name]) if dataclasses.is_dataclass(hint) else tree[f.name]
+    return cls(**kwargs)
+
+
+def _merge(tree: dict[str, Any], cls: type, data: Mapping[str, Any], source: str, prefix: str) -> None:
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in hints:
+            close = [f"{prefix}{k}" for k in suggest(key, list(hints))]
+            hint_text = (
+                "Did you mean " + " or ".join(repr(c) for c in close) + "?"
+                if close else "Valid keys: " + ", ".join(f"{prefix}{k}" for k in hints) + "."
+            )
+            raise ConfigError(f"{source}: unknown key {dotted!r}. {hint_text}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{source}: {dotted}: expected a table [{dotted}], got {_show(value)}")
+            _merge(tree[key], hint, value, source, f"{dotted}.")
+        elif _is_options(hint):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{source}: {dotted}: expected a table, got {_show(value)}")
+            tree[key] = {**tree[key], **value}
+        else:
+            tree[key] = _check(hint, value, source, dotted)
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any, source: str) -> None:
+    """Apply one override ``a.b.c = value`` through the same checks as a TOML file."""
+    parts = key.split(".")
+    if any(not p for p in parts):
+        raise ConfigError(f"{source}: malformed key {key!r}")
+    nested: Any = value
+    for part in reversed(parts[1:]):
+        nested = {part: nested}
+    _merge(tree, ExperimentConfig, {parts[0]: nested}, source, "")
+
+
+def _is_options(hint: Any) -> bool:
+    return typing.get_origin(hint) is dict
+
+
+def _check(hint: Any, value: Any, source: str, dotted: str) -> Any:
+    """Validate (and normalise: int to float) one scalar or list value against its annotation."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _check(inner, value, source, dotted)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {dotted}: expected a list, got {_show(value)}")
+        return [_check(args[0], item, source, f"{dotted}[{i}]") for i, item in enumerate(value)]
+    ok = (
+        (hint is bool and isinstance(value, bool))
+        or (hint is int and isinstance(value, int) and not isinstance(value, bool))
+        or (hint is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (hint is str and isinstance(value, str))
+    )
+    if not ok:
+        raise ConfigError(f"{source}: {dotted}: expected {_TYPE_NAMES[hint]}, got {_show(value)}")
+    if hint is float:
+        value = float(value)
+        if math.isnan(value):
+            raise ConfigError(f"{source}: {dotted}: expected a number, got nan")
+    return value
+
+
+def _show(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"

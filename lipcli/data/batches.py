@@ -1,0 +1,46 @@
+"""Mini-batches straight from in-memory tensors: one gather and one host-to-device copy per batch."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from lipcli.data.types import ImageSet
+
+
+def epoch_order(size: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffled order of an epoch, a function of (seed, epoch) only, so a resumed run replays it."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(size, generator=generator)
+
+
+def num_batches(size: int, batch_size: int) -> int:
+    return (size + batch_size - 1) // batch_size
+
+
+def iterate_batches(
+    data: ImageSet,
+    batch_size: int,
+    device: torch.device,
+    order: torch.Tensor | None = None,
+    start: int = 0,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield float batches in [0, 1] and labels on ``device``, in ``order`` (default: as stored).
+
+    ``start`` skips that many batches (resuming mid-epoch).
+    """
+    non_blocking = device.type == "cuda"
+    for first in range(start * batch_size, len(data), batch_size):
+        if order is None:
+            images = data.images[first : first + batch_size]
+            labels = data.labels[first : first + batch_size]
+        else:
+            index = order[first : first + batch_size]
+            images, labels = data.images[index], data.labels[index]
+        if non_blocking:
+            images, labels = images.pin_memory(), labels.pin_memory()
+        yield (
+            data.as_float(images.to(device, non_blocking=non_blocking)),
+            labels.to(device, non_blocking=non_blocking),
+        )

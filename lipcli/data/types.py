@@ -1,0 +1,97 @@
+"""The in-memory data set types that dataset plugins return.
+
+Images are held whole in memory (uint8 where the source is 8-bit, so CIFAR-10 is 150 MB) and batched by
+slicing tensors: no per-sample Python work on the training path, and augmentation runs on the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What an architecture needs to know about its data: shape and classes."""
+
+    name: str
+    channels: int
+    height: int
+    width: int
+    num_classes: int
+    class_names: tuple[str, ...] = field(default=())
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.height, self.width)
+
+    @property
+    def input_dim(self) -> int:
+        """n, the input dimension (the sqrt(n) of the paper's FGSM step and Lip1 lambda)."""
+        return self.channels * self.height * self.width
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name, "channels": self.channels, "height": self.height, "width": self.width,
+            "num_classes": self.num_classes, "class_names": list(self.class_names),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> "DatasetInfo":
+        return cls(
+            name=str(data["name"]), channels=int(data["channels"]), height=int(data["height"]),  # type: ignore[arg-type]
+            width=int(data["width"]), num_classes=int(data["num_classes"]),  # type: ignore[arg-type]
+            class_names=tuple(str(c) for c in data.get("class_names", ())),  # type: ignore[union-attr]
+        )
+
+
+@dataclass
+class ImageSet:
+    """Images ``[N, C, H, W]`` (uint8 in 0..255, or float in [0, 1]) and int64 labels ``[N]``."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4:
+            raise ValueError(f"images must be [N, C, H, W], got shape {tuple(self.images.shape)}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError(
+                f"labels must be [N] with N = {self.images.shape[0]}, got shape {tuple(self.labels.shape)}"
+            )
+        if self.images.dtype not in (torch.uint8, torch.float32, torch.float64):
+            raise ValueError(f"images must be uint8 or float, got {self.images.dtype}")
+        self.labels = self.labels.to(torch.int64)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def as_float(self, images: torch.Tensor) -> torch.Tensor:
+        """Convert a slice of :attr:`images` to float32 in [0, 1] (after it has moved to the device)."""
+        if images.dtype == torch.uint8:
+            return images.to(torch.float32).div_(255.0)
+        return images.to(torch.float32)
+
+    def subset(self, limit: int | None) -> "ImageSet":
+        """The first ``limit`` images (all when None)."""
+        if limit is None or limit >= len(self):
+            return self
+        return ImageSet(self.images[:limit], self.labels[:limit])
+
+
+@dataclass
+class DataSplits:
+    """A data set as a plugin returns it: metadata plus train and test splits."""
+
+    info: DatasetInfo
+    train: ImageSet
+    test: ImageSet
+
+    def __post_init__(self) -> None:
+        for split_name, split in (("train", self.train), ("test", self.test)):
+            if tuple(split.images.shape[1:]) != self.info.input_shape:
+                raise ValueError(
+                    f"{self.info.name} {split_name} images have shape {tuple(split.images.shape[1:])}, "
+                    f"metadata says {self.info.input_shape}"
+                )

@@ -1,0 +1,28 @@
+"""Device selection: CUDA when there is one, never hard-coded."""
+
+from __future__ import annotations
+
+import torch
+
+from lipcli.errors import ConfigError
+
+
+def select_device(spec: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU; an explicit device must exist."""
+    spec = spec.strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"training.device: unknown device {spec!r} (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"training.device: {spec!r} requested but CUDA is not available here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"training.device: {spec!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"training.device: {spec!r} requested but MPS is not available here")
+    return device

@@ -1,0 +1,70 @@
+"""The plugin contract: the hooks a lipcli plugin may implement.
+
+First-party architectures, defences, attacks and data sets are registered through exactly these hooks, from
+the ``lipcli`` entry-point group, like any third-party plugin. An implementation may accept a subset of a
+hook's arguments (pluggy passes only the ones it names), so arguments can be added later without breaking
+plugins.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import pluggy
+
+if TYPE_CHECKING:
+    import typer
+
+hookspec = pluggy.HookspecMarker("lipcli")
+
+Register = Callable[..., None]
+"""``register(name, factory, description, **metadata)``: adds one component to a registry."""
+
+
+@hookspec
+def register_architectures(register: Register) -> None:
+    """Add model architectures.
+
+    Call ``register(name, factory, description)`` once per architecture. ``factory(info, *,
+    batchnorm_affine, **options)`` receives the data set's :class:`lipcli.data.DatasetInfo` (channels, size,
+    classes) and returns an ``nn.Module`` mapping ``[B, C, H, W]`` inputs in [0, 1] to ``[B, classes]`` logits.
+    ``options`` come from the ``[model.options]`` table of the experiment file.
+    """
+
+
+@hookspec
+def register_defences(register: Register) -> None:
+    """Add training defences.
+
+    Call ``register(name, factory, description)``; ``factory(**options)`` returns a
+    :class:`lipcli.train.defence.Defence`, whose ``training_loss`` gives the loss of one training step.
+    """
+
+
+@hookspec
+def register_attacks(register: Register) -> None:
+    """Add adversarial attacks used by robustness evaluation.
+
+    Call ``register(name, factory, description)`` once per attack.
+    """
+
+
+@hookspec
+def register_datasets(register: Register) -> None:
+    """Add data sets.
+
+    Call ``register(name, factory, description)``; ``factory(*, data_dir, download, **options)`` returns a
+    :class:`lipcli.data.DataSplits` with pixel values in [0, 1]. ``data_dir`` is a local folder or None;
+    ``options`` come from the ``[data.options]`` table of the experiment file.
+    """
+
+
+@hookspec
+def register_commands(app: "typer.Typer") -> None:
+    """Add commands to the ``lipcli`` Typer app (``@app.command()``)."""
+
+
+def hook_names() -> list[str]:
+    """Names of every hook in this contract, in definition order."""
+    return [name for name, value in globals().items() if callable(value) and hasattr(value, "lipcli_spec")]
+

@@ -1,0 +1,32 @@
+"""Clean test error and loss, batched, in eval mode."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lipcli.data.batches import iterate_batches, num_batches
+from lipcli.data.types import ImageSet
+from lipcli.progress import Reporter
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, data: ImageSet, batch_size: int, device: torch.device, reporter: Reporter | None = None
+) -> tuple[float, float]:
+    """(error rate, mean cross-entropy) of ``model`` on ``data``; restores the model's train/eval mode."""
+    was_training = model.training
+    model.eval()
+    wrong = torch.zeros((), device=device)
+    loss = torch.zeros((), device=device, dtype=torch.float64)
+    try:
+        with (reporter or Reporter()).task("test", num_batches(len(data), batch_size)) as task:
+            for images, labels in iterate_batches(data, batch_size, device):
+                logits = model(images)
+                wrong += (logits.argmax(1) != labels).sum()
+                loss += nn.functional.cross_entropy(logits, labels, reduction="sum").double()
+                task.advance(1)
+    finally:
+        model.train(was_training)
+    n = max(len(data), 1)
+    return wrong.item() / n, loss.item() / n

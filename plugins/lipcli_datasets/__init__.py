@@ -1,0 +1,32 @@
+"""First-party lipcli plugin: the built-in data sets (CIFAR-10/100, MNIST, Fashion-MNIST, digits, synthetic).
+
+Registered through the same ``lipcli`` entry-point group as any third-party plugin. The module imports
+nothing heavy: torch, numpy and the readers load only when the dataset registry is first built.
+"""
+
+from __future__ import annotations
+
+from lipcli import hookimpl
+from lipcli.hookspecs import Register
+
+
+@hookimpl
+def register_datasets(register: Register) -> None:
+    """Register the built-in data sets; file-based ones read offline from ``data_dir`` or the cache folder."""
+    from lipcli_datasets import sources
+
+    register("cifar10", sources.cifar10, "CIFAR-10: 50,000 + 10,000 colour 32x32 images, 10 classes")
+    register("cifar100", sources.cifar100, "CIFAR-100: 50,000 + 10,000 colour 32x32 images, 100 fine classes")
+    register("mnist", sources.mnist, "MNIST: 60,000 + 10,000 grey 28x28 handwritten digits, 10 classes")
+    register(
+        "fashion-mnist", sources.fashion_mnist,
+        "Fashion-MNIST: 60,000 + 10,000 grey 28x28 clothing images, 10 classes",
+    )
+    register(
+        "digits", sources.digits,
+        "scikit-learn's bundled 8x8 grey digits: 1,797 images, 10 classes, no files needed (CPU-quick)",
+    )
+    register(
+        "synthetic", sources.synthetic,
+        "Generated from a seed: one random prototype per class plus Gaussian noise (any size, for tests)",
+    )

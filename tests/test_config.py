@@ -1,0 +1,139 @@
+"""Configuration layers: defaults < TOML file < flags < --set, with errors that name the dotted key."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from lipcli.config import ExperimentConfig, build, dumps, resolve
+from lipcli.config.loader import parse_override
+from lipcli.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "experiment.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_when_nothing_is_given() -> None:
+    assert resolve() == ExperimentConfig()
+
+
+def test_toml_overrides_defaults(tmp_path: Path) -> None:
+    cfg = resolve(write(tmp_path, "[training]\nepochs = 7\n[model]\narch = 'resnet34'\n"))
+    assert cfg.training.epochs == 7
+    assert cfg.model.arch == "resnet34"
+    assert cfg.training.batch_size == ExperimentConfig().training.batch_size
+
+
+def test_flag_overrides_toml(tmp_path: Path) -> None:
+    cfg = resolve(write(tmp_path, "[training]\nepochs = 7\nlr = 0.5\n"), {"training.epochs": 3})
+    assert cfg.training.epochs == 3
+    assert cfg.training.lr == 0.5
+
+
+def test_unset_flag_does_not_override_toml(tmp_path: Path) -> None:
+    cfg = resolve(write(tmp_path, "[training]\nepochs = 7\n"), {"training.epochs": None})
+    assert cfg.training.epochs == 7
+
+
+def test_set_overrides_flag(tmp_path: Path) -> None:
+    cfg = resolve(write(tmp_path, "[training]\nepochs = 7\n"), {"training.epochs": 3}, ["training.epochs=5"])
+    assert cfg.training.epochs == 5
+
+
+def test_later_set_wins() -> None:
+    assert resolve(None, {}, ["training.seed=1", "training.seed=2"]).training.seed == 2
+
+
+def test_unknown_key_in_file_names_file_and_dotted_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "[training]\nepoch = 3\n")
+    with pytest.raises(ConfigError) as info:
+        resolve(path)
+    message = str(info.value)
+    assert str(path) in message and "'training.epoch'" in message and "training.epochs" in message
+
+
+def test_unknown_section(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown key 'trainning'.*'training'"):
+        resolve(write(tmp_path, "[trainning]\nepochs = 3\n"))
+
+
+def test_wrong_type_names_dotted_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"training\.epochs: expected an integer, got 'ten'"):
+        resolve(write(tmp_path, "[training]\nepochs = 'ten'\n"))
+
+
+def test_bool_is_not_an_integer_and_int_is_a_number() -> None:
+    with pytest.raises(ConfigError, match="training.epochs"):
+        resolve(None, {}, ["training.epochs=true"])
+    with pytest.raises(ConfigError, match="data.flip: expected true or false"):
+        resolve(None, {}, ["data.flip=1"])
+    cfg = resolve(None, {}, ["training.lr=1"])
+    assert cfg.training.lr == 1.0 and isinstance(cfg.training.lr, float)
+
+
+def test_section_must_be_a_table(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="training: expected a table"):
+        resolve(write(tmp_path, "training = 3\n"))
+
+
+def test_list_items_are_checked() -> None:
+    assert resolve(None, {}, ["training.lr_milestones=[60, 120]"]).training.lr_milestones == [60, 120]
+    with pytest.raises(ConfigError, match=r"training\.lr_milestones\[1\]"):
+        resolve(None, {}, ["training.lr_milestones=[60, 'x']"])
+
+
+def test_set_values_are_read_as_toml_else_as_bare_strings() -> None:
+    assert parse_override("data.dataset=cifar10") == ("data.dataset", "cifar10")
+    assert parse_override("data.dataset='a b'") == ("data.dataset", "a b")
+    assert parse_override("training.lr = 0.05") == ("training.lr", 0.05)
+    assert parse_override("data.flip=true") == ("data.flip", True)
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_override("training.lr")
+
+
+def test_options_tables_merge_and_accept_dotted_set(tmp_path: Path) -> None:
+    cfg = resolve(write(tmp_path, "[model.options]\nwidth = 16\ncardinality = 2\n"), {}, ["model.options.cardinality=4"])
+    assert cfg.model.options == {"width": 16, "cardinality": 4}
+
+
+def test_optional_key_can_be_unset_again() -> None:
+    cfg = resolve(None, {}, ["training.max_steps=10", "training.max_steps=none"])
+    assert cfg.training.max_steps is None
+
+
+def test_ranges_are_checked() -> None:
+    with pytest.raises(ConfigError, match="training.batch_size: must be at least 1"):
+        resolve(None, {}, ["training.batch_size=0"])
+    with pytest.raises(ConfigError, match="training.lr: must be positive"):
+        resolve(None, {}, ["training.lr=0"])
+
+
+def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[training\nepochs = 3\n")
+    with pytest.raises(ConfigError, match="invalid TOML") as info:
+        resolve(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        resolve(tmp_path / "nope.toml")
+
+
+def test_resolved_config_round_trips_through_toml() -> None:
+    cfg = resolve(None, {}, [
+        "model.options={cardinality = 4, name = 'x\"y'}", "training.lr_milestones=[1, 2]", "training.max_steps=5",
+        "data.data_dir='/tmp/a b'",
+    ])
+    text = dumps(cfg.to_dict())
+    assert build(tomllib.loads(text)) == cfg
