@@ -34,10 +34,13 @@ def register_architectures(register: Register) -> None:
 
 @hookspec
 def register_defences(register: Register) -> None:
-    """Add training defences.
+    """Add training defences: primitives and presets.
 
-    Call ``register(name, factory, description)``; ``factory(**options)`` returns a
-    :class:`lipcli.train.defence.Defence`, whose ``training_loss`` gives the loss of one training step.
+    A primitive: ``register(name, factory, description)``; ``factory(**params)`` returns an object with any
+    of ``prepare_model(model, info)``, ``perturb(model, images, labels) -> Perturbation`` (run in eval mode
+    with parameters frozen) and ``training_loss(model, images, labels, perturbation) -> StepLoss`` (train
+    mode); see :mod:`lipcli.train.defence`. A preset: ``register(name, factory, description, preset=True)``
+    with ``factory()`` returning its primitives as ``[(primitive_name, {param: value}), ...]``.
     """
 
 

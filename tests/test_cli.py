@@ -105,3 +105,18 @@ def test_fashion_mnist_trains_offline_from_the_debian_folder(run, tmp_path: Path
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["final_test_error"] < 0.6  # ten classes: chance is 0.9
+
+
+def test_paper_recipe_trains_resnext34_with_j2_lip_tanh(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    result = run(
+        "train", "--recipe", "cifar10-paper", "--defence", "j2-lip+tanh", "--arch", "resnext34",
+        "--dataset", "synthetic", "--set", "data.options={train_size=256, test_size=32, size=32}",
+        "--max-steps", "2", "--device", "cpu", "--out", tmp_path / "r", "--json", "--quiet",
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["steps"] == 2 and summary["final_penalty"] > 0 and summary["final_grad_norm_max"] > 0
+    written = (tmp_path / "r" / "config.toml").read_text()
+    for line in ("epochs = 200", "batch_size = 128", "lr_milestones = [60, 120, 180]", "cutout = 16",
+                 'name = "j2-lip+tanh"', 'arch = "resnext34"'):
+        assert line in written

@@ -16,7 +16,7 @@ from lipcli.checkpoint import load_checkpoint
 from lipcli.config import build
 from lipcli.errors import LipcliError
 from lipcli.plugins import PluginHost
-from lipcli.train.defence import PlainTraining, StepLoss
+from lipcli.train.defence import Perturbation, StepLoss, plain_loss
 from lipcli.train.optim import build_optimizer
 from lipcli.train.trainer import TrainingDiverged, train
 
@@ -81,15 +81,17 @@ def test_weight_decay_applies_to_weights_only() -> None:
     assert {g["weight_decay"] for g in optimizer.param_groups} == {1e-3, 0.0}
 
 
-class _ExplodingDefence(PlainTraining):
-    """Returns a NaN loss from the third step on."""
+class _ExplodingDefence:
+    """Returns a NaN loss from the eleventh step on."""
 
     def __init__(self) -> None:
         self.calls = 0
 
-    def training_loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> StepLoss:
+    def training_loss(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, perturbation: Perturbation | None
+    ) -> StepLoss:
         self.calls += 1
-        out = super().training_loss(model, images, labels)
+        out = plain_loss(model, images, labels)
         if self.calls >= 11:
             out.total = out.total * float("nan")
         return out
@@ -135,3 +137,12 @@ def test_load_model_reproduces_the_recorded_test_error(
     assert not model.training
     error, loss = evaluate(model, load_data(cfg.data, host).test, 64, torch.device("cpu"))
     assert error == result.final["test_error"] and loss == pytest.approx(result.final["test_loss"], rel=1e-6)
+
+
+def test_a_last_batch_of_one_example_is_skipped_not_a_crash(
+    tmp_path: Path, host: PluginHost, tiny_config: Callable[..., Any]
+) -> None:
+    # 33 images at batch 32 leave one: BatchNorm (here the tanh head's) cannot train on a single value.
+    result = train(tiny_config(tmp_path, "data.train_limit=33", "defence.name=j0+tanh"), host=host)
+    assert [r["step"] for r in result.history] == [1, 2]
+    assert load_checkpoint(result.run_dir / "last.pt")["step"] == 2

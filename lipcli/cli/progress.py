@@ -71,9 +71,10 @@ class RichReporter(Reporter):
         if self.quiet:
             return
         parts = [f"epoch {metrics['epoch']}"]
-        for key in ("loss", "train_error", "test_error", "lr"):
-            if key in metrics:
+        for key in ("loss", "penalty", "grad_norm_max", "train_error", "test_error", "lr"):
+            if metrics.get(key) is not None:
                 parts.append(f"{key} {metrics[key]:.4g}")
+        parts.append(f"{metrics.get('seconds', float('nan')):.1f} s")
         parts.append(f"{metrics.get('images_per_second', float('nan')):.0f} img/s")
         console.err.print(" | ".join(parts), highlight=False)
 

@@ -18,12 +18,13 @@ def add_to(app: typer.Typer) -> None:
     def train(
         ctx: typer.Context,
         config: ConfigFile = None,
+        recipe: Annotated[Optional[str], typer.Option(help="Training recipe (lipcli config recipes).")] = None,
         dataset: Annotated[Optional[str], typer.Option(help="Data set name (lipcli list datasets).")] = None,
         data_dir: Annotated[
             Optional[Path], typer.Option("--data-dir", help="Read the data set offline from this folder.")
         ] = None,
         arch: Annotated[Optional[str], typer.Option(help="Architecture (lipcli list architectures).")] = None,
-        defence: Annotated[Optional[str], typer.Option(help="Defence (lipcli list defences).")] = None,
+        defence: Annotated[Optional[str], typer.Option(help="Preset or primitives joined by +, e.g. j2-lip+tanh (lipcli list defences).")] = None,
         tanh_head: Annotated[
             Optional[bool], typer.Option("--tanh-head/--no-tanh-head", help="Add the tanh logit head.")
         ] = None,
@@ -38,23 +39,39 @@ def add_to(app: typer.Typer) -> None:
         ] = None,
         out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (default: a new one under runs/).")] = None,
         overrides: SetOverrides = None,
+        resume: Annotated[
+            Optional[Path],
+            typer.Option("--resume", help="Continue the interrupted run in this folder (its own configuration).",
+                         file_okay=False),
+        ] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
         as_json: Json = False,
     ) -> None:
         """Train a classifier; writes config.toml, metrics.jsonl, last.pt and best.pt into the run folder."""
         from lipcli.config import resolve
-        from lipcli.train.trainer import train as run_training
+        from lipcli.train import trainer
 
         flags = {
+            "recipe": recipe,
             "data.dataset": dataset, "data.data_dir": str(data_dir) if data_dir else None,
             "data.train_limit": train_limit, "model.arch": arch, "model.tanh_head": tanh_head,
             "defence.name": defence, "training.epochs": epochs, "training.batch_size": batch_size,
             "training.lr": lr, "training.seed": seed, "training.device": device, "training.max_steps": max_steps,
             "output.dir": str(out) if out else None,
         }
-        resolved = resolve(config, flags, overrides or [])
-        with RichReporter(quiet=quiet) as reporter:
-            result = run_training(resolved, host=ctx.obj, reporter=reporter)
+        if resume is not None:
+            given = [key for key, value in flags.items() if value is not None and key != "training.device"]
+            if config is not None or overrides or given:
+                raise typer.BadParameter(
+                    "a resumed run keeps its own configuration; only --device, --quiet and --json combine with it",
+                    param_hint="--resume",
+                )
+            with RichReporter(quiet=quiet) as reporter:
+                result = trainer.resume(resume, host=ctx.obj, reporter=reporter, device=device)
+        else:
+            resolved = resolve(config, flags, overrides or [])
+            with RichReporter(quiet=quiet) as reporter:
+                result = trainer.train(resolved, host=ctx.obj, reporter=reporter)
         summary = {
             "run_dir": str(result.run_dir), "epochs": len(result.history), "steps": result.steps,
             "best_test_error": result.best_test_error, **{f"final_{k}": v for k, v in result.final.items()},
@@ -66,5 +83,6 @@ def add_to(app: typer.Typer) -> None:
         table.add_column("key")
         table.add_column("value")
         for key, value in summary.items():
-            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+            if value is not None:
+                table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
         console.out.print(table)

@@ -67,15 +67,30 @@ def resolve(
     flags: Mapping[str, Any] | None = None,
     overrides: Iterable[str] = (),
 ) -> ExperimentConfig:
-    """The resolved configuration; ``flags`` maps dotted keys to explicitly given flag values."""
+    """The resolved configuration; ``flags`` maps dotted keys to explicitly given flag values.
+
+    A ``recipe`` named by any layer is applied first, just above the defaults, so that the file, the flags
+    and the overrides all refine it.
+    """
+    from lipcli.config.recipes import load_recipe
+
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    file_data = load_toml(config_file) if config_file is not None else {}
+    parsed = [(text, *parse_override(text)) for text in overrides]
+    recipe = flags.get("recipe", file_data.get("recipe"))
+    for _, key, value in parsed:
+        if key == "recipe":
+            recipe = value
     tree = ExperimentConfig().to_dict()
+    if recipe is not None:
+        if not isinstance(recipe, str):
+            raise ConfigError(f"recipe: expected a recipe name, got {_show(recipe)}")
+        _merge(tree, ExperimentConfig, load_recipe(recipe), f"recipe {recipe!r}", "")
     if config_file is not None:
-        _merge(tree, ExperimentConfig, load_toml(config_file), str(config_file), "")
-    for key, value in (flags or {}).items():
-        if value is not None:
-            _set_dotted(tree, key, value, f"flag for {key}")
-    for text in overrides:
-        key, value = parse_override(text)
+        _merge(tree, ExperimentConfig, file_data, str(config_file), "")
+    for key, value in flags.items():
+        _set_dotted(tree, key, value, f"flag for {key}")
+    for text, key, value in parsed:
         _set_dotted(tree, key, value, f"--set {text}")
     return build(tree)
 
@@ -151,6 +166,10 @@ def _check(hint: Any, value: Any, source: str, dotted: str) -> Any:
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return _check(inner, value, source, dotted)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{source}: {dotted}: expected a table, got {_show(value)}")
+        return dict(value)
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{source}: {dotted}: expected a list, got {_show(value)}")

@@ -43,10 +43,23 @@ class ModelConfig:
 
 @dataclass
 class DefenceConfig:
-    """The training defence; ``j0`` is plain training."""
+    """The training defence: a preset or primitive names joined by ``+`` (``j2-lip+tanh``), or a list.
 
-    name: str = "j0"
+    ``options`` overrides parameters of the primitives a name expands to, per primitive:
+    ``[defence.options.wcat] lam = 0.05``. ``primitives`` spells the defence out instead, as a list of
+    tables ``{name = "at-l2", eps = 0.01}``; set either ``name`` or ``primitives``. Neither means ``j0``.
+    """
+
+    name: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    primitives: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """A short name for run folders and tables."""
+        if self.primitives:
+            return "+".join(str(p.get("name", "?")) for p in self.primitives)
+        return self.name or "j0"
 
 
 @dataclass
@@ -66,6 +79,11 @@ class TrainingConfig:
     seed: int = 0
     device: str = "auto"
     deterministic: bool = False
+    """Deterministic kernels; with the CPU this makes a resumed run end with bit-identical weights."""
+    channels_last: bool = False
+    """NHWC memory layout for models and batches (faster convolutions on recent GPUs)."""
+    amp: bool = False
+    """bfloat16 autocast of forward passes on CUDA (gradient norms and penalties stay float32); off elsewhere."""
     max_steps: int | None = None
     """Stop after this many optimiser steps in total (smoke runs)."""
 
@@ -90,8 +108,10 @@ class OutputConfig:
 
 @dataclass
 class ExperimentConfig:
-    """A whole experiment, as resolved from defaults, a TOML file, flags and ``--set`` overrides."""
+    """A whole experiment, as resolved from defaults, a recipe, a TOML file, flags and ``--set`` overrides."""
 
+    recipe: str | None = None
+    """A named recipe (``lipcli config recipes``) applied on top of the defaults, below everything else."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     defence: DefenceConfig = field(default_factory=DefenceConfig)

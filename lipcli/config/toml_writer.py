@@ -12,12 +12,11 @@ import math
 from typing import Any, Mapping
 
 
-def dumps(tree: Mapping[str, Mapping[str, Any]]) -> str:
-    """Render ``{section: {key: value}}``; nested tables become ``[section.key]`` sub-tables."""
-    blocks = []
-    for section, table in tree.items():
-        blocks.append(_table(section, table))
-    return "\n".join(blocks)
+def dumps(tree: Mapping[str, Any]) -> str:
+    """Render top-level keys, then ``{section: {key: value}}`` tables (nested ones as ``[section.key]``)."""
+    scalars = [f"{_key(k)} = {_value(v)}" for k, v in tree.items() if v is not None and not isinstance(v, Mapping)]
+    blocks = [_table(k, v) for k, v in tree.items() if isinstance(v, Mapping)]
+    return "\n".join(([("\n".join(scalars) + "\n")] if scalars else []) + blocks)
 
 
 def _table(header: str, table: Mapping[str, Any]) -> str:

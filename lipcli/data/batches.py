@@ -9,10 +9,14 @@ import torch
 from lipcli.data.types import ImageSet
 
 
-def epoch_order(size: int, seed: int, epoch: int) -> torch.Tensor:
-    """The shuffled order of an epoch, a function of (seed, epoch) only, so a resumed run replays it."""
+def epoch_order(size: int, seed: int, epoch: int, batch_size: int) -> torch.Tensor:
+    """The shuffled order of an epoch, a function of (seed, epoch) only, so a resumed run replays it.
+
+    A last batch of a single example is left out: BatchNorm in train mode cannot normalise one value.
+    """
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(size, generator=generator)
+    order = torch.randperm(size, generator=generator)
+    return order[: size - 1] if size % batch_size == 1 and size > 1 else order
 
 
 def num_batches(size: int, batch_size: int) -> int:
@@ -26,12 +30,12 @@ def iterate_batches(
     order: torch.Tensor | None = None,
     start: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield float batches in [0, 1] and labels on ``device``, in ``order`` (default: as stored).
+    """Yield float batches in [0, 1] and labels on ``device``, in ``order`` (default: all, as stored).
 
     ``start`` skips that many batches (resuming mid-epoch).
     """
     non_blocking = device.type == "cuda"
-    for first in range(start * batch_size, len(data), batch_size):
+    for first in range(start * batch_size, len(data) if order is None else len(order), batch_size):
         if order is None:
             images = data.images[first : first + batch_size]
             labels = data.labels[first : first + batch_size]

@@ -1,4 +1,4 @@
-"""Building a model from the ``[model]`` configuration through the architecture registry."""
+"""Building the trained network from a configuration: architecture, optional tanh head, defence changes."""
 
 from __future__ import annotations
 
@@ -6,23 +6,35 @@ import torch
 from torch import nn
 
 from lipcli.components import call_factory
-from lipcli.config.schema import ModelConfig
+from lipcli.config.schema import ExperimentConfig
 from lipcli.data.types import DatasetInfo
 from lipcli.errors import ConfigError
 from lipcli.models.heads import TanhHead, WithHead
 from lipcli.plugins import PluginHost, get_host
+from lipcli.train.defence import ComposedDefence, build_defence
 
 
-def build_model(config: ModelConfig, info: DatasetInfo, seed: int, host: PluginHost | None = None) -> nn.Module:
-    """The architecture ``config.arch`` for ``info``'s inputs, initialised deterministically from ``seed``."""
-    component = (host or get_host()).registry("architecture").get(config.arch)
+def build_model(
+    config: ExperimentConfig, info: DatasetInfo, host: PluginHost | None = None,
+    defence: ComposedDefence | None = None,
+) -> nn.Module:
+    """The network a run trains, initialised deterministically from ``training.seed``.
+
+    Training and :func:`lipcli.load_model` both build through here, so a checkpoint always finds the
+    structure (tanh head included) it was saved from.
+    """
+    host = host or get_host()
+    component = host.registry("architecture").get(config.model.arch)
+    defence = defence or build_defence(config.defence, host)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(config.training.seed)
         model = call_factory(
-            component, config.options, "model.options", info=info, batchnorm_affine=config.batchnorm_affine
+            component, config.model.options, "model.options", info=info,
+            batchnorm_affine=config.model.batchnorm_affine,
         )
         if not isinstance(model, nn.Module):
-            raise ConfigError(f"model.arch: {config.arch!r} returned {type(model).__name__}, not an nn.Module")
-        if config.tanh_head:
+            raise ConfigError(f"model.arch: {config.model.arch!r} returned {type(model).__name__}, not an nn.Module")
+        if config.model.tanh_head:
             model = WithHead(model, TanhHead(info.num_classes))
+        model = defence.prepare_model(model, info)
     return model

@@ -27,7 +27,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", host: Plugi
         info = DatasetInfo.from_dict(payload["dataset"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: checkpoint metadata is incomplete ({exc})") from None
-    model = build_model(config.model, info, config.training.seed, host)
+    model = build_model(config, info, host)
     try:
         model.load_state_dict(payload["model"])
     except (KeyError, RuntimeError) as exc:

@@ -1,18 +1,36 @@
-"""The defence interface: what one training step optimises.
+"""The defence interface: what one training step optimises, and how primitives compose.
 
-A defence plugin's factory returns a :class:`Defence`. The trainer calls :meth:`Defence.training_loss` on
-every mini-batch with the model in train mode and backpropagates ``StepLoss.total``; everything a defence
-does (perturbing the batch, adding a penalty) happens inside that call, so third-party defences plug in
-through exactly the interface the built-in ones use.
+A defence is built from primitives registered through ``register_defences``. A primitive's factory takes
+its parameters as keyword arguments and returns an object with any of these methods:
+
+* ``prepare_model(model, info) -> nn.Module``: changes the architecture once, before training (the tanh
+  head); ``info`` is the data set's :class:`lipcli.data.DatasetInfo`;
+* ``perturb(model, images, labels) -> Perturbation``: replaces the training batch (adversarial training).
+  It is called with the model in eval mode and parameters frozen (:func:`lipcli.gradients.frozen_eval`), so
+  each example's gradient is exact and BatchNorm statistics are untouched;
+* ``training_loss(model, images, labels, perturbation) -> StepLoss``: the loss of the step on the batch
+  the weight update uses, in train mode (the WCAT penalty). Without one, the loss is plain cross-entropy.
+
+A composition has at most one primitive of each of the last two kinds. A preset is registered with
+``preset=True`` and a factory returning its expansion ``[(primitive, {param: value}), ...]``; names join
+with ``+`` (``j2-lip+tanh``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any
 
 import torch
 from torch import nn
+
+from lipcli.components import call_factory
+from lipcli.config.schema import DefenceConfig
+from lipcli.data.types import DatasetInfo
+from lipcli.errors import ConfigError
+from lipcli.gradients import cross_entropy, frozen_eval
+from lipcli.plugins import PluginHost
+from lipcli.registry import Registry
 
 
 @dataclass
@@ -27,22 +45,120 @@ class StepLoss:
     """The logits of that batch (for the training error)."""
     penalty: torch.Tensor | None = None
     grad_norm_max: torch.Tensor | None = None
-    """Largest per-example input-gradient norm seen in the batch, when the defence computes it."""
+    """Largest per-example input-gradient norm the defence measured in this step, when it measures one."""
 
 
-@runtime_checkable
-class Defence(Protocol):
-    """One training defence (or a composition of several)."""
+@dataclass
+class Perturbation:
+    """A perturbed training batch, with the clean-input gradient it was computed from (when there is one)."""
+
+    images: torch.Tensor
+    gradient: torch.Tensor | None = None
+    """``grad_x loss_i`` at the clean images, in eval mode (reused by the finite-difference penalty)."""
+    grad_norm_max: torch.Tensor | None = None
+
+
+def plain_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> StepLoss:
+    """J0's step: mean cross-entropy."""
+    logits = model(images)
+    loss = cross_entropy(logits, labels, reduction="mean")
+    return StepLoss(total=loss, data_loss=loss, logits=logits)
+
+
+class ComposedDefence:
+    """Primitives applied in order: model change, perturbation (eval mode), training loss (train mode)."""
+
+    def __init__(self, parts: list[tuple[str, Any]]) -> None:
+        self.parts = parts
+        self.model_changes = [p for _, p in parts if hasattr(p, "prepare_model")]
+        perturbers = [(n, p) for n, p in parts if hasattr(p, "perturb")]
+        losses = [(n, p) for n, p in parts if hasattr(p, "training_loss")]
+        for role, found in (("perturbation", perturbers), ("training loss", losses)):
+            if len(found) > 1:
+                names = " and ".join(repr(n) for n, _ in found)
+                raise ConfigError(f"defence: {names} both define the {role}; combine at most one of them")
+        self.perturber = perturbers[0][1] if perturbers else None
+        self.loss = losses[0][1] if losses else None
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self.parts]
+
+    def prepare_model(self, model: nn.Module, info: DatasetInfo) -> nn.Module:
+        for part in self.model_changes:
+            model = part.prepare_model(model, info)
+        return model
 
     def training_loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> StepLoss:
-        """The loss of one step on ``images`` (float, [0, 1]) and ``labels``; model is in train mode."""
-        ...
+        perturbation = None
+        if self.perturber is not None:
+            with frozen_eval(model):
+                perturbation = self.perturber.perturb(model, images, labels)
+            images = perturbation.images.detach()
+        if self.loss is not None:
+            out = self.loss.training_loss(model, images, labels, perturbation)
+        else:
+            out = plain_loss(model, images, labels)
+        if out.grad_norm_max is None and perturbation is not None:
+            out.grad_norm_max = perturbation.grad_norm_max
+        return out
 
 
-class PlainTraining:
-    """J0: empirical risk minimisation, no defence."""
+def expand(config: DefenceConfig, registry: Registry) -> list[tuple[str, dict[str, Any]]]:
+    """The primitives (canonical name, parameters) a defence configuration stands for."""
+    return [(name, params) for name, params, _ in _expand(config, registry)]
 
-    def training_loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> StepLoss:
-        logits = model(images)
-        loss = nn.functional.cross_entropy(logits, labels)
-        return StepLoss(total=loss, data_loss=loss, logits=logits)
+
+def _expand(config: DefenceConfig, registry: Registry) -> list[tuple[str, dict[str, Any], str]]:
+    """Like :func:`expand`, with the dotted configuration key each primitive's parameters come from."""
+    if config.primitives and config.name:
+        raise ConfigError("defence: set either defence.name or defence.primitives, not both")
+    if config.primitives:
+        expanded = []
+        for i, table in enumerate(config.primitives):
+            params = dict(table)
+            name = params.pop("name", None)
+            if not isinstance(name, str):
+                raise ConfigError(f"defence.primitives[{i}]: needs a name, e.g. {{name = \"at-l2\", eps = 0.01}}")
+            expanded.append((_primitive(registry, name, f"defence.primitives[{i}].name").name, params))
+        return [(n, p, f"defence.primitives[{i}]") for i, (n, p) in enumerate(_with_options(expanded, config.options))]
+    expanded = []
+    for part in (config.name or "j0").split("+"):
+        component = registry.get(part.strip())
+        if component.metadata.get("preset"):
+            for name, params in component.factory():
+                expanded.append((_primitive(registry, name, f"preset {component.name!r}").name, dict(params)))
+        else:
+            expanded.append((component.name, {}))
+    return [(n, p, f"defence.options.{n}") for n, p in _with_options(expanded, config.options)]
+
+
+def _primitive(registry: Registry, name: str, where: str) -> Any:
+    component = registry.get(name)
+    if component.metadata.get("preset"):
+        raise ConfigError(f"{where}: {name!r} is a preset; list primitives only")
+    return component
+
+
+def _with_options(
+    expanded: list[tuple[str, dict[str, Any]]], options: dict[str, Any]
+) -> list[tuple[str, dict[str, Any]]]:
+    names = [name for name, _ in expanded]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"defence: primitive {duplicates[0]!r} appears twice")
+    for key, value in options.items():
+        if key not in names:
+            raise ConfigError(
+                f"defence.options.{key}: not a primitive of this defence (it uses {', '.join(names) or 'none'})"
+            )
+        if not isinstance(value, dict):
+            raise ConfigError(f"defence.options.{key}: expected a table of parameters, e.g. {{lam = 0.1}}")
+    return [(name, {**params, **options.get(name, {})}) for name, params in expanded]
+
+
+def build_defence(config: DefenceConfig, host: PluginHost) -> ComposedDefence:
+    """The configured defence: presets expanded, options applied, every primitive instantiated."""
+    registry = host.registry("defence")
+    parts = [(name, call_factory(registry.get(name), params, key)) for name, params, key in _expand(config, registry)]
+    return ComposedDefence(parts)

@@ -17,8 +17,8 @@ BEST = "best.pt"
 
 
 def default_run_name(config: ExperimentConfig, now: float | None = None) -> str:
-    """``<dataset>-<arch>-<defence>[+tanh]-<YYYYmmdd-HHMMSS>``, safe as a folder name."""
-    defence = config.defence.name + ("+tanh" if config.model.tanh_head else "")
+    """``<dataset>-<arch>-<defence>-<YYYYmmdd-HHMMSS>``, safe as a folder name."""
+    defence = config.defence.label + ("+tanh" if config.model.tanh_head else "")
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
     name = f"{config.data.dataset}-{config.model.arch}-{defence}-{stamp}"
     return re.sub(r"[^A-Za-z0-9+._-]+", "_", name)

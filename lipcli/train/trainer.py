@@ -1,4 +1,11 @@
-"""The training loop: plain PyTorch, driven by an :class:`ExperimentConfig`, reporting through a Reporter."""
+"""The training loop: plain PyTorch, driven by an :class:`ExperimentConfig`, reporting through a Reporter.
+
+Everything a run needs to continue is in ``last.pt`` (written atomically at the end of every epoch):
+weights, optimiser and schedule state, the epoch and step, the best test error so far and the random
+generator states. The epoch's shuffling and augmentation are functions of (seed, epoch), so a run resumed
+after a crash replays the interrupted epoch exactly; on the CPU in deterministic mode it ends with the
+same weights as an uninterrupted run.
+"""
 
 from __future__ import annotations
 
@@ -15,20 +22,20 @@ import torch
 from torch import nn
 
 import lipcli
-from lipcli.checkpoint import save_checkpoint
-from lipcli.components import call_factory
+from lipcli.checkpoint import load_checkpoint, save_checkpoint
+from lipcli.config import build
 from lipcli.config.schema import ExperimentConfig
 from lipcli.data.augment import Augmentation
 from lipcli.data.batches import epoch_order, iterate_batches, num_batches
 from lipcli.data.load import load_data
 from lipcli.data.types import DatasetInfo
 from lipcli.device import select_device
-from lipcli.errors import ConfigError, LipcliError
+from lipcli.errors import CheckpointError, LipcliError
 from lipcli.models.build import build_model
 from lipcli.plugins import PluginHost, get_host
 from lipcli.progress import Reporter
 from lipcli.train import run_dir as runs
-from lipcli.train.defence import Defence
+from lipcli.train.defence import build_defence
 from lipcli.train.evaluate import evaluate
 from lipcli.train.optim import build_optimizer, build_scheduler
 
@@ -51,15 +58,6 @@ class TrainResult:
         return self.history[-1] if self.history else {}
 
 
-def build_defence(config: ExperimentConfig, host: PluginHost) -> Defence:
-    """The configured defence from the defence registry."""
-    component = host.registry("defence").get(config.defence.name)
-    defence = call_factory(component, config.defence.options, "defence.options")
-    if not isinstance(defence, Defence):
-        raise ConfigError(f"defence.name: {config.defence.name!r} did not return a Defence (no training_loss)")
-    return defence
-
-
 @contextlib.contextmanager
 def reproducibility(seed: int, deterministic: bool) -> Iterator[None]:
     """Seed every generator; in deterministic mode also force deterministic kernels (restored afterwards)."""
@@ -80,103 +78,180 @@ def reproducibility(seed: int, deterministic: bool) -> Iterator[None]:
 def train(
     config: ExperimentConfig, *, host: PluginHost | None = None, reporter: Reporter | None = None
 ) -> TrainResult:
-    """Train the configured model; writes the run folder (config, metrics.jsonl, last.pt, best.pt)."""
-    host = host or get_host()
-    reporter = reporter or Reporter()
-    tc = config.training
-    device = select_device(tc.device)
-    with reproducibility(tc.seed, tc.deterministic):
-        data = load_data(config.data, host)
-        train_set = data.train.subset(config.data.train_limit)
-        test_set = data.test.subset(config.evaluation.limit)
-        model = build_model(config.model, data.info, tc.seed, host).to(device)
-        defence = build_defence(config, host)
-        run_dir = runs.prepare_run_dir(config)
-        reporter.info(
-            f"run folder {run_dir} | {data.info.name}: {len(train_set)} train / {len(test_set)} test images | "
-            f"{config.model.arch} ({sum(p.numel() for p in model.parameters()):,} parameters) | device {device}"
-        )
-        optimizer = build_optimizer(model, tc)
-        scheduler = build_scheduler(optimizer, tc)
-        augment = Augmentation(config.data.crop_padding, config.data.flip, config.data.cutout)
-        result = TrainResult(run_dir)
-        step = 0
-        for epoch in range(1, tc.epochs + 1):
-            started = time.perf_counter()
-            order = epoch_order(len(train_set), tc.seed, epoch)
-            generator = torch.Generator(device=device).manual_seed(tc.seed * 1_000_003 + epoch)
-            sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss * n, wrong, n
-            model.train()
-            total = num_batches(len(train_set), tc.batch_size)
-            if tc.max_steps is not None:
-                total = min(total, tc.max_steps - step)
-            with reporter.task(f"epoch {epoch}/{tc.epochs}", total) as task:
-                for images, labels in iterate_batches(train_set, tc.batch_size, device, order):
-                    if tc.max_steps is not None and step >= tc.max_steps:
-                        break
-                    if augment.active:
-                        images = augment(images, generator)
+    """Train the configured model into a new run folder (config.toml, metrics.jsonl, last.pt, best.pt)."""
+    return _Run(config, host or get_host(), reporter or Reporter()).fit(None)
+
+
+def resume(
+    run_dir: Path, *, host: PluginHost | None = None, reporter: Reporter | None = None, device: str | None = None
+) -> TrainResult:
+    """Continue an interrupted run from its ``last.pt``, with the configuration stored in it."""
+    payload = load_checkpoint(Path(run_dir) / runs.LAST)
+    config = build(payload["config"])
+    config.output.dir = str(run_dir)
+    if device is not None:
+        config.training.device = device
+    return _Run(config, host or get_host(), reporter or Reporter()).fit(payload)
+
+
+class _Run:
+    """One training run's state, from setup to the last epoch."""
+
+    def __init__(self, config: ExperimentConfig, host: PluginHost, reporter: Reporter) -> None:
+        self.config, self.host, self.reporter = config, host, reporter
+
+    def fit(self, checkpoint: dict[str, Any] | None) -> TrainResult:
+        config, tc = self.config, self.config.training
+        device = select_device(tc.device)
+        with reproducibility(tc.seed, tc.deterministic):
+            data = load_data(config.data, self.host)
+            train_set = data.train.subset(config.data.train_limit)
+            test_set = data.test.subset(config.evaluation.limit)
+            defence = build_defence(config.defence, self.host)
+            model = build_model(config, data.info, self.host, defence).to(device)
+            if tc.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            optimizer = build_optimizer(model, tc)
+            scheduler = build_scheduler(optimizer, tc)
+            result = TrainResult(Path(config.output.dir) if checkpoint else runs.prepare_run_dir(config))
+            start_epoch = 1
+            if checkpoint is not None:
+                start_epoch = self._restore(checkpoint, model, optimizer, scheduler, result, device)
+            amp = tc.amp and device.type == "cuda"
+            if tc.amp and not amp:
+                self.reporter.info(f"training.amp needs CUDA; training in float32 on {device}")
+            self.reporter.info(
+                f"run folder {result.run_dir} | {data.info.name}: {len(train_set)} train / {len(test_set)} test "
+                f"images | {config.model.arch} ({sum(p.numel() for p in model.parameters()):,} parameters) | "
+                f"defence {'+'.join(defence.names) or 'none'} | device {device}"
+            )
+            augment = Augmentation(config.data.crop_padding, config.data.flip, config.data.cutout)
+            for epoch in range(start_epoch, tc.epochs + 1):
+                if tc.max_steps is not None and result.steps >= tc.max_steps:
+                    break
+                started = time.perf_counter()
+                stats = self._epoch(epoch, model, defence, optimizer, train_set, augment, device, amp, result)
+                lr = optimizer.param_groups[0]["lr"]
+                scheduler.step()
+                seconds = time.perf_counter() - started
+                images = stats.pop("images")
+                test_error, test_loss = evaluate(model, test_set, config.evaluation.batch_size, device, self.reporter)
+                row = {
+                    "epoch": epoch, "step": result.steps, **stats, "test_error": test_error, "test_loss": test_loss,
+                    "lr": lr, "seconds": seconds, "images_per_second": images / seconds,
+                }
+                self._record(row, model, optimizer, scheduler, data.info, result)
+        return result
+
+    def _epoch(
+        self, epoch: int, model: nn.Module, defence: Any, optimizer: torch.optim.Optimizer, train_set: Any,
+        augment: Augmentation, device: torch.device, amp: bool, result: TrainResult,
+    ) -> dict[str, Any]:
+        """One pass over the training set; returns the epoch's training statistics."""
+        tc = self.config.training
+        order = epoch_order(len(train_set), tc.seed, epoch, tc.batch_size)
+        generator = torch.Generator(device=device).manual_seed(tc.seed * 1_000_003 + epoch)
+        sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss * n, wrong, n, penalty * n
+        worst = torch.full((), float("nan"), device=device)
+        measured = penalised = False
+        total = num_batches(len(order), tc.batch_size)
+        if tc.max_steps is not None:
+            total = min(total, tc.max_steps - result.steps)
+        model.train()
+        with self.reporter.task(f"epoch {epoch}/{tc.epochs}", total) as task:
+            for images, labels in iterate_batches(train_set, tc.batch_size, device, order):
+                if tc.max_steps is not None and result.steps >= tc.max_steps:
+                    break
+                if augment.active:
+                    images = augment(images, generator)
+                if tc.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     out = defence.training_loss(model, images, labels)
-                    if not torch.isfinite(out.total):
-                        raise TrainingDiverged(
-                            f"loss became {out.total.item()} at step {step + 1} (epoch {epoch}); training stopped, "
-                            f"the last good checkpoint is {run_dir / runs.LAST if step else 'none (first epoch)'}"
-                        )
-                    optimizer.zero_grad(set_to_none=True)
-                    out.total.backward()
-                    optimizer.step()
-                    step += 1
-                    n = labels.shape[0]
-                    sums += torch.stack(
-                        [out.data_loss.detach().double() * n, (out.logits.argmax(1) != labels).sum().double(),
-                         torch.tensor(float(n), device=device, dtype=torch.float64)]
+                if not torch.isfinite(out.total):
+                    kept = result.run_dir / runs.LAST
+                    raise TrainingDiverged(
+                        f"loss became {out.total.item()} at step {result.steps + 1} (epoch {epoch}); training "
+                        f"stopped, the last good checkpoint is {kept if kept.exists() else 'none yet'}"
                     )
-                    task.advance(1, loss=out.data_loss.detach())
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            train_seconds = time.perf_counter() - started
-            test_error, test_loss = evaluate(model, test_set, config.evaluation.batch_size, device, reporter)
-            loss_sum, wrong, seen = sums.tolist()
-            row = {
-                "epoch": epoch, "step": step, "loss": loss_sum / max(seen, 1), "train_error": wrong / max(seen, 1),
-                "test_error": test_error, "test_loss": test_loss, "lr": lr, "seconds": train_seconds,
-                "images_per_second": seen / train_seconds if train_seconds > 0 else float("nan"),
-            }
-            result.history.append(row)
-            with open(run_dir / runs.METRICS_FILE, "a") as handle:
-                handle.write(json.dumps(row) + "\n")
-            payload = _checkpoint_payload(config, data.info, model, optimizer, scheduler, epoch, step, row)
-            save_checkpoint(run_dir / runs.LAST, payload)
-            if not test_error >= result.best_test_error:  # also true while best is nan
-                result.best_test_error = test_error
-                save_checkpoint(run_dir / runs.BEST, payload)
-            reporter.epoch(row)
-            if tc.max_steps is not None and step >= tc.max_steps:
-                break
-        result.steps = step
-    return result
+                optimizer.zero_grad(set_to_none=True)
+                out.total.backward()
+                optimizer.step()
+                result.steps += 1
+                n = float(labels.shape[0])
+                penalty = out.penalty.detach().double() if out.penalty is not None else sums.new_zeros(())
+                sums += torch.stack([
+                    out.data_loss.detach().double() * n, (out.logits.argmax(1) != labels).sum().double(),
+                    sums.new_tensor(n), penalty * n,
+                ])
+                if out.grad_norm_max is not None:
+                    worst = torch.fmax(worst, out.grad_norm_max.detach().float())
+                    measured = True
+                penalised |= out.penalty is not None
+                task.advance(1, loss=out.data_loss.detach())
+        loss_sum, wrong, seen, penalty_sum = sums.tolist()
+        seen = max(seen, 1.0)
+        return {
+            "loss": loss_sum / seen, "penalty": penalty_sum / seen if penalised else None,
+            "grad_norm_max": worst.item() if measured else None, "train_error": wrong / seen, "images": seen,
+        }
+
+    def _record(
+        self, row: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler, info: DatasetInfo, result: TrainResult,
+    ) -> None:
+        """Append the epoch's metrics, then write last.pt (and best.pt when the test error improved)."""
+        result.history.append(row)
+        with open(result.run_dir / runs.METRICS_FILE, "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        if not row["test_error"] >= result.best_test_error:  # also true while best is nan
+            result.best_test_error = row["test_error"]
+            improved = True
+        else:
+            improved = False
+        payload = {
+            "lipcli_version": lipcli.__version__, "config": self.config.to_dict(), "dataset": info.to_dict(),
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "epoch": row["epoch"], "step": result.steps, "metrics": row, "best_test_error": result.best_test_error,
+            "rng": _rng_state(),
+        }
+        save_checkpoint(result.run_dir / runs.LAST, payload)
+        if improved:
+            save_checkpoint(result.run_dir / runs.BEST, payload)
+        self.reporter.epoch(row)
+
+    def _restore(
+        self, checkpoint: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler, result: TrainResult, device: torch.device,
+    ) -> int:
+        """Load the checkpoint's state; drop metrics rows written after it. Returns the next epoch."""
+        try:
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            scheduler.load_state_dict(checkpoint["scheduler"])
+            epoch, result.steps = int(checkpoint["epoch"]), int(checkpoint["step"])
+            result.best_test_error = float(checkpoint["best_test_error"])
+            _set_rng_state(checkpoint["rng"], device)
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"{result.run_dir / runs.LAST}: cannot resume from it ({exc})") from None
+        metrics = result.run_dir / runs.METRICS_FILE
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
+        result.history = [r for r in rows if r["epoch"] <= epoch]
+        metrics.write_text("".join(json.dumps(r) + "\n" for r in result.history))
+        self.reporter.info(f"resuming {result.run_dir} after epoch {epoch} (step {result.steps})")
+        return epoch + 1
 
 
-def _checkpoint_payload(
-    config: ExperimentConfig,
-    info: DatasetInfo,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    epoch: int,
-    step: int,
-    metrics: dict[str, Any],
-) -> dict[str, Any]:
-    """Everything needed to rebuild the model (config, data metadata) and to continue training."""
-    return {
-        "lipcli_version": lipcli.__version__,
-        "config": config.to_dict(),
-        "dataset": info.to_dict(),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "epoch": epoch,
-        "step": step,
-        "metrics": metrics,
-        "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])},
-    }
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    version, _, gauss = random.getstate()
+    random.setstate((version, tuple(state["python"]), gauss))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

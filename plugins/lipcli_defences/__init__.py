@@ -1,6 +1,13 @@
-"""lipcli's first-party training defences, registered through the public ``register_defences`` hook."""
+"""lipcli's first-party training defences, registered through the public ``register_defences`` hook.
+
+Primitives: ``at-fgsm`` (J1), ``at-l2`` (J2), ``at-pgd`` (Madry et al.), ``wcat`` (Lipschitz penalty),
+``tanh-head``. Presets (``preset=True``): ``j0``, ``j1``, ``j2``, ``j0-lip1``, ``j0-lip2``, ``j1-lip``,
+``j2-lip`` and ``tanh``, combinable with ``+``.
+"""
 
 from __future__ import annotations
+
+import functools
 
 from lipcli import hookimpl
 from lipcli.hookspecs import Register
@@ -8,6 +15,15 @@ from lipcli.hookspecs import Register
 
 @hookimpl
 def register_defences(register: Register) -> None:
-    from lipcli.train.defence import PlainTraining
+    from lipcli_defences import perturbations, presets, tanh, wcat
 
-    register("j0", PlainTraining, "J0: plain training (empirical risk minimisation), the undefended baseline")
+    register("at-fgsm", perturbations.SignedGradientStep, "J1 step: x + eps sign(g)/sqrt(n), eps an l2 budget")
+    register("at-l2", perturbations.NormalisedGradientStep, "J2 step: x + eps g/||g||_2")
+    register(
+        "at-pgd", perturbations.ProjectedGradientAttackTraining,
+        "Multi-step PGD adversarial training (Madry et al.), l-inf or l2, the standard baseline",
+    )
+    register("wcat", wcat.LipschitzPenalty, "Lipschitz penalty lam * max_i ||grad_x loss_i|| (l2 or l1), exact or fd")
+    register("tanh-head", tanh.TanhHeadDefence, "The tanh logit head: BatchNorm without affine, |t| tanh(z/|t|)")
+    for name in presets.PRESETS:
+        register(name, functools.partial(presets.expansion, name), presets.describe(name), preset=True)
