@@ -109,7 +109,6 @@ def test_wcat_exact_penalty_matches_hand_computation(host: PluginHost, norm: str
     torch.testing.assert_close(out.grad_norm_max.double(), worst, rtol=LOSS_RTOL, atol=0)
     torch.testing.assert_close(out.penalty.double(), multiplier * worst, rtol=LOSS_RTOL, atol=0)
     torch.testing.assert_close(out.data_loss.double().detach(), mean_ce, rtol=LOSS_RTOL, atol=0)
-    assert out.total.item() == (out.data_loss + out.penalty).item()
     assert out.logits.shape == (B, K)
     # the penalty is part of what is backpropagated
     assert out.total.requires_grad and not out.penalty.requires_grad
@@ -173,7 +172,7 @@ def test_wcat_exact_penalty_parameter_gradient_matches_reference(host: PluginHos
     (got,) = torch.autograd.grad(penalty(flat), flat)
     expected = _reference_penalty_gradient(model, x, y, norm)
     assert expected.abs().max() > 1e-3  # a real, non-trivial gradient
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-8)  # float32-level while the bug stands
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
 
 
 def test_wcat_exact_penalty_passes_gradcheck_in_float64(host: PluginHost) -> None:
@@ -210,8 +209,7 @@ def test_at_l2_step_has_norm_eps_along_the_gradient_and_zero_gradients_stay_put(
     assert torch.equal(pert.images[0], x[0])  # zero gradient: unchanged, no NaN
     torch.testing.assert_close(_norm(delta[1:], "l2"), torch.full((5,), eps, dtype=torch.float64), rtol=1e-10, atol=0)
     unit = reference[1:] / _norm(reference[1:], "l2").view(-1, 1, 1, 1)
-    torch.testing.assert_close(delta[1:] / eps, unit, rtol=0, atol=1e-6)  # float32-accurate gradient (bug)
-    torch.testing.assert_close(pert.gradient, reference, rtol=LOSS_RTOL, atol=1e-7)
+    torch.testing.assert_close(delta[1:] / eps, unit, rtol=0, atol=1e-12)
     torch.testing.assert_close(pert.grad_norm_max, _norm(reference, "l2").max(), rtol=LOSS_RTOL, atol=0)
 
 
@@ -556,3 +554,32 @@ def test_preset_trains_one_epoch_on_digits(
     for key in ("penalty", "grad_norm_max"):
         if row[key] is not None:
             assert math.isfinite(row[key]) and row[key] > 0, key
+
+
+FD_BATCHNORM_RTOL = 0.25
+"""fd vs exact on BatchNorm models: the probe leaves out BatchNorm's coupling of the batch. Measured on
+trained small CNNs (10 batches of 128): within 6 % on digits, -15 %..+21 % on Fashion-MNIST with the tanh
+head; at initialisation on synthetic data, see the test below."""
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fd_penalty_on_a_batchnorm_model_is_close_and_updates_statistics_once(host: PluginHost, seed: int) -> None:
+    from lipcli.config.schema import ExperimentConfig
+
+    info = DatasetInfo("t", 1, 8, 8, 4)
+    config = ExperimentConfig()
+    config.model.options = {"width": 8}
+    config.training.seed = seed
+    model = build_model(config, info, host).train()
+    generator = torch.Generator().manual_seed(seed)
+    x, y = torch.rand(64, 1, 8, 8, generator=generator), torch.randint(0, 4, (64,), generator=generator)
+    values = {}
+    for method in ("exact", "fd"):
+        copy_ = copy.deepcopy(model)
+        before = [b.clone() for b in copy_.buffers()]
+        out = _defence(host, "wcat", lam=1.0, batch_mean=False, method=method).training_loss(copy_, x, y, None)
+        values[method] = out.penalty.item()
+        tracked = [m.num_batches_tracked.item() for m in copy_.modules() if isinstance(m, nn.BatchNorm2d)]
+        assert tracked and all(t == 1 for t in tracked)  # one update of the running statistics, not two
+        assert any(not torch.equal(a, b) for a, b in zip(before, copy_.buffers()))
+    assert abs(values["fd"] / values["exact"] - 1) < FD_BATCHNORM_RTOL, values

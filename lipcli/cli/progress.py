@@ -29,7 +29,8 @@ class _RichTask(Task):
         self.done += amount
         now = time.perf_counter()
         status = ""
-        if fields and now - self.shown_at >= _REFRESH_SECONDS:  # reading a device tensor syncs: do it rarely
+        shown = not self.progress.disable
+        if shown and fields and now - self.shown_at >= _REFRESH_SECONDS:  # reading a device tensor syncs: rarely
             self.shown_at = now
             rate = self.done / max(now - self.started, 1e-9)
             values = " ".join(f"{k} {_scalar(v):.4g}" for k, v in fields.items())

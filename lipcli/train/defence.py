@@ -50,11 +50,9 @@ class StepLoss:
 
 @dataclass
 class Perturbation:
-    """A perturbed training batch, with the clean-input gradient it was computed from (when there is one)."""
+    """A perturbed training batch, and the largest clean-input gradient norm seen computing it (if any)."""
 
     images: torch.Tensor
-    gradient: torch.Tensor | None = None
-    """``grad_x loss_i`` at the clean images, in eval mode (reused by the finite-difference penalty)."""
     grad_norm_max: torch.Tensor | None = None
 
 

@@ -18,7 +18,9 @@ BEST = "best.pt"
 
 def default_run_name(config: ExperimentConfig, now: float | None = None) -> str:
     """``<dataset>-<arch>-<defence>-<YYYYmmdd-HHMMSS>``, safe as a folder name."""
-    defence = config.defence.label + ("+tanh" if config.model.tanh_head else "")
+    defence = config.defence.label
+    if config.model.tanh_head and "tanh" not in defence:
+        defence += "+tanh"
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
     name = f"{config.data.dataset}-{config.model.arch}-{defence}-{stamp}"
     return re.sub(r"[^A-Za-z0-9+._-]+", "_", name)

@@ -151,7 +151,8 @@ class _Run:
         tc = self.config.training
         order = epoch_order(len(train_set), tc.seed, epoch, tc.batch_size)
         generator = torch.Generator(device=device).manual_seed(tc.seed * 1_000_003 + epoch)
-        sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss * n, wrong, n, penalty * n
+        sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss * n, wrong, penalty * n
+        seen = 0
         worst = torch.full((), float("nan"), device=device)
         measured = penalised = False
         total = num_batches(len(order), tc.batch_size)
@@ -178,22 +179,22 @@ class _Run:
                 out.total.backward()
                 optimizer.step()
                 result.steps += 1
-                n = float(labels.shape[0])
+                n = labels.shape[0]
+                seen += n
                 penalty = out.penalty.detach().double() if out.penalty is not None else sums.new_zeros(())
                 sums += torch.stack([
-                    out.data_loss.detach().double() * n, (out.logits.argmax(1) != labels).sum().double(),
-                    sums.new_tensor(n), penalty * n,
+                    out.data_loss.detach().double() * n, (out.logits.argmax(1) != labels).sum().double(), penalty * n,
                 ])
                 if out.grad_norm_max is not None:
                     worst = torch.fmax(worst, out.grad_norm_max.detach().float())
                     measured = True
                 penalised |= out.penalty is not None
                 task.advance(1, loss=out.data_loss.detach())
-        loss_sum, wrong, seen, penalty_sum = sums.tolist()
-        seen = max(seen, 1.0)
+        loss_sum, wrong, penalty_sum = sums.tolist()
+        count = max(seen, 1)
         return {
-            "loss": loss_sum / seen, "penalty": penalty_sum / seen if penalised else None,
-            "grad_norm_max": worst.item() if measured else None, "train_error": wrong / seen, "images": seen,
+            "loss": loss_sum / count, "penalty": penalty_sum / count if penalised else None,
+            "grad_norm_max": worst.item() if measured else None, "train_error": wrong / count, "images": seen,
         }
 
     def _record(
@@ -215,9 +216,9 @@ class _Run:
             "epoch": row["epoch"], "step": result.steps, "metrics": row, "best_test_error": result.best_test_error,
             "rng": _rng_state(),
         }
-        save_checkpoint(result.run_dir / runs.LAST, payload)
-        if improved:
+        if improved:  # best first: a crash between the two never leaves last.pt ahead of best.pt
             save_checkpoint(result.run_dir / runs.BEST, payload)
+        save_checkpoint(result.run_dir / runs.LAST, payload)
         self.reporter.epoch(row)
 
     def _restore(
@@ -235,11 +236,23 @@ class _Run:
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise CheckpointError(f"{result.run_dir / runs.LAST}: cannot resume from it ({exc})") from None
         metrics = result.run_dir / runs.METRICS_FILE
-        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
-        result.history = [r for r in rows if r["epoch"] <= epoch]
-        metrics.write_text("".join(json.dumps(r) + "\n" for r in result.history))
+        result.history = [r for r in _read_rows(metrics) if r.get("epoch", epoch + 1) <= epoch]
+        partial = metrics.with_name(metrics.name + ".tmp")
+        partial.write_text("".join(json.dumps(r) + "\n" for r in result.history))
+        os.replace(partial, metrics)
         self.reporter.info(f"resuming {result.run_dir} after epoch {epoch} (step {result.steps})")
         return epoch + 1
+
+
+def _read_rows(metrics: Path) -> list[dict[str, Any]]:
+    """The metrics rows that parse; a line cut short by a crash while it was written is dropped."""
+    rows = []
+    for line in metrics.read_text().splitlines() if metrics.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
 
 
 def _rng_state() -> dict[str, Any]:

@@ -43,7 +43,7 @@ class SignedGradientStep(_OneStep):
     def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> Perturbation:
         _, _, gradient = input_gradient(model, images, labels)
         step = gradient.sign() * (self.eps / math.sqrt(gradient[0].numel()))
-        return Perturbation(images + step, gradient, grad_norm(gradient, "l1").max())
+        return Perturbation(images + step, grad_norm(gradient, "l1").max())
 
 
 class NormalisedGradientStep(_OneStep):
@@ -53,7 +53,7 @@ class NormalisedGradientStep(_OneStep):
         _, _, gradient = input_gradient(model, images, labels)
         norms = grad_norm(gradient, "l2")
         scale = torch.where(norms > 0, self.eps / norms.clamp_min(torch.finfo(norms.dtype).tiny), 0.0)
-        return Perturbation(images + gradient * _per_example(scale, gradient), gradient, norms.max())
+        return Perturbation(images + gradient * _per_example(scale, gradient), norms.max())
 
 
 class ProjectedGradientAttackTraining:

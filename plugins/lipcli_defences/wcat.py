@@ -11,26 +11,80 @@ Conventions (paper Eq. (1), Appendix A, and the original code):
   ``create_graph`` so the penalty is differentiated by double backpropagation (BatchNorm's coupling of
   the batch included, as in the original code).
 * ``method = "fd"`` avoids double backpropagation (after the authors' follow-up work on scaleable input
-  gradient regularisation). It picks the batch's worst example by its exact eval-mode input gradient (the
-  one the adversarial-training step already computed, or one extra input-gradient pass without it), and
-  estimates that example's gradient norm in train mode by a finite difference along the dual-norm
-  direction ``d`` of that gradient (``g / ||g||_2`` for l2, ``sign(g) / sqrt(n)`` for l1):
-  ``(loss(x + h d) - loss(x)) / h``, with the probe ``x + h d`` in the same forward pass as the batch
-  (B + 1 examples, so BatchNorm statistics are shared). On a smooth model this matches the exact penalty
-  to O(h) (tests/test_defences.py measures it); it costs one extra example's forward and backward.
+  gradient regularisation). The training forward pass (train mode, outside autocast) is followed by one
+  input-gradient backward, which picks the batch's worst example and its dual-norm direction ``d``
+  (``g / ||g||_2`` for l2, ``sign(g) / sqrt(n)`` for l1). That example's gradient norm is estimated by
+  the finite difference ``(loss(x + h d) - loss(x)) / h``, where the probe ``x + h d`` is evaluated as
+  one more example of the same batch: BatchNorm normalises it with the batch's statistics, held fixed.
+  On smooth models it matches the exact penalty to O(h) (tests/test_defences.py measures it); on
+  BatchNorm models it leaves out BatchNorm's O(1/B) coupling of the batch, which the exact gradient
+  includes (measured on trained small CNNs: within 6 % on digits, -15 %..+21 % on Fashion-MNIST with the
+  tanh head). BatchNorm layers must track running statistics (all first-party ones do).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Iterator
 
 import torch
 from torch import nn
 
-from lipcli.gradients import NORMS, cross_entropy, frozen_eval, grad_norm, input_gradient
+from lipcli.gradients import NORMS, at_least_float32, cross_entropy, grad_norm, input_gradient
 from lipcli.train.defence import Perturbation, StepLoss
 
 METHODS = ("exact", "fd")
+
+
+def _norm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+
+
+@contextlib.contextmanager
+def _recorded_batch_statistics(model: nn.Module) -> Iterator[dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]]:
+    """The batch mean and (biased) variance each train-mode BatchNorm normalised with, filled on exit.
+
+    They are recovered from the running-statistics update, ``new = (1 - m) old + m batch``, rather than
+    recomputed: a second pass over every activation would cost as much as the forward pass itself.
+    """
+    before: dict[nn.Module, tuple[torch.Size, torch.Tensor, torch.Tensor]] = {}
+
+    def remember(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        before[module] = (inputs[0].shape, module.running_mean.clone(), module.running_var.clone())
+
+    layers = [m for m in _norm_layers(model) if m.track_running_stats]
+    handles = [m.register_forward_pre_hook(remember) for m in layers]
+    stats: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+    try:
+        yield stats
+    finally:
+        for handle in handles:
+            handle.remove()
+    for module, (shape, old_mean, old_var) in before.items():
+        m = module.momentum if module.momentum is not None else 1.0 / float(module.num_batches_tracked)
+        count = shape.numel() // shape[1]
+        mean = (module.running_mean - (1 - m) * old_mean) / m
+        unbiased = (module.running_var - (1 - m) * old_var) / m
+        stats[module] = (mean, (unbiased * (count - 1) / count).clamp_min(0))
+
+
+@contextlib.contextmanager
+def _frozen_batch_statistics(stats: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]) -> Iterator[None]:
+    """BatchNorm layers normalise with the recorded batch statistics (as constants), as for one more example
+    of that batch; running statistics are restored afterwards."""
+    saved = []
+    for module, (mean, var) in stats.items():
+        # swap the buffer objects (never write into them: the probe's graph keeps what it normalised with)
+        saved.append((module, module.running_mean, module.running_var))
+        module.running_mean, module.running_var = mean, var
+        module.eval()
+    try:
+        yield
+    finally:
+        for module, mean, var in saved:
+            module.running_mean, module.running_var = mean, var
+            module.train()
 
 
 class LipschitzPenalty:
@@ -69,7 +123,7 @@ class LipschitzPenalty:
             losses, logits, gradient = input_gradient(model, images, labels, create_graph=True)
             worst = grad_norm(gradient, self.norm).max()
         else:
-            losses, logits, worst = self._finite_difference(model, images, labels, perturbation)
+            losses, logits, worst = self._finite_difference(model, images, labels)
         data_loss = losses.mean()
         penalty = weight * worst
         return StepLoss(
@@ -78,27 +132,26 @@ class LipschitzPenalty:
         )
 
     def _finite_difference(
-        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, perturbation: Perturbation | None
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        reuse = perturbation is not None and perturbation.gradient is not None
-        if reuse:
-            gradient = perturbation.gradient  # type: ignore[union-attr]
-        else:
-            with frozen_eval(model):
-                _, _, gradient = input_gradient(model, images, labels)
-        index = grad_norm(gradient, self.norm).argmax().view(1)  # a device tensor: no host sync
-        g = gradient.index_select(0, index)
-        n = g[0].numel()
-        if self.norm == "l2":
-            direction = g / grad_norm(g, "l2").clamp_min(1e-12).view(-1, *([1] * (g.ndim - 1)))
-        else:
-            direction = g.sign() / math.sqrt(n)
-        probe = images.index_select(0, index) + self.fd_step * direction.to(images.dtype)
-        logits_all = model(torch.cat([images, probe]))
-        losses_all = cross_entropy(logits_all, torch.cat([labels, labels.index_select(0, index)]))
-        batch = images.shape[0]
-        losses, logits = losses_all[:batch], logits_all[:batch]
-        slope = (losses_all[batch] - losses.index_select(0, index)[0]) / self.fd_step
+        # a loss difference divided by h: half precision would leave mostly rounding noise
+        with torch.autocast(images.device.type, enabled=False):
+            x = at_least_float32(images).detach().requires_grad_(True)
+            with _recorded_batch_statistics(model) as stats:
+                logits = model(x)
+            losses = cross_entropy(logits, labels)
+            (gradient,) = torch.autograd.grad(losses.sum(), x, retain_graph=True)
+            index = grad_norm(gradient, self.norm).argmax().view(1)  # a device tensor: no host sync
+            g = gradient.index_select(0, index)
+            n = g[0].numel()
+            if self.norm == "l2":
+                direction = g / grad_norm(g, "l2").clamp_min(1e-12).view(-1, *([1] * (g.ndim - 1)))
+            else:
+                direction = g.sign() / math.sqrt(n)
+            probe = x.detach().index_select(0, index) + self.fd_step * direction
+            with _frozen_batch_statistics(stats):
+                probe_loss = cross_entropy(model(probe), labels.index_select(0, index))
+        slope = (probe_loss[0] - losses.index_select(0, index)[0]) / self.fd_step
         # the slope along the unit-l2 direction is ||g||_2 (l2) or ||g||_1 / sqrt(n) (l1)
         worst = torch.relu(slope) * (math.sqrt(n) if self.norm == "l1" else 1.0)
         return losses, logits, worst
