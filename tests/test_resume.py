@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from typer.testing import CliRunner
 
-from lipcli.checkpoint import load_checkpoint
+from lipcli.checkpoint import load_checkpoint, save_checkpoint
 from lipcli.cli.app import build_app
 from lipcli.plugins import PluginHost
 from lipcli.train.trainer import resume, train
@@ -93,3 +93,17 @@ def test_resume_refuses_a_malicious_checkpoint(tmp_path: Path, host: PluginHost)
     result = CliRunner().invoke(build_app(host), ["train", "--resume", str(run), "--quiet"])
     assert result.exit_code == 1 and "refused" in result.output
     assert not marker.exists()
+
+
+def test_resume_tolerates_a_metrics_line_cut_short_by_a_crash(tmp_path: Path, host: PluginHost, tiny_config) -> None:  # type: ignore[no-untyped-def]
+    # an interrupted run: stopped after epoch 1 (8 steps), then the stopping limit is lifted
+    cfg = tiny_config(tmp_path, "training.epochs=3", "training.max_steps=8")
+    run = train(cfg, host=host).run_dir
+    with open(run / "metrics.jsonl", "a") as handle:
+        handle.write('{"epoch": 2, "lo')
+    payload = load_checkpoint(run / "last.pt")
+    payload["config"]["training"]["max_steps"] = None
+    save_checkpoint(run / "last.pt", {k: v for k, v in payload.items() if k not in ("format", "format_version")})
+    result = resume(run, host=host)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and len(result.history) == 3

@@ -40,6 +40,10 @@ from lipcli.train.evaluate import evaluate
 from lipcli.train.optim import build_optimizer, build_scheduler
 
 
+_FINITE_CHECK_EVERY = 50
+"""Steps between looks at the loss's finiteness (each look waits for the device)."""
+
+
 class TrainingDiverged(LipcliError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
@@ -155,6 +159,7 @@ class _Run:
         seen = 0
         worst = torch.full((), float("nan"), device=device)
         measured = penalised = False
+        first_bad = torch.full((), -1, device=device, dtype=torch.long)
         total = num_batches(len(order), tc.batch_size)
         if tc.max_steps is not None:
             total = min(total, tc.max_steps - result.steps)
@@ -169,12 +174,11 @@ class _Run:
                     images = images.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     out = defence.training_loss(model, images, labels)
-                if not torch.isfinite(out.total):
-                    kept = result.run_dir / runs.LAST
-                    raise TrainingDiverged(
-                        f"loss became {out.total.item()} at step {result.steps + 1} (epoch {epoch}); training "
-                        f"stopped, the last good checkpoint is {kept if kept.exists() else 'none yet'}"
-                    )
+                # remember the first non-finite step on the device; looking costs a sync, so look rarely
+                bad = ~torch.isfinite(out.total.detach())
+                first_bad = torch.where(bad & (first_bad < 0), result.steps + 1, first_bad)
+                if (result.steps + 1) % _FINITE_CHECK_EVERY == 0:
+                    self._check_finite(first_bad, epoch, result)
                 optimizer.zero_grad(set_to_none=True)
                 out.total.backward()
                 optimizer.step()
@@ -190,12 +194,24 @@ class _Run:
                     measured = True
                 penalised |= out.penalty is not None
                 task.advance(1, loss=out.data_loss.detach())
+        self._check_finite(first_bad, epoch, result)  # before anything of this epoch is saved
         loss_sum, wrong, penalty_sum = sums.tolist()
         count = max(seen, 1)
         return {
             "loss": loss_sum / count, "penalty": penalty_sum / count if penalised else None,
             "grad_norm_max": worst.item() if measured else None, "train_error": wrong / count, "images": seen,
         }
+
+    @staticmethod
+    def _check_finite(first_bad: torch.Tensor, epoch: int, result: TrainResult) -> None:
+        """Stop with the first step whose loss was NaN or infinite; nothing after the last epoch is saved."""
+        step = int(first_bad.item())
+        if step >= 0:
+            kept = result.run_dir / runs.LAST
+            raise TrainingDiverged(
+                f"loss became NaN or infinite at step {step} (epoch {epoch}); training stopped, the last good "
+                f"checkpoint is {kept if kept.exists() else 'none yet'}"
+            )
 
     def _record(
         self, row: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
