@@ -221,11 +221,9 @@ class _Run:
         result.history.append(row)
         with open(result.run_dir / runs.METRICS_FILE, "a") as handle:
             handle.write(json.dumps(row) + "\n")
-        if not row["test_error"] >= result.best_test_error:  # also true while best is nan
+        improved = not row["test_error"] >= result.best_test_error  # also true while best is nan
+        if improved:
             result.best_test_error = row["test_error"]
-            improved = True
-        else:
-            improved = False
         payload = {
             "lipcli_version": lipcli.__version__, "config": self.config.to_dict(), "dataset": info.to_dict(),
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
