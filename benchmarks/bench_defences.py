@@ -21,8 +21,8 @@ from lipcli.config import resolve
 from lipcli.data.types import DatasetInfo
 from lipcli.models.build import build_model
 from lipcli.plugins import PluginHost
-from lipcli.train.defence import build_defence
-from lipcli.train.optim import build_optimizer
+from lipcli.training.defence import build_defence
+from lipcli.training.optim import build_optimizer
 
 CANDIDATES = {
     "j0": [],

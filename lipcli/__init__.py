@@ -28,7 +28,7 @@ def __getattr__(name: str) -> object:
 
         return load_model
     if name == "train":
-        from lipcli.train.trainer import train
+        from lipcli.training.trainer import train
 
         return train
     raise AttributeError(f"module 'lipcli' has no attribute {name!r}")

@@ -8,15 +8,14 @@ pickled object other than tensors and plain containers: a malicious payload is r
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lipcli.errors import CheckpointError
+from lipcli.files import atomic_write
 
 FORMAT = "lipcli-checkpoint"
 FORMAT_VERSION = 1
@@ -24,19 +23,8 @@ FORMAT_VERSION = 1
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` (plus the format tag) to ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as tmp:
-            torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, tmp)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    tagged = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
+    atomic_write(Path(path), lambda handle: torch.save(tagged, handle))
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -63,15 +51,3 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         )
     return payload
 
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # not supported on some platforms; the rename itself is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

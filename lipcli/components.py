@@ -35,3 +35,20 @@ def call_factory(component: Component, options: Mapping[str, Any], dotted: str, 
         return component.factory(**fixed, **options)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{dotted}: {component.name!r} rejected its options {dict(options)}: {exc}") from None
+
+
+LIPCLI_ARGUMENTS = frozenset({"info", "data_dir", "download", "batchnorm_affine"})
+"""Factory arguments lipcli passes itself (see the hook specs), never user options."""
+
+
+def option_defaults(component: Component) -> dict[str, Any]:
+    """The user options a factory accepts, with their defaults (``inspect.Parameter.empty`` when required)."""
+    try:
+        parameters = inspect.signature(component.factory).parameters
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        return {}
+    return {
+        name: p.default for name, p in parameters.items()
+        if name not in LIPCLI_ARGUMENTS
+        and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    }

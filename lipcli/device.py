@@ -7,22 +7,22 @@ import torch
 from lipcli.errors import ConfigError
 
 
-def select_device(spec: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU; an explicit device must exist."""
+def select_device(spec: str = "auto", key: str = "training.device") -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU; an explicit device must exist (errors name ``key``)."""
     spec = spec.strip().lower()
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(spec)
     except RuntimeError:
-        raise ConfigError(f"training.device: unknown device {spec!r} (use auto, cpu, cuda or cuda:N)") from None
+        raise ConfigError(f"{key}: unknown device {spec!r} (use auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"training.device: {spec!r} requested but CUDA is not available here")
+            raise ConfigError(f"{key}: {spec!r} requested but CUDA is not available here")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError(
-                f"training.device: {spec!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+                f"{key}: {spec!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
             )
     elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"training.device: {spec!r} requested but MPS is not available here")
+        raise ConfigError(f"{key}: {spec!r} requested but MPS is not available here")
     return device

@@ -73,3 +73,34 @@ def input_gradient(
     losses = cross_entropy(logits, labels)
     (gradient,) = torch.autograd.grad(losses.sum(), x, create_graph=create_graph)
     return losses, logits, gradient
+
+
+def margin_gradients(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor | int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits ``[B, C]``, classes ``[B, K]``, margins ``[B, K]``, gradients ``[B, K, ...]``) of the margins
+    ``f_k = z_{classes[:, k]} - z_label``: the linearisation DeepFool-type attacks project onto.
+
+    ``classes`` is a ``[B, K]`` tensor, an int K (the K highest-scoring classes other than the label), or
+    None (every class but the label, in increasing order).
+    One forward pass and one backward pass per class column, each batched over the images.
+    """
+    x = images.detach().requires_grad_(True)
+    logits = model(x)
+    if classes is None:
+        classes = other_classes(labels, logits.shape[1])
+    elif isinstance(classes, int):
+        others = logits.detach().scatter(1, labels[:, None], -torch.inf)
+        classes = others.topk(min(classes, logits.shape[1] - 1), dim=1).indices
+    margins = logits.gather(1, classes) - logits.gather(1, labels[:, None])
+    gradients = []
+    for k in range(classes.shape[1]):
+        (g,) = torch.autograd.grad(margins[:, k].sum(), x, retain_graph=k + 1 < classes.shape[1])
+        gradients.append(g)
+    return logits.detach(), classes, margins.detach(), torch.stack(gradients, dim=1)
+
+
+def other_classes(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``[B, C-1]``: every class except each image's label, in increasing order."""
+    all_classes = torch.arange(num_classes, device=labels.device).expand(labels.shape[0], -1)
+    return all_classes[all_classes != labels[:, None]].view(labels.shape[0], num_classes - 1)

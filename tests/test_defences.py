@@ -29,9 +29,9 @@ from lipcli.gradients import frozen_eval
 from lipcli.models.build import build_model
 from lipcli.models.heads import TanhHead, WithHead
 from lipcli.plugins import PluginHost
-from lipcli.train.defence import ComposedDefence, Perturbation, build_defence, expand
-from lipcli.train.evaluate import evaluate
-from lipcli.train.trainer import train
+from lipcli.training.defence import ComposedDefence, Perturbation, build_defence, expand
+from lipcli.training.evaluate import evaluate
+from lipcli.training.trainer import train
 
 LOSS_RTOL = 1e-10
 """Relative tolerance for library losses/gradients of a float64 model against hand computations."""

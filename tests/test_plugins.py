@@ -30,6 +30,7 @@ FIRST_PARTY = {
     "lipcli-architectures": ["register_architectures"],
     "lipcli-datasets": ["register_datasets"],
     "lipcli-defences": ["register_defences"],
+    "lipcli-attacks": ["register_attacks"],
 }
 FIRST_PARTY_DATASETS = {"digits", "synthetic", "fashion-mnist", "mnist", "cifar10", "cifar100"}
 
@@ -212,10 +213,10 @@ def test_load_only_the_third_party_plugin(fakeplug):
         ({ENV_LOAD: "Lipcli_Architectures"}, {"lipcli-architectures"}),
         ({ENV_LOAD: "LIPCLI.DATASETS,fakeplug"}, {"lipcli-datasets", "fakeplug"}),
         ({ENV_LOAD: ""}, set()),
-        ({ENV_BLOCK: "LIPCLI_DEFENCES,FAKEPLUG"}, {"lipcli-architectures", "lipcli-datasets"}),
+        ({ENV_BLOCK: "LIPCLI_DEFENCES,FAKEPLUG"}, {"lipcli-architectures", "lipcli-datasets", "lipcli-attacks"}),
         ({ENV_BLOCK: "Lipcli"}, {"fakeplug"}),
         ({ENV_LOAD: "lipcli,fakeplug", ENV_BLOCK: "lipcli-datasets"},
-         {"lipcli-architectures", "lipcli-defences", "fakeplug"}),
+         {"lipcli-architectures", "lipcli-defences", "lipcli-attacks", "fakeplug"}),
         ({}, {*FIRST_PARTY, "fakeplug"}),
     ],
 )

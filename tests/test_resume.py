@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from lipcli.checkpoint import load_checkpoint, save_checkpoint
 from lipcli.cli.app import build_app
 from lipcli.plugins import PluginHost
-from lipcli.train.trainer import resume, train
+from lipcli.training.trainer import resume, train
 
 # Slow enough per epoch (about a second) for the kill to land inside epoch 2 or 3, never after the end.
 ARGS = [

@@ -16,9 +16,9 @@ from lipcli.checkpoint import load_checkpoint
 from lipcli.config import build
 from lipcli.errors import LipcliError
 from lipcli.plugins import PluginHost
-from lipcli.train.defence import Perturbation, StepLoss, plain_loss
-from lipcli.train.optim import build_optimizer
-from lipcli.train.trainer import TrainingDiverged, train
+from lipcli.training.defence import Perturbation, StepLoss, plain_loss
+from lipcli.training.optim import build_optimizer
+from lipcli.training.trainer import TrainingDiverged, train
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -129,7 +129,7 @@ def test_load_model_reproduces_the_recorded_test_error(
 ) -> None:
     import lipcli
     from lipcli.data.load import load_data
-    from lipcli.train.evaluate import evaluate
+    from lipcli.training.evaluate import evaluate
 
     cfg = tiny_config(tmp_path, "model.tanh_head=true")
     result = train(cfg, host=host)
@@ -146,3 +146,13 @@ def test_a_last_batch_of_one_example_is_skipped_not_a_crash(
     result = train(tiny_config(tmp_path, "data.train_limit=33", "defence.name=j0+tanh"), host=host)
     assert [r["step"] for r in result.history] == [1, 2]
     assert load_checkpoint(result.run_dir / "last.pt")["step"] == 2
+
+
+def test_the_public_train_function_survives_engine_imports() -> None:
+    """``lipcli.train`` is the function, also after the engine's modules are imported (a subpackage of the
+    same name would replace it on the package as soon as anything imported it)."""
+    import lipcli
+    from lipcli.training import trainer
+
+    assert lipcli.train is trainer.train
+    assert lipcli.train is trainer.train  # twice: the first access imports, the second must not change it

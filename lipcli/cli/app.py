@@ -13,7 +13,7 @@ import typer
 from typer.core import TyperGroup
 
 import lipcli
-from lipcli.cli import config_cmd, console, plugins_cmd, train_cmd
+from lipcli.cli import config_cmd, console, plugins_cmd, robustness_cmd, train_cmd
 from lipcli.errors import LipcliError
 from lipcli.plugins import PluginHost, get_host
 
@@ -69,6 +69,7 @@ def build_app(host: PluginHost | None = None) -> typer.Typer:
     plugins_cmd.add_to(app)
     config_cmd.add_to(app)
     train_cmd.add_to(app)
+    robustness_cmd.add_to(app)
     host.add_commands(app)
     return app
 

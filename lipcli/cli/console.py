@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 
 out = Console(soft_wrap=True)
+if not out.is_terminal:  # piped or captured: no terminal width to respect, so tables are not squeezed to 80
+    out.width = max(out.width, 160)
 err = Console(stderr=True, soft_wrap=True)
 
 
@@ -24,8 +26,12 @@ def error(message: str) -> None:
     err.print(f"[bold red]Error:[/] {escape(message)}", highlight=False)
 
 
+def warn(message: str) -> None:
+    err.print(f"[yellow]Warning:[/] {escape(message)}", highlight=False)
+
+
 def _show_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
-    err.print(f"[yellow]Warning:[/] {escape(str(message))}", highlight=False)
+    warn(str(message))
 
 
 def route_warnings() -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+import inspect
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
 
 from lipcli.cli import console
+from lipcli.components import option_defaults
 from lipcli.plugins import KINDS, PluginHost
 from lipcli.registry import did_you_mean
 
@@ -20,6 +22,11 @@ def _kind(value: str) -> str:
     if key not in KINDS:
         raise typer.BadParameter(f"unknown kind {value!r}." + did_you_mean(value, list(_PLURALS)))
     return key
+
+
+def _default(value: Any) -> Any:
+    """An option's default for display: ``required`` when it has none."""
+    return "required" if value is inspect.Parameter.empty else value
 
 
 def add_to(app: typer.Typer) -> None:
@@ -58,16 +65,18 @@ def add_to(app: typer.Typer) -> None:
         listing = {k: host.registry(k).list(pattern) for k in kinds}
         if as_json:
             console.print_json(
-                {f"{k}s": [{"name": c.name, "description": c.description, "plugin": c.plugin} for c in comps]
+                {f"{k}s": [{"name": c.name, "description": c.description, "plugin": c.plugin,
+                            "options": {n: _default(v) for n, v in option_defaults(c).items()}} for c in comps]
                  for k, comps in listing.items()}
             )
             return
         for k, comps in listing.items():
             table = Table(title=f"{k}s", title_justify="left")
-            for column in ("name", "description", "plugin"):
+            for column in ("name", "description", "options", "plugin"):
                 table.add_column(column)
             for c in comps:
-                table.add_row(c.name, c.description, c.plugin)
+                options = ", ".join(f"{n}={_default(v)}" for n, v in option_defaults(c).items())
+                table.add_row(c.name, c.description, options, c.plugin)
             if not comps:
-                table.add_row("-", "(none registered)", "-")
+                table.add_row("-", "(none registered)", "", "-")
             console.out.print(table)

@@ -49,7 +49,7 @@ def add_to(app: typer.Typer) -> None:
     ) -> None:
         """Train a classifier; writes config.toml, metrics.jsonl, last.pt and best.pt into the run folder."""
         from lipcli.config import resolve
-        from lipcli.train import trainer
+        from lipcli.training import trainer
 
         flags = {
             "recipe": recipe,

@@ -11,7 +11,7 @@ from lipcli.data.types import DatasetInfo
 from lipcli.errors import ConfigError
 from lipcli.models.heads import TanhHead, WithHead
 from lipcli.plugins import PluginHost, get_host
-from lipcli.train.defence import ComposedDefence, build_defence
+from lipcli.training.defence import ComposedDefence, build_defence
 
 
 def build_model(

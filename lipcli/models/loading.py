@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from lipcli.checkpoint import load_checkpoint
-from lipcli.config import build
+from lipcli.config import ExperimentConfig, build
 from lipcli.data.types import DatasetInfo
 from lipcli.errors import CheckpointError
 from lipcli.models.build import build_model
@@ -21,6 +21,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", host: Plugi
     The architecture is rebuilt from the configuration and data metadata stored in the checkpoint, so the
     plugin that provided it must be installed.
     """
+    return restore(path, device, host)[0]
+
+
+def restore(
+    path: str | Path, device: str | torch.device = "cpu", host: PluginHost | None = None
+) -> tuple[nn.Module, ExperimentConfig, DatasetInfo]:
+    """(model in eval mode, the run's configuration, its data set's metadata) from a checkpoint."""
     payload = load_checkpoint(Path(path), map_location=device)
     try:
         config = build(payload["config"])
@@ -33,4 +40,4 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", host: Plugi
     except (KeyError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"{path}: weights do not fit architecture {config.model.arch!r}: {first}") from None
-    return model.to(device).eval()
+    return model.to(device).eval(), config, info

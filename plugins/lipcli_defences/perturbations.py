@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from lipcli.gradients import grad_norm, input_gradient
-from lipcli.train.defence import Perturbation
+from lipcli.training.defence import Perturbation
 
 
 def _per_example(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

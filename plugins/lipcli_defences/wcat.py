@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from lipcli.gradients import NORMS, at_least_float32, cross_entropy, grad_norm, input_gradient
-from lipcli.train.defence import Perturbation, StepLoss
+from lipcli.training.defence import Perturbation, StepLoss
 
 METHODS = ("exact", "fd")
 

@@ -34,10 +34,10 @@ from lipcli.errors import CheckpointError, LipcliError
 from lipcli.models.build import build_model
 from lipcli.plugins import PluginHost, get_host
 from lipcli.progress import Reporter
-from lipcli.train import run_dir as runs
-from lipcli.train.defence import build_defence
-from lipcli.train.evaluate import evaluate
-from lipcli.train.optim import build_optimizer, build_scheduler
+from lipcli.training import run_dir as runs
+from lipcli.training.defence import build_defence
+from lipcli.training.evaluate import evaluate
+from lipcli.training.optim import build_optimizer, build_scheduler
 
 
 _FINITE_CHECK_EVERY = 50

@@ -1,0 +1,188 @@
+"""``lipcli curve`` (error curves of one or more models) and ``lipcli attack`` (attacks compared on one model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from lipcli.cli import console
+from lipcli.cli.options import Json
+from lipcli.cli.progress import RichReporter
+
+DEFAULT_ATTACK = "min-norm"
+
+Norm = Annotated[str, typer.Option("--norm", "-n", help="Distance norm: l2 or linf.")]
+Attacks = Annotated[Optional[list[str]], typer.Option("--attack", "-a", help="Attack name, repeatable (lipcli list attacks).")]
+Limit = Annotated[Optional[int], typer.Option("--limit", min=1, help="Evaluate the first N test images only.")]
+BatchSize = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per attack batch.")]
+Eps = Annotated[Optional[str], typer.Option("--eps", help="Report error at these distances, e.g. 0.1,1.5 or 8/255.")]
+Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for distances.csv, summary.json, curve.png.", file_okay=False)]
+DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="Read the data set offline from this folder.")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+AttackOptions = Annotated[
+    Optional[list[str]],
+    typer.Option("--attack-option", "-O", metavar="ATTACK.KEY=VALUE",
+                 help="An attack parameter, e.g. -O pgd-l2.steps=40 (repeatable; value read as TOML)."),
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+Checkpoints = Annotated[list[Path], typer.Argument(help="Checkpoints written by lipcli train.", exists=True, dir_okay=False)]
+Checkpoint = Annotated[Path, typer.Argument(help="A checkpoint written by lipcli train.", exists=True, dir_okay=False)]
+
+
+def _attack_options(items: list[str] | None) -> dict[str, dict[str, Any]]:
+    from lipcli.config.loader import parse_override
+
+    options: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        dotted, value = parse_override(item)
+        name, _, key = dotted.rpartition(".")
+        if not name or not key:
+            raise typer.BadParameter(f"{item!r}: expected ATTACK.KEY=VALUE", param_hint="--attack-option")
+        options.setdefault(name, {})[key] = value
+    return options
+
+
+def _run(
+    ctx: typer.Context, paths: list[Path], *, norm: str, attack: list[str] | None, by: str, options: list[str] | None,
+    limit: int | None, batch_size: int | None, eps: str | None, out: Path | None, data_dir: Path | None,
+    device: str, quiet: bool, default_out: Path,
+) -> list[Any]:
+    from lipcli.device import select_device
+    from lipcli.evaluation.curves import DEFAULT_EPS, parse_eps
+    from lipcli.evaluation.evaluate import build_attacks, evaluate_checkpoints
+
+    norm = norm.strip().lower()
+    if norm not in DEFAULT_EPS:
+        raise typer.BadParameter(f"{norm!r} is not a norm; use l2 or linf", param_hint="--norm")
+    try:
+        points = parse_eps(eps) if eps is not None else parse_eps(",".join(DEFAULT_EPS[norm]))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--eps") from None
+    host = ctx.obj
+    attacks = build_attacks(attack or [DEFAULT_ATTACK], _attack_options(options), host)
+    for name, instance in attacks.items():
+        native = getattr(instance, "norms", None)
+        if native and norm not in native and not quiet:
+            console.err.print(
+                f"note: {name} minimises {'/'.join(native)}; its {norm} distances are measured on those adversarials",
+                highlight=False,
+            )
+    with RichReporter(quiet=quiet) as reporter:
+        evaluations = evaluate_checkpoints(
+            paths, norm=norm, attacks=attacks, eps=points, out=out or default_out, by=by, limit=limit,
+            batch_size=batch_size, data_dir=data_dir, device=select_device(device, "--device"), host=host,
+            reporter=reporter,
+        )
+    for evaluation in evaluations:
+        for warning in evaluation.summary["warnings"]:
+            console.warn(f"{evaluation.label}: {warning}")
+    return evaluations
+
+
+def _distance(value: float | None) -> str:
+    return "inf" if value is None else f"{value:.4g}"
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.2f}"
+
+
+def add_to(app: typer.Typer) -> None:
+    @app.command("curve")
+    def curve(
+        ctx: typer.Context,
+        checkpoints: Checkpoints,
+        norm: Norm = "l2",
+        attack: Attacks = None,
+        limit: Limit = None,
+        batch_size: BatchSize = None,
+        eps: Eps = None,
+        out: Out = None,
+        data_dir: DataDir = None,
+        device: Device = "auto",
+        attack_option: AttackOptions = None,
+        quiet: Quiet = False,
+        as_json: Json = False,
+    ) -> None:
+        """Error curves: per test image the smallest adversarial distance found, and % error against distance.
+
+        Writes distances.csv, summary.json and curve.png/.svg (default folder: curve-NORM beside the
+        checkpoint, or in the current folder for several checkpoints, drawn on one plot).
+        """
+        default_out = checkpoints[0].parent / f"curve-{norm}" if len(checkpoints) == 1 else Path(f"curve-{norm}")
+        evaluations = _run(
+            ctx, checkpoints, norm=norm, attack=attack, by="model", options=attack_option, limit=limit,
+            batch_size=batch_size, eps=eps, out=out, data_dir=data_dir, device=device, quiet=quiet,
+            default_out=default_out,
+        )
+        if as_json:
+            console.print_json([e.summary for e in evaluations])
+            return
+        first = evaluations[0].summary
+        table = Table(title=f"robustness ({first['norm']}, {', '.join(first['attacks'])})", title_justify="left")
+        for column in ("model", "images", "% error", "median", *(f"% err @{t}" for t in first["eps"]),
+                       "failures", "seconds", "queries"):
+            table.add_column(column, justify="left" if column == "model" else "right")
+        for evaluation in evaluations:
+            s = evaluation.summary
+            table.add_row(
+                evaluation.label, str(s["images"]), _percent(s["clean_error"]), _distance(s["median_distance"]),
+                *(_percent(v) for v in s["error_at"].values()), str(s["failures"]), f"{s['seconds']:.1f}",
+                str(s["queries"]),
+            )
+        console.out.print(table)
+        console.out.print(f"written to {out or default_out}", highlight=False)
+
+    @app.command("attack")
+    def attack_cmd(
+        ctx: typer.Context,
+        checkpoint: Checkpoint,
+        attack: Annotated[list[str], typer.Option("--attack", "-a", help="Attack name, repeatable (lipcli list attacks).")],
+        norm: Norm = "l2",
+        limit: Limit = None,
+        batch_size: BatchSize = None,
+        eps: Eps = None,
+        out: Out = None,
+        data_dir: DataDir = None,
+        device: Device = "auto",
+        attack_option: AttackOptions = None,
+        quiet: Quiet = False,
+        as_json: Json = False,
+    ) -> None:
+        """Compare attacks on one model: a curve per attack, each attack's time and queries, the strongest.
+
+        Writes distances.csv (a column per attack), summary.json and curve.png/.svg (default folder:
+        attacks-NORM beside the checkpoint).
+        """
+        default_out = checkpoint.parent / f"attacks-{norm}"
+        (evaluation,) = _run(
+            ctx, [checkpoint], norm=norm, attack=attack, by="attack", options=attack_option, limit=limit,
+            batch_size=batch_size, eps=eps, out=out, data_dir=data_dir, device=device, quiet=quiet,
+            default_out=default_out,
+        )
+        s = evaluation.summary
+        if as_json:
+            console.print_json(s)
+            return
+        table = Table(
+            title=f"attacks on {evaluation.label} ({s['norm']}, {s['images']} images, {_percent(s['clean_error'])} % "
+                  f"clean error)", title_justify="left",
+        )
+        for column in ("attack", "median", *(f"% err @{t}" for t in s["eps"]), "failures", "best on",
+                       "seconds", "queries/image"):
+            table.add_column(column, justify="left" if column == "attack" else "right")
+        for name, row in s["per_attack"].items():
+            table.add_row(
+                name, _distance(row["median_distance"]), *(_percent(v) for v in row["error_at"].values()),
+                str(row["failures"]), str(row["best_on"]), f"{row['seconds']:.1f}", f"{row['queries_per_image']:.0f}",
+            )
+        table.add_row(
+            "min over attacks", _distance(s["median_distance"]), *(_percent(v) for v in s["error_at"].values()),
+            str(s["failures"]), "", f"{s['seconds']:.1f}", "", style="bold",
+        )
+        console.out.print(table)
+        console.out.print(f"strongest: {s['strongest']} (smallest median distance); written to {out or default_out}",
+                          highlight=False)

@@ -1,0 +1,1 @@
+"""Robustness evaluation: attacks run over a test set, accounted for by lipcli, turned into error curves."""

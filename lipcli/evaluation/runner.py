@@ -1,0 +1,150 @@
+"""Running attacks over a test set: per-image minimal distances per attack, their minimum, cost, warnings.
+
+Batched throughout: each attack sees a batch of the correctly classified images at once, on the model's
+device, in eval mode with parameters frozen (no weight gradients are built). lipcli then measures what each
+attack returned (:mod:`lipcli.evaluation.accounting`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from lipcli.attacks import Attack
+from lipcli.data.batches import iterate_batches, num_batches
+from lipcli.data.types import ImageSet
+from lipcli.evaluation.accounting import QueryCounter, measured_distances
+from lipcli.gradients import frozen_eval, input_gradient
+from lipcli.progress import Reporter
+
+MASKING_SHARE = 0.05
+"""Warn about gradient masking when more than this share of the attacked images shows a sign of it."""
+
+
+@dataclass
+class AttackResult:
+    """One attack over the whole set: distances (float64, +inf where it failed), seconds, model queries."""
+
+    name: str
+    distances: torch.Tensor
+    seconds: float
+    queries: int
+    outside_box: int = 0
+    decision_based: bool = False
+
+
+@dataclass
+class RobustnessResult:
+    """Every attack's distances on the same images, and the per-image minimum over attacks."""
+
+    norm: str
+    labels: torch.Tensor
+    predictions: torch.Tensor
+    attacks: list[AttackResult]
+    zero_gradients: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def minimum(self) -> torch.Tensor:
+        """Per image, the smallest distance any attack found (0 for misclassified images)."""
+        stacked = torch.stack([a.distances for a in self.attacks])
+        return stacked.min(dim=0).values
+
+    @property
+    def clean_error(self) -> float:
+        return float((self.predictions != self.labels).double().mean())
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def attack_set(
+    model: nn.Module,
+    data: ImageSet,
+    attacks: dict[str, Attack],
+    norm: str,
+    *,
+    batch_size: int,
+    device: torch.device,
+    reporter: Reporter | None = None,
+) -> RobustnessResult:
+    """Run every attack on every correctly classified image of ``data``; restores the model's mode."""
+    if not attacks:
+        raise ValueError("no attack given")
+    reporter = reporter or Reporter()
+    batches = num_batches(len(data), batch_size)
+    with frozen_eval(model):
+        predictions, zero_gradients = _clean_pass(model, data, batch_size, device, reporter)
+        correct = predictions == data.labels
+        results = []
+        for name, attack in attacks.items():
+            counter = QueryCounter(model)
+            distances = torch.zeros(len(data), dtype=torch.float64)
+            outside = 0
+            seconds = 0.0
+            with reporter.task(f"{name} ({norm})", batches) as task:
+                for number, (images, labels) in enumerate(iterate_batches(data, batch_size, device)):
+                    first = number * batch_size
+                    keep = correct[first : first + images.shape[0]].to(device)
+                    if keep.any():
+                        _sync(device)
+                        started = time.perf_counter()
+                        proposals = attack.run(counter, images[keep], labels[keep], norm).detach()
+                        _sync(device)
+                        seconds += time.perf_counter() - started
+                        measured, bad = measured_distances(model, images[keep], labels[keep], proposals, norm)
+                        outside += bad
+                        rows = torch.arange(first, first + images.shape[0])[keep.cpu()]
+                        distances[rows] = measured.cpu()
+                    task.advance(1)
+            results.append(AttackResult(
+                name, distances, seconds, counter.queries, outside, getattr(attack, "decision_based", False)
+            ))
+    result = RobustnessResult(norm, data.labels.clone(), predictions, results, zero_gradients)
+    result.warnings = masking_warnings(result)
+    return result
+
+
+def _clean_pass(
+    model: nn.Module, data: ImageSet, batch_size: int, device: torch.device, reporter: Reporter
+) -> tuple[torch.Tensor, int]:
+    """(clean predictions ``[N]``, number of correctly classified images with a zero loss gradient)."""
+    predictions = torch.empty(len(data), dtype=torch.int64)
+    zero = 0
+    with reporter.task("clean", num_batches(len(data), batch_size)) as task:
+        for number, (images, labels) in enumerate(iterate_batches(data, batch_size, device)):
+            _, logits, gradient = input_gradient(model, images, labels)
+            predicted = logits.detach().argmax(1)
+            predictions[number * batch_size : number * batch_size + images.shape[0]] = predicted.cpu()
+            flat = gradient.flatten(1)
+            zero += int(((flat == 0).all(1) & (predicted == labels)).sum())
+            task.advance(1)
+    return predictions, zero
+
+
+def masking_warnings(result: RobustnessResult) -> list[str]:
+    """Signs of gradient masking: zero input gradients, or a decision-based attack beating every gradient one."""
+    attacked = int((result.predictions == result.labels).sum())
+    warnings = []
+    if attacked and result.zero_gradients > MASKING_SHARE * attacked:
+        warnings.append(
+            f"possible gradient masking: the loss gradient is exactly zero on {result.zero_gradients} of "
+            f"{attacked} correctly classified images; gradient attacks cannot see them"
+        )
+    blind = [a for a in result.attacks if a.decision_based]
+    sighted = [a for a in result.attacks if not a.decision_based]
+    if attacked and blind and sighted:
+        blind_best = torch.stack([a.distances for a in blind]).min(0).values
+        sighted_best = torch.stack([a.distances for a in sighted]).min(0).values
+        beaten = int((blind_best < 0.99 * sighted_best).sum())
+        if beaten > MASKING_SHARE * attacked:
+            warnings.append(
+                f"possible gradient masking: the decision-based attack ({', '.join(a.name for a in blind)}) found "
+                f"a smaller distance than every gradient attack on {beaten} of {attacked} images"
+            )
+    return warnings

@@ -1,0 +1,167 @@
+"""Attacks against closed-form answers: on an affine classifier the minimal adversarial distance is known.
+
+For logits ``z = W x + b`` the distance from x (label y) to class j's decision boundary is
+``(z_y - z_j) / ||w_y - w_j||_*`` (dual norm: l2 for l2, l1 for l-inf), and the minimal distance is the
+smallest over j, as long as the closest boundary point lies inside [0, 1]^n (kept so here: images in
+[0.3, 0.7], distances below 0.3 per pixel). No attack may ever report less than the truth.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lipcli.attacks import distance
+from lipcli.evaluation.accounting import measured_distances
+from lipcli.gradients import frozen_eval
+from lipcli.plugins import PluginHost
+
+SHAPE = (2, 5, 5)
+CLASSES = 5
+
+
+class Affine(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(SHAPE[0] * SHAPE[1] * SHAPE[2], CLASSES)
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.randn(self.linear.weight.shape, generator=generator))
+            self.linear.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.flatten(1))
+
+
+@pytest.fixture(scope="module")
+def affine() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    model = Affine().eval()
+    generator = torch.Generator().manual_seed(1)
+    images = 0.3 + 0.4 * torch.rand((40, *SHAPE), generator=generator)
+    with torch.no_grad():
+        labels = model(images).argmax(1)
+    return model, images, labels
+
+
+def exact_distances(model: Affine, images: torch.Tensor, labels: torch.Tensor, norm: str) -> torch.Tensor:
+    weight = model.linear.weight.detach().double()
+    logits = model(images).detach().double()
+    difference = weight[labels][:, None, :] - weight[None, :, :]  # [B, C, n]: w_y - w_j
+    dual = difference.norm(dim=2) if norm == "l2" else difference.abs().sum(dim=2)
+    margin = logits.gather(1, labels[:, None]) - logits
+    ratio = margin / dual
+    ratio[torch.arange(len(labels)), labels] = torch.inf
+    return ratio.min(dim=1).values
+
+
+# (attack, norm, tolerance on the median ratio to the truth, tolerance on the largest ratio)
+CASES = [
+    ("min-norm", "l2", 0.01, 0.01),
+    ("min-norm", "linf", 0.01, 0.01),
+    ("deepfool", "l2", 0.021, 0.021),  # overshoot 0.02 by design
+    ("deepfool", "linf", 0.021, 0.021),
+    ("cw", "l2", 0.01, 0.10),  # Adam in tanh space with a fixed step budget stops short on a few images
+    ("pgd-l2", "l2", 0.01, 0.10),  # cross-entropy ascent mixes classes: not always the closest boundary
+    ("pgd-linf", "linf", 0.01, 0.10),
+    ("gradient", "l2", 0.01, 0.15),
+    ("fgsm", "linf", 0.01, 0.20),
+    ("boundary", "l2", 0.02, 0.50),  # decision-based: most images converge in 5000 steps, a few do not
+]
+
+
+@pytest.mark.parametrize(("name", "norm", "median_tolerance", "max_tolerance"), CASES)
+def test_attack_distances_match_the_closed_form(
+    host: PluginHost, affine: tuple[nn.Module, torch.Tensor, torch.Tensor], name: str, norm: str,
+    median_tolerance: float, max_tolerance: float,
+) -> None:
+    model, images, labels = affine
+    attack = host.registry("attack").get(name).factory()
+    with frozen_eval(model):
+        proposals = attack.run(model, images, labels, norm)
+        found, _ = measured_distances(model, images, labels, proposals, norm)
+    truth = exact_distances(model, images, labels, norm)
+    assert truth.max() < 0.3 if norm == "linf" else True  # the closest points lie inside the box
+    ratio = found / truth
+    assert torch.isfinite(ratio).all(), f"{name} failed on {int((~torch.isfinite(ratio)).sum())} images"
+    assert ratio.min() >= 1 - 1e-6, "an attack beat the exact minimal distance: the accounting is wrong"
+    assert ratio.median() <= 1 + median_tolerance
+    assert ratio.max() <= 1 + max_tolerance
+
+
+def test_batched_deepfool_matches_torchattacks(host: PluginHost) -> None:
+    """Same steps as torchattacks' per-image loop, so the same points, on a small nonlinear CNN."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(8 * 4 * 4, 6),
+    ).eval()
+    with torch.no_grad():  # decisive logits, as after training, so DeepFool converges on most images
+        model[0].bias.uniform_(-1, 1)
+        model[-1].weight.mul_(10)
+    images = torch.rand(24, 1, 8, 8)
+    with torch.no_grad():
+        labels = model(images).argmax(1)
+    registry = host.registry("attack")
+    with frozen_eval(model):
+        ours = registry.get("deepfool").factory().run(model, images, labels, "l2")
+        theirs = registry.get("deepfool-torchattacks").factory().run(model, images, labels, "l2")
+    # The same iterates: the same distance whether or not the last one crossed the boundary. (Many end within
+    # 1e-7 of it in logit margin, where float rounding alone decides which side they are on.)
+    torch.testing.assert_close(distance(ours - images, "l2"), distance(theirs - images, "l2"), rtol=1e-4, atol=1e-6)
+    assert (distance(ours - images, "l2") > 0).all()
+
+
+class LabelsOnly(nn.Module):
+    """Reveals only the predicted label: logits replaced by a one-hot of the argmax, with no gradient."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            predicted = self.model(x).argmax(1)
+        return nn.functional.one_hot(predicted, CLASSES).float() * 7.0
+
+
+def test_boundary_attack_uses_labels_only_and_improves_with_steps(
+    host: PluginHost, affine: tuple[nn.Module, torch.Tensor, torch.Tensor]
+) -> None:
+    model, images, labels = affine
+    factory = host.registry("attack").get("boundary").factory
+    with torch.no_grad():
+        full = factory(steps=300).run(model, images, labels, "l2")
+        blind = factory(steps=300).run(LabelsOnly(model), images, labels, "l2")
+    assert torch.equal(full, blind), "the boundary attack used more than the predicted labels"
+    distances = []
+    for steps in (0, 100, 1000):
+        proposals = factory(steps=steps).run(LabelsOnly(model), images, labels, "l2")
+        found, _ = measured_distances(model, images, labels, proposals, "l2")
+        assert torch.isfinite(found).all()
+        distances.append(found)
+    assert (distances[1] <= distances[0]).all() and (distances[2] <= distances[1]).all()
+    assert distances[2].median() < 0.5 * distances[0].median()
+
+
+def test_attacks_return_images_in_the_box_and_leave_the_model_in_eval(host: PluginHost) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 3)).eval()
+    images = torch.rand(6, 1, 4, 4)
+    with torch.no_grad():
+        labels = model(images).argmax(1)
+    for component in host.registry("attack"):
+        options = {"steps": 20} if component.name in ("boundary", "cw", "min-norm") else {}
+        attack = component.factory(**options)
+        for norm in ("l2", "linf"):
+            with frozen_eval(model):
+                proposals = attack.run(model, images, labels, norm)
+                assert not model.training, f"{component.name} left the model in train mode"
+            assert proposals.shape == images.shape
+            assert proposals.min() >= 0 and proposals.max() <= 1, component.name
+
+
+def test_distance_is_float64_and_exact() -> None:
+    delta = torch.tensor([[3.0, -4.0], [0.0, 0.0]])
+    assert distance(delta, "l2").tolist() == [5.0, 0.0] and distance(delta, "l2").dtype == torch.float64
+    assert distance(delta, "linf").tolist() == [4.0, 0.0]
