@@ -112,6 +112,31 @@ def test_batched_deepfool_matches_torchattacks(host: PluginHost) -> None:
     assert (distance(ours - images, "l2") > 0).all()
 
 
+def test_deepfool_stops_at_a_fixed_point_with_the_same_result(host: PluginHost) -> None:
+    """An image whose every step the box clips away repeats itself: DeepFool stops it (after two steps, not 50)
+    and returns what torchattacks' 50 steps return."""
+
+    class Counted(nn.Module):
+        """Class 0 wins by 10 (x_0 + 0.1) > 0 everywhere in the box: the only way out is x_0 < -0.1."""
+
+        calls = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            Counted.calls += 1
+            first = x.flatten(1)[:, :1]
+            return torch.cat([10 * (first + 0.1), torch.zeros_like(first)], dim=1)
+
+    images = torch.full((3, 1, 2, 2), 0.5)
+    images[:, 0, 0, 0] = torch.tensor([0.3, 0.0, 0.9])
+    labels = torch.zeros(3, dtype=torch.int64)
+    registry = host.registry("attack")
+    ours = registry.get("deepfool").factory().run(Counted(), images, labels, "l2")
+    assert Counted.calls <= 3
+    theirs = registry.get("deepfool-torchattacks").factory().run(Counted(), images, labels, "l2")
+    assert torch.equal(ours, theirs)
+    assert ours[:, 0, 0, 0].tolist() == [0.0, 0.0, 0.0]
+
+
 class LabelsOnly(nn.Module):
     """Reveals only the predicted label: logits replaced by a one-hot of the argmax, with no gradient."""
 

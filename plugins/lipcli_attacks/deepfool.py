@@ -6,6 +6,10 @@ class over all images still classified correctly; an image stops as soon as it i
 moves to the linearised boundary of the closest class, scaled by ``1 + overshoot`` and clipped to [0, 1],
 exactly as torchattacks does, so the distances agree (tested). In l-inf the step uses the dual l1 norm and
 the sign of the gradient.
+
+Like torchattacks' DeepFool, this one often fails on images with saturated pixels (Fashion-MNIST's black
+background): the box clips part of every step, so the iterates approach the boundary from the inside
+and may never cross it. ``min-norm`` solves each step inside the box and does not have this weakness.
 """
 
 from __future__ import annotations
@@ -60,6 +64,10 @@ class DeepFool(Attack):
             pick = torch.arange(x.shape[0], device=x.device)
             step = deepfool_step(margins[pick, closest], gradients[pick, closest], norm)
             moved = (x + (1 + self.overshoot) * step).clamp(0, 1)
+            moved = torch.where(torch.isfinite(moved), moved, x)  # no class reachable (zero gradients): stay
             current[active[~fooled]] = moved[~fooled]
-            active = active[~fooled]
+            # A point the step leaves unchanged (a zero margin, or a step the box clips away) repeats itself at
+            # every later step: stopping it changes no result and saves the steps torchattacks spends there.
+            moving = (moved != x).flatten(1).any(1)
+            active = active[~fooled & moving]
         return current
