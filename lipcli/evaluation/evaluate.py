@@ -96,6 +96,7 @@ def evaluate_checkpoints(
         results.write_distances(folder / results.DISTANCES_FILE, result)
         results.write_summary(folder / results.SUMMARY_FILE, summary)
         evaluations.append(Evaluation(label, folder, result, summary))
+    overall = None
     if by == "model":
         curves = [(e.label, e.result.minimum) for e in evaluations]
         title = f"error curves ({', '.join(attacks)})"
@@ -103,8 +104,8 @@ def evaluate_checkpoints(
         only = evaluations[0]
         curves = [(a.name, a.distances) for a in only.result.attacks]
         if len(curves) > 1:
-            curves.append(("min over attacks", only.result.minimum))
+            overall = ("min over attacks", only.result.minimum)
         title = f"attacks on {only.label}"
-    results.plot_curves(out / results.CURVE_FILE, curves, norm, title)
+    results.plot_curves(out / results.CURVE_FILE, curves, norm, title, overall=overall)
     return evaluations
 

@@ -94,27 +94,32 @@ def write_summary(path: Path, summary: dict[str, Any]) -> None:
     write_text(path, json.dumps(summary, indent=2) + "\n")
 
 
-def plot_curves(stem: Path, curves: list[tuple[str, Any]], norm: str, title: str) -> list[Path]:
+def plot_curves(
+    stem: Path, curves: list[tuple[str, Any]], norm: str, title: str, overall: tuple[str, Any] | None = None
+) -> list[Path]:
     """Error curves (fraction of images broken vs distance, log-scale distance axis) as PNG and SVG.
 
     Each curve starts at its clean error (distance 0 is off a log axis, so the curve begins flat at the
-    left edge) and stops at its largest finite distance.
+    left edge) and stops at its largest finite distance. ``overall`` (the minimum over attacks) is drawn
+    dashed on top, so the attack it coincides with stays visible beneath it.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    finite = [x for _, distances in curves for x in curve_points(distances)[0] if x > 0]
+    drawn = curves + ([overall] if overall else [])
+    finite = [x for _, distances in drawn for x in curve_points(distances)[0] if x > 0]
     low = min(finite) / 2 if finite else 1e-3
     high = max(finite) * 1.5 if finite else 1.0
     figure, axes = pyplot.subplots(figsize=(6.4, 4.4))
-    for label, distances in curves:
+    for index, (label, distances) in enumerate(drawn):
         xs, ys = curve_points(distances)
         clean = error_at(distances, 0.0)
         points_x = [low] + [x for x in xs if x > 0]
         points_y = [clean * 100] + [y * 100 for x, y in zip(xs, ys) if x > 0]
-        axes.step(points_x, points_y, where="post", label=label)
+        style = {"color": "black", "linestyle": "--", "linewidth": 1.0} if index == len(curves) else {}
+        axes.step(points_x, points_y, where="post", label=label, **style)
     axes.set_xscale("log")
     axes.set_xlim(low, high)
     axes.set_ylim(0, 100)
