@@ -89,6 +89,23 @@ def test_attack_distances_match_the_closed_form(
     assert ratio.max() <= 1 + max_tolerance
 
 
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_min_norm_skips_a_closer_boundary_that_lies_outside_the_box(host: PluginHost, norm: str) -> None:
+    """Class 1's boundary (x_0 = 1.05) is the closest ignoring the box but unreachable; class 2's (x_1 = 0.2) is
+    0.3 away. Without the targeted walks the attack must still find it."""
+
+    class TwoBoundaries(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            first, second = x.flatten(1)[:, :1], x.flatten(1)[:, 1:2]
+            return torch.cat([torch.zeros_like(first), 10 * (first - 1.05), 10 * (0.2 - second)], dim=1)
+
+    images = torch.tensor([0.9, 0.5]).view(1, 1, 1, 2)
+    labels = torch.zeros(1, dtype=torch.int64)
+    proposals = host.registry("attack").get("min-norm").factory(targets=0).run(TwoBoundaries(), images, labels, norm)
+    found, _ = measured_distances(TwoBoundaries(), images, labels, proposals, norm)
+    assert 0.3 - 1e-6 <= float(found) <= 0.3 * 1.01
+
+
 def test_batched_deepfool_matches_torchattacks(host: PluginHost) -> None:
     """Same steps as torchattacks' per-image loop, so the same points, on a small nonlinear CNN."""
     torch.manual_seed(0)

@@ -17,6 +17,7 @@ from lipcli.attacks.projection import box_projection
 from lipcli.attacks.search import parameter_search
 from lipcli.cli.app import build_app
 from lipcli.data.types import ImageSet
+from lipcli.errors import LipcliError
 from lipcli.evaluation.curves import curve_points, error_at, median_distance, parse_eps
 from lipcli.evaluation.runner import attack_set
 from lipcli.plugins import PluginHost
@@ -166,6 +167,12 @@ def test_box_projection_is_exact(norm: str) -> None:
     assert torch.allclose(delta, expected, atol=1e-15)
     # no point of the box reaches the plane: NaN, never a step
     assert torch.isnan(box_projection(middle[:1], w[:1], torch.tensor([1e6], dtype=torch.float64), norm)).all()
+    # exactly the box's most (up to rounding), with a pixel the plane ignores: every other pixel saturated
+    x = torch.tensor([[0.5, 0.25, 0.5]], dtype=torch.float64)
+    w = torch.tensor([[1.0, -2.0, 0.0]], dtype=torch.float64)
+    for most in (1.0, 1.0 + 1e-13):
+        delta = box_projection(x, w, torch.tensor([most], dtype=torch.float64), norm)
+        assert delta.tolist() == [[0.5, -0.25, 0.0]]
 
 
 def test_box_projection_matches_a_generic_solver() -> None:
@@ -295,3 +302,28 @@ def test_bad_input_is_one_line_and_exit_2(run: Callable[..., Any], checkpoint: P
                                           message: str) -> None:
     result = run("curve", checkpoint, "--limit", "2", "--device", "cpu", *args)
     assert result.exit_code == 2 and message in result.output
+
+
+def test_labels_never_repeat_even_when_a_label_looks_numbered() -> None:
+    from lipcli.evaluation.targets import unique_labels
+
+    assert unique_labels(["a", "a-2", "a"]) == ["a", "a-2", "a-3"]
+    assert unique_labels(["best", "best", "best-2"]) == ["best", "best-2", "best-2-2"]
+
+
+def test_norm_and_attack_options_are_read_in_any_case(run: Callable[..., Any], checkpoint: Path,
+                                                      tmp_path: Path) -> None:
+    result = run("curve", checkpoint, "--norm", "L2", "--limit", "3", "--device", "cpu", "-a", "DeepFool",
+                 "-O", "DEEPFOOL.steps=3", "--out", tmp_path / "c", "--json")
+    assert result.exit_code == 0, result.output
+    (summary,) = json.loads(result.stdout)
+    assert summary["norm"] == "l2" and summary["attacks"] == ["deepfool"]
+    result = run("curve", checkpoint, "--norm", "LINF", "--limit", "3", "--device", "cpu", "-O", "min-norm.steps=2")
+    assert result.exit_code == 0, result.output
+    assert (checkpoint.parent / "curve-linf" / "summary.json").is_file()
+
+
+def test_an_empty_test_set_is_an_error_not_a_nan_summary() -> None:
+    empty = ImageSet(torch.zeros(0, 1, 2, 2), torch.zeros(0, dtype=torch.int64))
+    with pytest.raises(LipcliError, match="no test images"):
+        attack_set(Threshold(), empty, {"fail": Scripted(lambda images: images)}, "l2", batch_size=4, device=CPU)

@@ -50,7 +50,9 @@ def box_projection(x: torch.Tensor, w: torch.Tensor, r: torch.Tensor, norm: str)
     before = torch.where(k > 0, saturated.gather(1, (k - 1).clamp_min(0)), 0.0)
     slope = remaining.gather(1, k) + c_sorted.gather(1, k)  # sum over i >= k of c_i
     reachable = need <= saturated[:, -1:] * (1 + 1e-12)  # the most the box allows: every pixel saturated
-    tau = torch.where(reachable & (slope > 0), (need - before) / slope, torch.nan)
-    delta = torch.minimum(tau * a, room) * torch.sign(w64)
+    # Past the last finite breakpoint (need equal to the box's most, up to rounding) every pixel saturates.
+    tau = torch.where(slope > 0, (need - before) / slope, torch.inf)
+    delta = torch.where(active, torch.minimum(tau * a, room), 0.0) * torch.sign(w64)
     delta = torch.where(need > 0, delta, 0.0)
+    delta = torch.where(reachable, delta, torch.nan)
     return delta.reshape(shape).to(x.dtype)

@@ -14,7 +14,17 @@ from lipcli.cli.progress import RichReporter
 
 DEFAULT_ATTACK = "min-norm"
 
-Norm = Annotated[str, typer.Option("--norm", "-n", help="Distance norm: l2 or linf.")]
+
+
+def _norm(value: str) -> str:
+    """``--norm`` in any case, checked before anything (folder names included) uses it."""
+    norm = value.strip().lower()
+    if norm not in ("l2", "linf"):
+        raise typer.BadParameter(f"{value!r} is not a norm; use l2 or linf")
+    return norm
+
+
+Norm = Annotated[str, typer.Option("--norm", "-n", callback=_norm, help="Distance norm: l2 or linf.")]
 Attacks = Annotated[Optional[list[str]], typer.Option("--attack", "-a", help="Attack name, repeatable (lipcli list attacks).")]
 Limit = Annotated[Optional[int], typer.Option("--limit", min=1, help="Evaluate the first N test images only.")]
 BatchSize = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per attack batch.")]
@@ -54,9 +64,6 @@ def _run(
     from lipcli.evaluation.curves import DEFAULT_EPS, parse_eps
     from lipcli.evaluation.evaluate import build_attacks, evaluate_checkpoints
 
-    norm = norm.strip().lower()
-    if norm not in DEFAULT_EPS:
-        raise typer.BadParameter(f"{norm!r} is not a norm; use l2 or linf", param_hint="--norm")
     try:
         points = parse_eps(eps) if eps is not None else parse_eps(",".join(DEFAULT_EPS[norm]))
     except ValueError as exc:

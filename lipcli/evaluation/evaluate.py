@@ -39,6 +39,8 @@ def build_attacks(
 ) -> dict[str, Attack]:
     """Attack objects by registered name; ``options[name]`` are passed to the factory (``attack.<name>.<key>``)."""
     registry = host.registry("attack")
+    # Option keys name attacks as the user wrote them: resolve them like --attack names (any case).
+    options = {registry.get(key).name if key in registry else key: value for key, value in options.items()}
     attacks: dict[str, Attack] = {}
     for name in names:
         component = registry.get(name)

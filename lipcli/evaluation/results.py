@@ -91,7 +91,7 @@ def strongest(per_attack: dict[str, dict[str, Any]]) -> str:
 
 
 def write_summary(path: Path, summary: dict[str, Any]) -> None:
-    write_text(path, json.dumps(summary, indent=2) + "\n")
+    write_text(path, json.dumps(summary, indent=2, allow_nan=False) + "\n")  # NaN or inf is a bug here
 
 
 def plot_curves(

@@ -16,6 +16,7 @@ from torch import nn
 from lipcli.attacks import Attack
 from lipcli.data.batches import iterate_batches, num_batches
 from lipcli.data.types import ImageSet
+from lipcli.errors import DataError
 from lipcli.evaluation.accounting import QueryCounter, measured_distances
 from lipcli.gradients import frozen_eval, input_gradient
 from lipcli.progress import Reporter
@@ -76,6 +77,8 @@ def attack_set(
     """Run every attack on every correctly classified image of ``data``; restores the model's mode."""
     if not attacks:
         raise ValueError("no attack given")
+    if len(data) == 0:
+        raise DataError("no test images to attack")
     reporter = reporter or Reporter()
     batches = num_batches(len(data), batch_size)
     with frozen_eval(model):

@@ -48,10 +48,15 @@ def run_label(path: Path) -> str:
 
 
 def unique_labels(labels: list[str]) -> list[str]:
-    """``labels`` with repeats numbered (``a``, ``a-2``), so every file and curve name is distinct."""
-    seen: dict[str, int] = {}
+    """``labels`` with repeats numbered (``a``, ``a-2``, ``a-3``), so every file and curve name is distinct,
+    also where a label itself looks numbered (``a``, ``a-2``, ``a`` gives ``a``, ``a-2``, ``a-3``)."""
+    issued: set[str] = set()
     unique = []
     for label in labels:
-        seen[label] = seen.get(label, 0) + 1
-        unique.append(label if seen[label] == 1 else f"{label}-{seen[label]}")
+        candidate, number = label, 1
+        while candidate in issued:
+            number += 1
+            candidate = f"{label}-{number}"
+        issued.add(candidate)
+        unique.append(candidate)
     return unique

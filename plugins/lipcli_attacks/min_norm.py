@@ -85,9 +85,8 @@ class MinimumNorm(Attack):
             logits, _, margins, gradients = margin_gradients(model, x, y, self.candidates)
             fooled = logits.argmax(1) != y
             pick = torch.arange(x.shape[0], device=x.device)
-            closest = linearised_distance(margins, gradients, norm).argmin(dim=1)
+            closest, step = closest_in_box(x, -margins * (1 + self.overshoot), gradients, norm)
             margin, gradient = margins[pick, closest], gradients[pick, closest]
-            step = box_projection(x, gradient, -margin * (1 + self.overshoot), norm)
             unreachable = ~torch.isfinite(step.flatten(1)).all(1)
             step[unreachable] = (1 + self.overshoot) * deepfool_step(margin, gradient, norm)[unreachable]
             current[active[~fooled]] = (x + step).clamp(0, 1)[~fooled]
@@ -120,9 +119,8 @@ class MinimumNorm(Attack):
             base = torch.where(fooled.view(view), images + self.beta * (point - images), point)
             offset_x = (gradients * (images - point).unsqueeze(1)).flatten(2).sum(2)
             at_x = margins + offset_x
-            closest = linearised_distance(at_x, gradients, norm).argmin(dim=1)
+            closest, delta_x = closest_in_box(images, -at_x, gradients, norm)
             w = gradients[pick, closest]
-            delta_x = box_projection(images, w, -at_x[pick, closest], norm)
             at_base = margins[pick, closest] + (w * (base - point)).flatten(1).sum(1)
             delta_base = box_projection(base, w, -at_base, norm)
             size_x, size_base = distance(delta_x, norm), distance(delta_base, norm)
@@ -132,6 +130,28 @@ class MinimumNorm(Attack):
             usable = torch.isfinite(moved.flatten(1)).all(1).view(view)
             point = torch.where(usable, moved, base).clamp(0, 1).detach()
         return best
+
+
+def closest_in_box(
+    x: torch.Tensor, targets: torch.Tensor, gradients: torch.Tensor, norm: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(class column ``[B]``, step ``[B, ...]``): the smallest box-constrained step ``delta`` with
+    ``gradients[:, k] . delta = targets[:, k]`` over the K columns, each solved by :func:`box_projection`.
+
+    A class whose linearised boundary lies outside the box is never chosen. Where no class is reachable, the
+    column is the closest ignoring the box and the step is NaN.
+    """
+    count, classes = targets.shape
+    shape = x.shape[1:]
+    steps = box_projection(
+        x.unsqueeze(1).expand(count, classes, *shape).reshape(count * classes, *shape),
+        gradients.reshape(count * classes, *shape), targets.reshape(-1), norm,
+    ).view(count, classes, *shape)
+    sizes = distance(steps.flatten(0, 1), norm).view(count, classes).nan_to_num(torch.inf)
+    column = torch.where(
+        torch.isfinite(sizes).any(1), sizes.argmin(1), linearised_distance(targets, gradients, norm).argmin(1)
+    )
+    return column, steps[torch.arange(count, device=x.device), column]
 
 
 @torch.no_grad()
