@@ -8,6 +8,9 @@ smallest over j, as long as the closest boundary point lies inside [0, 1]^n (kep
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import pytest
 import torch
 from torch import nn
@@ -89,21 +92,30 @@ def test_attack_distances_match_the_closed_form(
     assert ratio.max() <= 1 + max_tolerance
 
 
+class TwoBoundaries(nn.Module):
+    """At x = (0.9, 0.5), label 0: class 1's boundary (x_0 = 1.05) is the closest ignoring the box, but outside
+    it; class 2's (x_1 = 0.2) is 0.3 away in l2 and l-inf."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first, second = x.flatten(1)[:, :1], x.flatten(1)[:, 1:2]
+        return torch.cat([torch.zeros_like(first), 10 * (first - 1.05), 10 * (0.2 - second)], dim=1)
+
+
 @pytest.mark.parametrize("norm", ["l2", "linf"])
-def test_min_norm_skips_a_closer_boundary_that_lies_outside_the_box(host: PluginHost, norm: str) -> None:
-    """Class 1's boundary (x_0 = 1.05) is the closest ignoring the box but unreachable; class 2's (x_1 = 0.2) is
-    0.3 away. Without the targeted walks the attack must still find it."""
-
-    class TwoBoundaries(nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            first, second = x.flatten(1)[:, :1], x.flatten(1)[:, 1:2]
-            return torch.cat([torch.zeros_like(first), 10 * (first - 1.05), 10 * (0.2 - second)], dim=1)
-
+def test_steps_solved_inside_the_box_skip_a_boundary_outside_it(host: PluginHost, norm: str) -> None:
+    """min-norm (without its targeted walks) and DeepFool with ``box = true`` find class 2's boundary; plain
+    DeepFool, like torchattacks', walks to x_0 = 1 and stalls there: a failure."""
     images = torch.tensor([0.9, 0.5]).view(1, 1, 1, 2)
     labels = torch.zeros(1, dtype=torch.int64)
-    proposals = host.registry("attack").get("min-norm").factory(targets=0).run(TwoBoundaries(), images, labels, norm)
-    found, _ = measured_distances(TwoBoundaries(), images, labels, proposals, norm)
-    assert 0.3 - 1e-6 <= float(found) <= 0.3 * 1.01
+    registry = host.registry("attack")
+
+    def found(name: str, **options: Any) -> float:
+        proposals = registry.get(name).factory(**options).run(TwoBoundaries(), images, labels, norm)
+        return float(measured_distances(TwoBoundaries(), images, labels, proposals, norm)[0])
+
+    assert 0.3 - 1e-6 <= found("min-norm", targets=0) <= 0.3 * 1.01
+    assert 0.3 - 1e-6 <= found("deepfool", box=True) <= 0.3 * 1.021  # overshoot 0.02
+    assert found("deepfool") == math.inf
 
 
 def test_batched_deepfool_matches_torchattacks(host: PluginHost) -> None:

@@ -33,7 +33,7 @@ from torch import nn
 from lipcli.attacks import Attack, distance
 from lipcli.attacks.projection import box_projection
 from lipcli.gradients import margin_gradients
-from lipcli_attacks.deepfool import deepfool_step, linearised_distance
+from lipcli_attacks.deepfool import DeepFool, closest_in_box
 
 
 class MinimumNorm(Attack):
@@ -62,7 +62,7 @@ class MinimumNorm(Attack):
         self.targets, self.target_steps = targets, target_steps
 
     def run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str) -> torch.Tensor:
-        start = self._start(model, images, labels, norm)
+        start = DeepFool(self.start_steps, self.overshoot, self.candidates, box=True).run(model, images, labels, norm)
         best = self._refine(model, images, labels, norm, start, self.candidates, self.steps)
         if self.targets:
             with torch.no_grad():
@@ -76,25 +76,6 @@ class MinimumNorm(Attack):
                 better = found_distance < best_distance
                 best[better], best_distance[better] = found[better], found_distance[better]
         return segment_bisection(model, images, labels, best, self.bisect_steps)
-
-    def _start(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str) -> torch.Tensor:
-        """Box-aware DeepFool; each image stops once misclassified."""
-        current = images.clone()
-        active = torch.arange(images.shape[0], device=images.device)
-        for _ in range(self.start_steps):
-            if active.numel() == 0:
-                break
-            x, y = current[active], labels[active]
-            logits, _, margins, gradients = margin_gradients(model, x, y, self.candidates)
-            fooled = logits.argmax(1) != y
-            pick = torch.arange(x.shape[0], device=x.device)
-            closest, step = closest_in_box(x, -margins * (1 + self.overshoot), gradients, norm)
-            margin, gradient = margins[pick, closest], gradients[pick, closest]
-            unreachable = ~torch.isfinite(step.flatten(1)).all(1)
-            step[unreachable] = (1 + self.overshoot) * deepfool_step(margin, gradient, norm)[unreachable]
-            current[active[~fooled]] = (x + step).clamp(0, 1)[~fooled]
-            active = active[~fooled]
-        return current
 
     def _refine(
         self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str, start: torch.Tensor,
@@ -133,28 +114,6 @@ class MinimumNorm(Attack):
             usable = torch.isfinite(moved.flatten(1)).all(1).view(view)
             point = torch.where(usable, moved, base).clamp(0, 1).detach()
         return best
-
-
-def closest_in_box(
-    x: torch.Tensor, targets: torch.Tensor, gradients: torch.Tensor, norm: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(class column ``[B]``, step ``[B, ...]``): the smallest box-constrained step ``delta`` with
-    ``gradients[:, k] . delta = targets[:, k]`` over the K columns, each solved by :func:`box_projection`.
-
-    A class whose linearised boundary lies outside the box is never chosen. Where no class is reachable, the
-    column is the closest ignoring the box and the step is NaN.
-    """
-    count, classes = targets.shape
-    shape = x.shape[1:]
-    steps = box_projection(
-        x.unsqueeze(1).expand(count, classes, *shape).reshape(count * classes, *shape),
-        gradients.reshape(count * classes, *shape), targets.reshape(-1), norm,
-    ).view(count, classes, *shape)
-    sizes = distance(steps.flatten(0, 1), norm).view(count, classes).nan_to_num(torch.inf)
-    column = torch.where(
-        torch.isfinite(sizes).any(1), sizes.argmin(1), linearised_distance(targets, gradients, norm).argmin(1)
-    )
-    return column, steps[torch.arange(count, device=x.device), column]
 
 
 @torch.no_grad()
