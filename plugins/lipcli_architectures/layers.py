@@ -3,12 +3,20 @@
 The authors' models use BatchNorm without learnable affine parameters, followed by a learnable
 per-channel bias (the bias of the preceding convolution, moved after the normalisation where it is not
 cancelled). ``batchnorm_affine=True`` gives the usual PyTorch layout instead (BN scale and shift, no bias).
+
+Modules whose parts do not simply follow one another say how their Lipschitz bounds compose, in a
+``lipschitz_bound(bounds)`` method (:mod:`lipcli.lipschitz.bound`).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from lipcli.lipschitz.bound import LayerBounds
 
 
 class ChannelBias(nn.Module):
@@ -24,6 +32,10 @@ class ChannelBias(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.bias.view(1, -1, *([1] * (x.ndim - 2)))
+
+    def lipschitz_bound(self, bounds: LayerBounds) -> float:
+        """A translation: distances are unchanged."""
+        return 1.0
 
 
 def norm_with_bias(channels: int, *, batchnorm_affine: bool, dims: int = 2) -> nn.Sequential:
@@ -67,12 +79,20 @@ class ConvBN(nn.Module):
             x = x + self.bias.view(1, -1, 1, 1)
         return torch.relu(x) if self.relu else x
 
+    def lipschitz_bound(self, bounds: LayerBounds) -> float:
+        """The convolution with the BatchNorm's per-channel scale folded into its rows (bias and ReLU: 1)."""
+        return bounds.linear_map(self.conv, bounds.batchnorm_scale(self.bn))
+
 
 class GlobalAvgPool(nn.Module):
     """Mean over the spatial dimensions: ``[B, C, H, W] -> [B, C]``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean(dim=(2, 3))
+
+    def lipschitz_bound(self, bounds: LayerBounds) -> float:
+        height, width = bounds.input_shape(self)[-2:]
+        return bounds.average(height * width)
 
 
 def check_positive(**values: int) -> None:

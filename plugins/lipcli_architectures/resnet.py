@@ -8,9 +8,13 @@ resolution), and a linear classifier. With n = 5 that is 1 + 30 + 2 + 1 = 34 wei
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from lipcli.lipschitz.bound import LayerBounds
 
 from lipcli.data import DatasetInfo
 from lipcli_architectures.layers import ConvBN, GlobalAvgPool, check_positive
@@ -26,6 +30,10 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(x + self.conv2(self.conv1(x)))
+
+    def lipschitz_bound(self, bounds: LayerBounds) -> float:
+        """Identity plus the branch; the ReLU after the sum is 1-Lipschitz."""
+        return 1.0 + bounds(self.conv1) * bounds(self.conv2)
 
 
 class BranchBlock(nn.Module):
@@ -50,6 +58,10 @@ class BranchBlock(nn.Module):
         # Group g of the grouped conv owns channels [g*c, (g+1)*c): split them into a branch axis and average.
         mean = branches.view(b, self.cardinality, -1, h, w).mean(dim=1)
         return torch.relu(x + mean)
+
+    def lipschitz_bound(self, bounds: LayerBounds) -> float:
+        """Identity plus the mean of the branches (computed together as two convolutions)."""
+        return 1.0 + bounds(self.conv1) * bounds(self.conv2) * bounds.average(self.cardinality)
 
 
 class CifarResNet(nn.Module):
@@ -78,6 +90,9 @@ class CifarResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+    def lipschitz_bound(self, bounds: LayerBounds) -> float:
+        return bounds(self.features) * bounds(self.classifier)
 
 
 

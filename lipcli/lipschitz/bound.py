@@ -1,0 +1,156 @@
+"""The data-independent upper bound of the paper's Eq. (6): a product of per-layer operator norms.
+
+For a network built from linear layers and 1-Lipschitz activations, ``||z(x) - z(x')|| <= U ||x - x'||`` in
+the same p-norm on both sides, with ``U`` the product of the layers' operator norms (and ``1 + U_branch``
+for a residual block ``x + branch(x)``). lipcli computes it for p = 2, l-inf and 1, so that every column of
+the paper's Tables 1, 4 and 6 has a bound beside its measured maximum (see :mod:`lipcli.lipschitz.statistics`).
+Unlike most implementations (the paper notes only one accounts for it), BatchNorm's scaling is included: an
+eval-mode BatchNorm is the diagonal map ``x / sqrt(var + eps)`` (times its weight), folded into the
+preceding convolution where the architecture says so (``ConvBN``), else bounded by its largest entry.
+Convolution norms are taken at the input shape each layer really sees (a probe forward pass records it).
+
+How a module is bounded, in order:
+
+1. a module with a ``lipschitz_bound(bounds)`` method returns its own bound, composing its parts with the
+   :class:`LayerBounds` it is given (``bounds(sub_module)``, ``bounds.linear_map(conv, scale)``,
+   ``bounds.batchnorm_scale(bn)``, ``bounds.average(count)``, ``bounds.input_shape(module)``): this is how
+   architectures with residual or branching structure (lipcli's own, and third-party ones) say how their
+   parts combine;
+2. ``nn.Sequential``: the product over its children;
+3. the built-in rules below for PyTorch's layers and lipcli's tanh head;
+4. anything else: :class:`BoundUnavailable`, naming the module, never a guess.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from lipcli.errors import LipcliError
+from lipcli.lipschitz.operator_norms import OPERATOR_NORMS, dense_spectral_norm, layer_map, operator_norm
+from lipcli.models.heads import TanhHead
+
+
+class BoundUnavailable(LipcliError):
+    """The model contains a module lipcli has no Lipschitz rule for (and that does not bound itself)."""
+
+
+ONE_LIPSCHITZ = (nn.ReLU, nn.ReLU6, nn.Tanh, nn.Hardtanh, nn.Identity, nn.Flatten, nn.Dropout, nn.Dropout2d)
+"""Element-wise maps with slope at most 1 and shape changes: factor 1 in every p-norm."""
+
+
+class LayerBounds:
+    """Operator-norm bounds of a model's modules in one norm (``l2``, ``linf`` or ``l1``, from p to p)."""
+
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...], norm: str, *, tolerance: float = 1e-9) -> None:
+        if norm not in OPERATOR_NORMS:
+            raise ValueError(f"unknown operator norm {norm!r}; use one of {', '.join(OPERATOR_NORMS)}")
+        self.norm = norm
+        self.tolerance = tolerance
+        self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self._shapes = record_input_shapes(model, input_shape, self.device)
+        self._cache: dict[int, float] = {}
+
+    def __call__(self, module: nn.Module) -> float:
+        """The bound of ``module`` (cached: a module shared by several paths is computed once)."""
+        key = id(module)
+        if key not in self._cache:
+            self._cache[key] = float(self._bound(module))
+        return self._cache[key]
+
+    def _bound(self, module: nn.Module) -> float:
+        own = getattr(module, "lipschitz_bound", None)
+        if callable(own):
+            return own(self)
+        if isinstance(module, nn.Sequential):
+            return math.prod(self(child) for child in module)
+        for kinds, rule in _RULES:
+            if isinstance(module, kinds):
+                return rule(self, module)
+        raise BoundUnavailable(
+            f"no Lipschitz rule for module {type(module).__name__} ({type(module).__module__}); give it a "
+            f"lipschitz_bound(bounds) method (see lipcli.lipschitz.bound)"
+        )
+
+    def input_shape(self, module: nn.Module) -> tuple[int, ...]:
+        """The shape (without batch) of ``module``'s input in the probe forward pass."""
+        try:
+            return self._shapes[id(module)]
+        except KeyError:
+            raise BoundUnavailable(f"{type(module).__name__} is not called in the model's forward pass") from None
+
+    def linear_map(self, module: nn.Module, scale: torch.Tensor | None = None) -> float:
+        """The operator norm of a convolution, linear layer or average pooling (bias dropped), its outputs
+        scaled per channel by ``scale`` (e.g. :meth:`batchnorm_scale` of the BatchNorm that follows)."""
+        if isinstance(module, nn.Linear) and self.norm == "l2":
+            weight = module.weight.detach().double()
+            return dense_spectral_norm(weight if scale is None else scale.detach().double()[:, None] * weight)
+        return operator_norm(layer_map(module, scale), self.input_shape(module), self.norm, device=self.device,
+                             tolerance=self.tolerance)
+
+    @staticmethod
+    def batchnorm_scale(norm: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
+        """Per channel, the factor an eval-mode BatchNorm multiplies by: ``weight / sqrt(running_var + eps)``."""
+        if norm.running_var is None:
+            raise BoundUnavailable(f"{type(norm).__name__} without running statistics is not a fixed map in eval mode")
+        scale = 1.0 / torch.sqrt(norm.running_var.detach().double() + norm.eps)
+        return scale * norm.weight.detach().double() if norm.weight is not None else scale
+
+    def average(self, count: int) -> float:
+        """The norm of averaging ``count`` equally shaped blocks (global pooling over ``count`` positions, a
+        mean over ``count`` branches): ``1/sqrt(count)`` in l2, 1 in l-inf, ``1/count`` in l1."""
+        return {"l2": count ** -0.5, "linf": 1.0, "l1": 1.0 / count}[self.norm]
+
+
+def _batchnorm(bounds: LayerBounds, module: nn.modules.batchnorm._BatchNorm) -> float:
+    return float(bounds.batchnorm_scale(module).abs().max())
+
+
+def _tanh_head(bounds: LayerBounds, module: TanhHead) -> float:
+    """BatchNorm over the logits, then ``|t| tanh(z / |t|)``, whose slope is at most 1."""
+    return _batchnorm(bounds, module.norm)
+
+
+def _leaky(bounds: LayerBounds, module: nn.LeakyReLU) -> float:
+    return max(1.0, abs(module.negative_slope))
+
+
+_RULES: list[tuple[type | tuple[type, ...], Callable[[LayerBounds, nn.Module], float]]] = [
+    ((nn.Linear, nn.modules.conv._ConvNd, nn.AvgPool2d, nn.AdaptiveAvgPool2d), lambda b, m: b.linear_map(m)),
+    (nn.modules.batchnorm._BatchNorm, _batchnorm),
+    (TanhHead, _tanh_head),
+    (ONE_LIPSCHITZ, lambda b, m: 1.0),
+    (nn.LeakyReLU, _leaky),
+    (nn.Sigmoid, lambda b, m: 0.25),
+]
+
+
+def record_input_shapes(
+    model: nn.Module, input_shape: tuple[int, ...], device: torch.device
+) -> dict[int, tuple[int, ...]]:
+    """``id(module) -> input shape`` for every module, from one eval-mode forward pass on a zero image."""
+    shapes: dict[int, tuple[int, ...]] = {}
+
+    def record(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        if inputs and isinstance(inputs[0], torch.Tensor):
+            shapes.setdefault(id(module), tuple(inputs[0].shape[1:]))
+
+    handles = [m.register_forward_pre_hook(record) for m in model.modules()]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros((1, *input_shape), device=device))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return shapes
+
+
+def product_bound(model: nn.Module, input_shape: tuple[int, ...], norm: str, *, tolerance: float = 1e-9) -> float:
+    """``U`` with ``||z(x) - z(x')||_p <= U ||x - x'||_p`` for the model's outputs z, p = ``norm``."""
+    return LayerBounds(model, input_shape, norm, tolerance=tolerance)(model)
