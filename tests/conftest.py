@@ -1,12 +1,15 @@
-"""Shared fixtures: one plugin host with the installed first-party plugins, tiny experiment configs."""
+"""Shared fixtures: one plugin host with the installed first-party plugins, tiny experiment configs, small
+trained checkpoints and a CLI runner."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
+from typer.testing import CliRunner
 
+from lipcli.cli.app import build_app
 from lipcli.config import ExperimentConfig, resolve
 from lipcli.plugins import PluginHost
 
@@ -33,3 +36,32 @@ def _tiny_config(tmp_path: Path, *overrides: str) -> ExperimentConfig:
 def tiny_config() -> Callable[..., ExperimentConfig]:
     """``tiny_config(tmp_path, "section.key=value", ...)``: a seconds-long synthetic run with overrides."""
     return _tiny_config
+
+
+def _train_digits(folder: Path, *flags: str) -> Path:
+    app = build_app(PluginHost(environ={}))
+    result = CliRunner().invoke(app, [
+        "train", "--dataset", "digits", "--epochs", "2", "--out", str(folder), "--device", "cpu", "--quiet",
+        "--set", "model.options={width=8}", *flags,
+    ])
+    assert result.exit_code == 0, result.output
+    return folder / "best.pt"
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small CNN trained for two epochs on digits (8x8, 10 classes), in a run folder named digits-run."""
+    return _train_digits(tmp_path_factory.mktemp("curve") / "digits-run")
+
+
+@pytest.fixture(scope="session")
+def tanh_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same with the tanh logit head (BatchNorm over the logits and a learnt scale)."""
+    return _train_digits(tmp_path_factory.mktemp("tanh") / "digits-tanh", "--tanh-head")
+
+
+@pytest.fixture
+def run(host: PluginHost) -> Callable[..., Any]:
+    """``run(*args)``: invoke the CLI in-process; arguments are turned into strings."""
+    app = build_app(host)
+    return lambda *args: CliRunner().invoke(app, [str(a) for a in args])

@@ -10,17 +10,14 @@ from typing import Any, Callable
 import pytest
 import torch
 from torch import nn
-from typer.testing import CliRunner
 
 from lipcli.attacks import Attack
 from lipcli.attacks.projection import box_projection
 from lipcli.attacks.search import parameter_search
-from lipcli.cli.app import build_app
 from lipcli.data.types import ImageSet
 from lipcli.errors import LipcliError
 from lipcli.evaluation.curves import curve_points, error_at, median_distance, parse_eps
 from lipcli.evaluation.runner import attack_set
-from lipcli.plugins import PluginHost
 
 CPU = torch.device("cpu")
 
@@ -230,25 +227,6 @@ def test_masking_warnings() -> None:
     assert any("decision-based attack (blind)" in w and "on 3 of 3" in w for w in result.warnings)
     result = attack_set(Threshold(), data, {"sighted": sighted}, "l2", batch_size=8, device=CPU)
     assert result.warnings == []
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small model trained for two epochs on digits (8x8, 10 classes)."""
-    folder = tmp_path_factory.mktemp("curve") / "digits-run"
-    app = build_app(PluginHost(environ={}))
-    result = CliRunner().invoke(app, [
-        "train", "--dataset", "digits", "--epochs", "2", "--out", str(folder), "--device", "cpu", "--quiet",
-        "--set", "model.options={width=8}",
-    ])
-    assert result.exit_code == 0, result.output
-    return folder / "best.pt"
-
-
-@pytest.fixture
-def run(host: PluginHost) -> Callable[..., Any]:
-    app = build_app(host)
-    return lambda *args: CliRunner().invoke(app, [str(a) for a in args])
 
 
 def test_curve_writes_the_three_files_and_prints_the_table(run: Callable[..., Any], checkpoint: Path,

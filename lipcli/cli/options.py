@@ -1,4 +1,4 @@
-"""Options shared by every command that resolves an experiment configuration."""
+"""Options shared by several commands: experiment configuration, and the evaluation commands' common ones."""
 
 from __future__ import annotations
 
@@ -20,3 +20,11 @@ SetOverrides = Annotated[
     ),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print results as JSON.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="Read the data set offline from this folder.")]
+Limit = Annotated[Optional[int], typer.Option("--limit", min=1, help="Evaluate the first N test images only.")]
+BatchSize = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per batch.")]
+Checkpoints = Annotated[
+    list[Path], typer.Argument(help="Checkpoints written by lipcli train.", exists=True, dir_okay=False)
+]

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from lipcli.cli import console
-from lipcli.cli.options import Json
+from lipcli.cli.options import BatchSize, Checkpoints, DataDir, Device, Json, Limit, Quiet
 from lipcli.cli.progress import RichReporter
 
 DEFAULT_ATTACK = "min-norm"
@@ -26,19 +26,13 @@ def _norm(value: str) -> str:
 
 Norm = Annotated[str, typer.Option("--norm", "-n", callback=_norm, help="Distance norm: l2 or linf.")]
 Attacks = Annotated[Optional[list[str]], typer.Option("--attack", "-a", help="Attack name, repeatable (lipcli list attacks).")]
-Limit = Annotated[Optional[int], typer.Option("--limit", min=1, help="Evaluate the first N test images only.")]
-BatchSize = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per attack batch.")]
 Eps = Annotated[Optional[str], typer.Option("--eps", help="Report error at these distances, e.g. 0.1,1.5 or 8/255.")]
 Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for distances.csv, summary.json, curve.png.", file_okay=False)]
-DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="Read the data set offline from this folder.")]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 AttackOptions = Annotated[
     Optional[list[str]],
     typer.Option("--attack-option", "-O", metavar="ATTACK.KEY=VALUE",
                  help="An attack parameter, e.g. -O pgd-l2.steps=40 (repeatable; value read as TOML)."),
 ]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
-Checkpoints = Annotated[list[Path], typer.Argument(help="Checkpoints written by lipcli train.", exists=True, dir_okay=False)]
 Checkpoint = Annotated[Path, typer.Argument(help="A checkpoint written by lipcli train.", exists=True, dir_okay=False)]
 
 

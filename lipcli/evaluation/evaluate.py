@@ -19,7 +19,7 @@ from lipcli.components import call_factory
 from lipcli.errors import ConfigError
 from lipcli.evaluation import results
 from lipcli.evaluation.runner import RobustnessResult, attack_set
-from lipcli.evaluation.targets import load_target, unique_labels
+from lipcli.evaluation.targets import load_target, output_folders
 from lipcli.plugins import PluginHost, get_host
 from lipcli.progress import Reporter
 
@@ -79,13 +79,9 @@ def evaluate_checkpoints(
         raise ValueError(f"by must be 'model' or 'attack', not {by!r}")
     host = host or get_host()
     reporter = reporter or Reporter()
-    labels: list[str] = []
     evaluations = []
-    for path in paths:
+    for path, (label, folder) in zip(paths, output_folders(paths, out)):
         target = load_target(path, data_dir=data_dir, limit=limit, device=device, host=host)
-        labels.append(target.label)
-        label = unique_labels(labels)[-1]
-        folder = out if len(paths) == 1 else out / label
         reporter.info(f"{label}: {len(target.test)} test images of {target.info.name}, norm {norm}, on {device}")
         result = attack_set(
             target.model, target.test, attacks, norm, batch_size=batch_size or target.config.evaluation.batch_size,

@@ -30,13 +30,21 @@ def _number(value: float) -> float | None:
 
 def write_distances(path: Path, result: RobustnessResult) -> None:
     """One row per image: test index, label, clean prediction, each attack's distance, the minimum."""
+    columns = {a.name: a.distances for a in result.attacks}
+    write_per_image(path, result.labels, result.predictions, {**columns, "min": result.minimum})
+
+
+def write_per_image(
+    path: Path, labels: torch.Tensor, predictions: torch.Tensor, columns: dict[str, torch.Tensor]
+) -> None:
+    """A CSV with one row per image: index, label, prediction, then each column (floats as Python writes
+    them, so ``inf`` and ``nan`` read back)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    names = [a.name for a in result.attacks]
-    writer.writerow(["index", "label", "prediction", *names, "min"])
-    columns = [a.distances.tolist() for a in result.attacks] + [result.minimum.tolist()]
-    for index, (label, prediction) in enumerate(zip(result.labels.tolist(), result.predictions.tolist())):
-        writer.writerow([index, label, prediction, *(repr(column[index]) for column in columns)])
+    writer.writerow(["index", "label", "prediction", *columns])
+    values = [column.tolist() for column in columns.values()]
+    for index, (label, prediction) in enumerate(zip(labels.tolist(), predictions.tolist())):
+        writer.writerow([index, label, prediction, *(repr(float(column[index])) for column in values)])
     write_text(path, buffer.getvalue())
 
 
@@ -90,7 +98,7 @@ def strongest(per_attack: dict[str, dict[str, Any]]) -> str:
     return min(per_attack, key=key)
 
 
-def write_summary(path: Path, summary: dict[str, Any]) -> None:
+def write_summary(path: Path, summary: dict[str, Any] | list[Any]) -> None:
     write_text(path, json.dumps(summary, indent=2, allow_nan=False) + "\n")  # NaN or inf is a bug here
 
 

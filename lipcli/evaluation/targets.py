@@ -47,6 +47,13 @@ def run_label(path: Path) -> str:
     return path.stem
 
 
+def output_folders(paths: list[Path], out: Path) -> list[tuple[str, Path]]:
+    """(label, folder) per checkpoint: ``out`` itself for one checkpoint, else ``out/<label>`` with distinct
+    labels, so no checkpoint's files overwrite another's."""
+    labels = unique_labels([run_label(Path(path)) for path in paths])
+    return [(label, out if len(paths) == 1 else out / label) for label in labels]
+
+
 def unique_labels(labels: list[str]) -> list[str]:
     """``labels`` with repeats numbered (``a``, ``a-2``, ``a-3``), so every file and curve name is distinct,
     also where a label itself looks numbered (``a``, ``a-2``, ``a`` gives ``a``, ``a-2``, ``a-3``)."""

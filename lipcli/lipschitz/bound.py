@@ -7,7 +7,8 @@ the paper's Tables 1, 4 and 6 has a bound beside its measured maximum (see :mod:
 Unlike most implementations (the paper notes only one accounts for it), BatchNorm's scaling is included: an
 eval-mode BatchNorm is the diagonal map ``x / sqrt(var + eps)`` (times its weight), folded into the
 preceding convolution where the architecture says so (``ConvBN``), else bounded by its largest entry.
-Convolution norms are taken at the input shape each layer really sees (a probe forward pass records it).
+Layer norms are taken at the input shape each layer really sees (a probe forward pass records it): exact in
+l1 and l-inf, a rigorous upper bound in l2 (:mod:`lipcli.lipschitz.operator_norms`), so ``U`` is a bound.
 
 How a module is bounded, in order:
 
@@ -16,7 +17,8 @@ How a module is bounded, in order:
    ``bounds.batchnorm_scale(bn)``, ``bounds.average(count)``, ``bounds.input_shape(module)``): this is how
    architectures with residual or branching structure (lipcli's own, and third-party ones) say how their
    parts combine;
-2. ``nn.Sequential``: the product over its children;
+2. ``nn.Sequential``: the product over its children (nested ones flattened), a BatchNorm that directly
+   follows a convolution or linear layer folded into it;
 3. the built-in rules below for PyTorch's layers and lipcli's tanh head;
 4. anything else: :class:`BoundUnavailable`, naming the module, never a guess.
 """
@@ -24,13 +26,13 @@ How a module is bounded, in order:
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
 from lipcli.errors import LipcliError
-from lipcli.lipschitz.operator_norms import OPERATOR_NORMS, dense_spectral_norm, layer_map, operator_norm
+from lipcli.lipschitz.operator_norms import OPERATOR_NORMS, operator_norm
 from lipcli.models.heads import TanhHead
 
 
@@ -45,11 +47,10 @@ ONE_LIPSCHITZ = (nn.ReLU, nn.ReLU6, nn.Tanh, nn.Hardtanh, nn.Identity, nn.Flatte
 class LayerBounds:
     """Operator-norm bounds of a model's modules in one norm (``l2``, ``linf`` or ``l1``, from p to p)."""
 
-    def __init__(self, model: nn.Module, input_shape: tuple[int, ...], norm: str, *, tolerance: float = 1e-9) -> None:
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...], norm: str) -> None:
         if norm not in OPERATOR_NORMS:
             raise ValueError(f"unknown operator norm {norm!r}; use one of {', '.join(OPERATOR_NORMS)}")
         self.norm = norm
-        self.tolerance = tolerance
         self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
         self._shapes = record_input_shapes(model, input_shape, self.device)
         self._cache: dict[int, float] = {}
@@ -66,7 +67,7 @@ class LayerBounds:
         if callable(own):
             return own(self)
         if isinstance(module, nn.Sequential):
-            return math.prod(self(child) for child in module)
+            return self._chain(module)
         for kinds, rule in _RULES:
             if isinstance(module, kinds):
                 return rule(self, module)
@@ -74,6 +75,22 @@ class LayerBounds:
             f"no Lipschitz rule for module {type(module).__name__} ({type(module).__module__}); give it a "
             f"lipschitz_bound(bounds) method (see lipcli.lipschitz.bound)"
         )
+
+    def _chain(self, sequence: nn.Sequential) -> float:
+        """The product over the layers of a (possibly nested) Sequential, a BatchNorm that directly follows a
+        convolution or linear layer folded into its rows: ``||diag(s) W||``, not ``||W|| max|s|``."""
+        layers = list(_flatten(sequence))
+        total, index = 1.0, 0
+        while index < len(layers):
+            layer = layers[index]
+            following = layers[index + 1] if index + 1 < len(layers) else None
+            if isinstance(layer, _FOLDABLE) and isinstance(following, nn.modules.batchnorm._BatchNorm):
+                total *= self.linear_map(layer, self.batchnorm_scale(following))
+                index += 2
+            else:
+                total *= self(layer)
+                index += 1
+        return total
 
     def input_shape(self, module: nn.Module) -> tuple[int, ...]:
         """The shape (without batch) of ``module``'s input in the probe forward pass."""
@@ -85,11 +102,7 @@ class LayerBounds:
     def linear_map(self, module: nn.Module, scale: torch.Tensor | None = None) -> float:
         """The operator norm of a convolution, linear layer or average pooling (bias dropped), its outputs
         scaled per channel by ``scale`` (e.g. :meth:`batchnorm_scale` of the BatchNorm that follows)."""
-        if isinstance(module, nn.Linear) and self.norm == "l2":
-            weight = module.weight.detach().double()
-            return dense_spectral_norm(weight if scale is None else scale.detach().double()[:, None] * weight)
-        return operator_norm(layer_map(module, scale), self.input_shape(module), self.norm, device=self.device,
-                             tolerance=self.tolerance)
+        return operator_norm(module, self.input_shape(module), self.norm, scale=scale, device=self.device)
 
     @staticmethod
     def batchnorm_scale(norm: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
@@ -103,6 +116,19 @@ class LayerBounds:
         """The norm of averaging ``count`` equally shaped blocks (global pooling over ``count`` positions, a
         mean over ``count`` branches): ``1/sqrt(count)`` in l2, 1 in l-inf, ``1/count`` in l1."""
         return {"l2": count ** -0.5, "linf": 1.0, "l1": 1.0 / count}[self.norm]
+
+
+_FOLDABLE = (nn.Linear, nn.modules.conv._ConvNd)
+
+
+def _flatten(sequence: nn.Sequential) -> Iterator[nn.Module]:
+    """The layers of nested Sequentials in order (a Sequential is only composition), except those that bound
+    themselves."""
+    for layer in sequence:
+        if isinstance(layer, nn.Sequential) and not callable(getattr(layer, "lipschitz_bound", None)):
+            yield from _flatten(layer)
+        else:
+            yield layer
 
 
 def _batchnorm(bounds: LayerBounds, module: nn.modules.batchnorm._BatchNorm) -> float:
@@ -151,6 +177,6 @@ def record_input_shapes(
     return shapes
 
 
-def product_bound(model: nn.Module, input_shape: tuple[int, ...], norm: str, *, tolerance: float = 1e-9) -> float:
+def product_bound(model: nn.Module, input_shape: tuple[int, ...], norm: str) -> float:
     """``U`` with ``||z(x) - z(x')||_p <= U ||x - x'||_p`` for the model's outputs z, p = ``norm``."""
-    return LayerBounds(model, input_shape, norm, tolerance=tolerance)(model)
+    return LayerBounds(model, input_shape, norm)(model)

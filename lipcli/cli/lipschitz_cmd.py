@@ -1,0 +1,154 @@
+"""``lipcli stats`` (Lipschitz statistics and bounds of models) and ``lipcli data-lipschitz`` (of data sets)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from lipcli.cli import console
+from lipcli.cli.options import BatchSize, Checkpoints, DataDir, Device, Json, Limit, Quiet
+from lipcli.cli.progress import RichReporter
+
+Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for the files written.", file_okay=False)]
+
+
+def _eps(text: str | None, norm: str, flag: str) -> list[tuple[str, float]]:
+    from lipcli.evaluation.curves import DEFAULT_EPS, parse_eps
+
+    try:
+        return parse_eps(text if text is not None else ",".join(DEFAULT_EPS[norm]))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=flag) from None
+
+
+def _g(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _stats_table(measured: list[Any]) -> Table:
+    """A row per model, in the layout of the paper's Tables 4 and 6, plus the bound and the radii."""
+    table = Table(title="Lipschitz statistics (max over the test images; bound: Eq. (6))", title_justify="left")
+    columns = ("model", "images", "% error", "loss", "max ‖∇ℓ‖₂", "max ‖∇f‖₂,∞", "max ‖∇ℓ‖₁", "max ‖∇f‖₁,₁",
+               "bound ‖∇ℓ‖₂", "certified r₂", "estimated r₂")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for m in measured:
+        s = m.summary
+        certified = s["certified_radius"]["l2"]["median"] if s["certified_radius"] else None
+        table.add_row(
+            m.label, str(s["images"]), f"{100 * s['clean_error']:.2f}", _g(s["loss"]), _g(s["grad_loss_l2"]["max"]),
+            _g(s["jac_f_2inf_max"]), _g(s["grad_loss_l1"]["max"]), _g(s["jac_f_11_max"]),
+            _g(s["bound"]["grad_loss_l2"]), _g(certified), _g(s["estimated_radius"]["l2"]["median"]),
+        )
+    return table
+
+
+def _lemma_table(measured: list[Any]) -> Table:
+    table = Table(title="Lemma 2.2, first order: mean loss under an attack of size eps", title_justify="left")
+    for column in ("model", "norm", "eps", "expected", "worst case (estimate)", "worst case (bound)"):
+        table.add_column(column, justify="left" if column in ("model", "norm") else "right")
+    for m in measured:
+        for norm, rows in m.summary["lemma_2_2"].items():
+            for row in rows:
+                table.add_row(m.label, norm, row["eps"], _g(row["expected_loss"]), _g(row["worst_case_loss_estimate"]),
+                              _g(row["worst_case_loss_bound"]))
+    return table
+
+
+def add_to(app: typer.Typer) -> None:
+    @app.command("stats")
+    def stats(
+        ctx: typer.Context,
+        checkpoints: Checkpoints,
+        limit: Limit = None,
+        batch_size: BatchSize = None,
+        out: Out = None,
+        data_dir: DataDir = None,
+        device: Device = "auto",
+        eps_l2: Annotated[Optional[str], typer.Option("--eps-l2", help="l2 attack sizes for Lemma 2.2, e.g. 0.1,1.5.")] = None,
+        eps_linf: Annotated[Optional[str], typer.Option("--eps-linf", help="l-inf attack sizes, e.g. 8/255.")] = None,
+        quiet: Quiet = False,
+        as_json: Json = False,
+    ) -> None:
+        """Gradient and Jacobian norms over the test set, the Eq. (6) bound beside them, certified radii.
+
+        Writes stats.json and stats.csv (one row per image) into --out (default: stats/ beside the checkpoint;
+        for several checkpoints, stats/ here with a sub-folder each).
+        """
+        from lipcli.device import select_device
+        from lipcli.lipschitz.measure import measure_checkpoints
+
+        eps = {"l2": _eps(eps_l2, "l2", "--eps-l2"), "linf": _eps(eps_linf, "linf", "--eps-linf")}
+        default_out = checkpoints[0].parent / "stats" if len(checkpoints) == 1 else Path("stats")
+        with RichReporter(quiet=quiet) as reporter:
+            measured = measure_checkpoints(
+                checkpoints, out=out or default_out, eps=eps, limit=limit, batch_size=batch_size, data_dir=data_dir,
+                device=select_device(device, "--device"), host=ctx.obj, reporter=reporter,
+            )
+        for m in measured:
+            if m.summary["bound"]["unavailable"]:
+                console.warn(f"{m.label}: no Eq. (6) bound: {m.summary['bound']['unavailable']}")
+        if as_json:
+            console.print_json([m.summary for m in measured])
+            return
+        console.out.print(_stats_table(measured))
+        console.out.print(_lemma_table(measured))
+        console.out.print(f"written to {out or default_out}", highlight=False)
+
+    @app.command("data-lipschitz")
+    def data_lipschitz(
+        ctx: typer.Context,
+        dataset: Annotated[str, typer.Option("--dataset", help="Data set name (lipcli list datasets).")],
+        split: Annotated[str, typer.Option("--split", help="train or test: the set whose constant is measured.")] = "train",
+        data_dir: DataDir = None,
+        limit: Annotated[
+            Optional[int], typer.Option("--limit", min=1, help="Test images for the nearest-neighbour curve.")
+        ] = None,
+        curve: Annotated[bool, typer.Option("--curve/--no-curve", help="Also the nearest-neighbour curve.")] = True,
+        out: Out = None,
+        device: Device = "auto",
+        quiet: Quiet = False,
+        as_json: Json = False,
+    ) -> None:
+        """Lip_{2,inf} of a data set (1 / the smallest l2 distance between images of different classes), exact.
+
+        Exact duplicates with different labels are dropped and reported. With --curve (default), also the
+        distance from each test image to the nearest training image of another class, written like lipcli
+        curve's output (distances.csv, summary.json, curve.png) into --out (default: data-lipschitz-NAME/).
+        """
+        from lipcli.config import resolve
+        from lipcli.device import select_device
+        from lipcli.lipschitz.dataset_report import REPORT_FILE, data_lipschitz as measure
+
+        split = split.strip().lower()
+        if split not in ("train", "test"):
+            raise typer.BadParameter(f"{split!r}: use train or test", param_hint="--split")
+        config = resolve(None, {"data.dataset": dataset, "data.data_dir": str(data_dir) if data_dir else None})
+        folder = out or Path(f"data-lipschitz-{config.data.dataset}")
+        with RichReporter(quiet=quiet) as reporter:
+            report = measure(config.data, split=split, out=folder, limit=limit, curve=curve,
+                             device=select_device(device, "--device"), host=ctx.obj, reporter=reporter)
+        if as_json:
+            console.print_json(report)
+            return
+        table = Table(title=f"data Lipschitz constant: {report['dataset']} ({split})", title_justify="left")
+        table.add_column("quantity")
+        table.add_column("value", justify="right")
+        pair = report["pair"]
+        rows = [
+            ("images", str(report["images"])),
+            ("dropped duplicates (different labels)", str(report["dropped_duplicates"]["count"])),
+            ("smallest distance, different labels", _g(report["min_distance"])),
+            ("Lip_2,inf(D) = 1 / distance", _g(report["lipschitz_2inf"])),
+            ("closest pair (indices, labels)", "-" if pair is None else f"{pair['indices']}, {pair['labels']}"),
+            ("seconds", f"{report['seconds']:.1f}"),
+        ]
+        if "nearest_distinct" in report:
+            rows.append(("median test distance to another class", _g(report["nearest_distinct"]["median_distance"])))
+        for row in rows:
+            table.add_row(*row)
+        console.out.print(table)
+        console.out.print(f"written to {folder / REPORT_FILE}", highlight=False)
