@@ -244,3 +244,16 @@ def test_stats_command_writes_files_and_one_row_per_model(run: Callable[..., Any
     assert first["worst_case_loss_estimate"] == pytest.approx(summary["loss"] + 0.1 * summary["grad_loss_l2"]["max"])
     result = run("stats", checkpoint, "--limit", "5", "--device", "cpu", "--eps-linf", "8/0")
     assert result.exit_code == 2 and "--eps-linf" in result.output
+
+
+def test_a_model_without_a_bound_still_gets_its_measured_statistics() -> None:
+    class Squash(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.sin(x)
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), Squash()).eval()
+    data = ImageSet(torch.rand(10, 1, 2, 2), torch.randint(0, 3, (10,)))
+    stats = model_statistics(model, data, DatasetInfo("t", 1, 2, 2, 3), eps=EPS, batch_size=4, device=CPU)
+    assert "Squash" in stats.summary["bound"]["unavailable"] and stats.summary["certified_radius"] is None
+    assert torch.isnan(stats.per_image["certified_l2"]).all() and torch.isfinite(stats.per_image["estimate_l2"]).all()
+    json.dumps(stats.summary, allow_nan=False)

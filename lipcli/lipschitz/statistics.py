@@ -79,7 +79,7 @@ def model_statistics(
                 for name in PER_IMAGE[:1] + PER_IMAGE[2:8]:
                     columns.setdefault(name, []).append(getattr(norms, name).double().cpu())
                 task.advance(1)
-        reporter.info("bounding the Lipschitz constant (Eq. (6)): power iteration per layer")
+        reporter.info("bounding the Lipschitz constant (Eq. (6)) layer by layer")
         bounds, unavailable = _bounds(model, info)
     logits = torch.cat(columns.pop("logits"))
     per_image = {name: torch.cat(values) for name, values in columns.items()}
