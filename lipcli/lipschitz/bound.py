@@ -25,7 +25,6 @@ How a module is bounded, in order:
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Iterator
 
 import torch
@@ -169,7 +168,8 @@ def record_input_shapes(
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros((1, *input_shape), device=device))
+            dtype = next((p.dtype for p in model.parameters()), torch.float32)
+            model(torch.zeros((1, *input_shape), device=device, dtype=dtype))
     finally:
         model.train(was_training)
         for handle in handles:
