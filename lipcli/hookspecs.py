@@ -46,9 +46,13 @@ def register_defences(register: Register) -> None:
 
 @hookspec
 def register_attacks(register: Register) -> None:
-    """Add adversarial attacks used by robustness evaluation.
+    """Add adversarial attacks used by robustness evaluation (``lipcli curve``, ``lipcli attack``).
 
-    Call ``register(name, factory, description)`` once per attack.
+    Call ``register(name, factory, description)`` once per attack. ``factory(**options)`` (options from
+    ``-O NAME.KEY=VALUE``) returns a :class:`lipcli.attacks.Attack`: ``run(model, images, labels, norm)`` gets a
+    batch of correctly classified images (model in eval mode, parameters frozen, queries counted) and returns
+    one proposed adversarial input per image. lipcli re-classifies every proposal and measures its distance
+    itself: a proposal that is not misclassified or not in [0, 1] is a failure (+inf).
     """
 
 

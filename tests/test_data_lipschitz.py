@@ -147,3 +147,12 @@ def test_data_lipschitz_of_the_test_split(run: Callable[..., Any], tmp_path: Pat
     test = load_data(resolve(None, {}, ["data.dataset='digits'"]).data, host).test
     assert report["split"] == "test" and report["min_distance"] == brute_closest(test)
     assert "nearest_distinct" not in report and not (tmp_path / "t" / "distances.csv").exists()
+
+
+def test_duplicates_are_judged_on_the_float32_values_the_distances_use() -> None:
+    """Float64 images differing only below float32 precision are duplicates: with different labels they
+    would otherwise be a pair at distance 0 (an infinite constant)."""
+    base = torch.full((2, 1, 1, 3), 0.3, dtype=torch.float64)
+    base[1] += 1e-12
+    data = ImageSet(torch.cat([base, torch.full((1, 1, 1, 3), 0.9, dtype=torch.float64)]), torch.tensor([0, 1, 1]))
+    assert conflicting_duplicates(data).tolist() == [0, 1]

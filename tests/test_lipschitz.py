@@ -257,3 +257,36 @@ def test_a_model_without_a_bound_still_gets_its_measured_statistics() -> None:
     assert "Squash" in stats.summary["bound"]["unavailable"] and stats.summary["certified_radius"] is None
     assert torch.isnan(stats.per_image["certified_l2"]).all() and torch.isfinite(stats.per_image["estimate_l2"]).all()
     json.dumps(stats.summary, allow_nan=False)
+
+
+def test_structures_the_rules_cannot_see_through_are_reported() -> None:
+    """A Sequential subclass with its own forward (here a residual x + f(x)) is not a chain, and a module
+    called at two input shapes has no single norm: both are reported, never bounded wrongly."""
+
+    class Residual(nn.Sequential):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + super().forward(x)
+
+    with pytest.raises(BoundUnavailable, match="Residual"):
+        product_bound(nn.Sequential(nn.Flatten(), Residual(nn.Linear(4, 4))), (1, 2, 2), "l2")
+    pool = nn.AdaptiveAvgPool2d(2)
+    with pytest.raises(BoundUnavailable, match="several input shapes"):
+        product_bound(nn.Sequential(pool, nn.Conv2d(1, 1, 1), pool), (1, 8, 8), "l2")
+
+
+def test_a_linear_layer_on_sequences_with_a_folded_batchnorm_is_bounded() -> None:
+    """Linear on [T, F] inputs followed by BatchNorm1d over T: the bound is at least the dense norm."""
+    model = randomise_batchnorm(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(5)))
+    model[1].running_var[0] = 0.01
+    with torch.no_grad():
+        matrix = dense_matrix(lambda x: model(x.float()).double() - model(torch.zeros_like(x).float()).double(), (5, 3))
+    for norm, exact in (("l2", torch.linalg.matrix_norm(matrix, ord=2)), ("linf", matrix.abs().sum(1).max()),
+                        ("l1", matrix.abs().sum(0).max())):
+        assert product_bound(model, (5, 3), norm) >= float(exact) * (1 - 1e-6), norm
+
+
+def test_an_unsupported_layer_variant_loses_the_bound_not_the_statistics() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect"), nn.Flatten(), nn.Linear(8, 3)).eval()
+    data = ImageSet(torch.rand(6, 1, 2, 2), torch.randint(0, 3, (6,)))
+    stats = model_statistics(model, data, DatasetInfo("t", 1, 2, 2, 3), eps=EPS, batch_size=4, device=CPU)
+    assert "reflect" in stats.summary["bound"]["unavailable"]

@@ -30,13 +30,8 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from lipcli.errors import LipcliError
-from lipcli.lipschitz.operator_norms import OPERATOR_NORMS, operator_norm
+from lipcli.lipschitz.operator_norms import OPERATOR_NORMS, BoundUnavailable, operator_norm
 from lipcli.models.heads import TanhHead
-
-
-class BoundUnavailable(LipcliError):
-    """The model contains a module lipcli has no Lipschitz rule for (and that does not bound itself)."""
 
 
 ONE_LIPSCHITZ = (nn.ReLU, nn.ReLU6, nn.Tanh, nn.Hardtanh, nn.Identity, nn.Flatten, nn.Dropout, nn.Dropout2d)
@@ -65,10 +60,10 @@ class LayerBounds:
         own = getattr(module, "lipschitz_bound", None)
         if callable(own):
             return own(self)
-        if isinstance(module, nn.Sequential):
+        if _is_chain(module):
             return self._chain(module)
         for kinds, rule in _RULES:
-            if isinstance(module, kinds):
+            if _plain(module, kinds):
                 return rule(self, module)
         raise BoundUnavailable(
             f"no Lipschitz rule for module {type(module).__name__} ({type(module).__module__}); give it a "
@@ -83,7 +78,7 @@ class LayerBounds:
         while index < len(layers):
             layer = layers[index]
             following = layers[index + 1] if index + 1 < len(layers) else None
-            if isinstance(layer, _FOLDABLE) and isinstance(following, nn.modules.batchnorm._BatchNorm):
+            if _plain(layer, _FOLDABLE) and _plain(following, BATCHNORMS):
                 total *= self.linear_map(layer, self.batchnorm_scale(following))
                 index += 2
             else:
@@ -93,10 +88,13 @@ class LayerBounds:
 
     def input_shape(self, module: nn.Module) -> tuple[int, ...]:
         """The shape (without batch) of ``module``'s input in the probe forward pass."""
-        try:
-            return self._shapes[id(module)]
-        except KeyError:
-            raise BoundUnavailable(f"{type(module).__name__} is not called in the model's forward pass") from None
+        shapes = self._shapes.get(id(module), set())
+        if len(shapes) != 1:
+            raise BoundUnavailable(
+                f"{type(module).__name__} is " + ("not called in the model's forward pass" if not shapes else
+                                                  f"called at several input shapes {sorted(shapes)}")
+            )
+        return next(iter(shapes))
 
     def linear_map(self, module: nn.Module, scale: torch.Tensor | None = None) -> float:
         """The operator norm of a convolution, linear layer or average pooling (bias dropped), its outputs
@@ -117,14 +115,27 @@ class LayerBounds:
         return {"l2": count ** -0.5, "linf": 1.0, "l1": 1.0 / count}[self.norm]
 
 
-_FOLDABLE = (nn.Linear, nn.modules.conv._ConvNd)
+_FOLDABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+BATCHNORMS = (nn.modules.batchnorm._BatchNorm, nn.SyncBatchNorm)
+"""Eval-mode BatchNorms: the diagonal map ``weight * (x - mean) / sqrt(running_var + eps) + bias``."""
+
+
+def _plain(module: nn.Module | None, kinds: tuple[type, ...]) -> bool:
+    """An instance of one of ``kinds`` that computes what that class computes: a subclass with its own
+    ``forward`` (weight standardisation, say) is not bounded from its raw weights."""
+    return any(isinstance(module, kind) and type(module).forward is kind.forward for kind in kinds)
+
+
+def _is_chain(module: nn.Module) -> bool:
+    """A Sequential (or a subclass that keeps Sequential's forward) without a bound of its own."""
+    return _plain(module, (nn.Sequential,)) and not callable(getattr(module, "lipschitz_bound", None))
 
 
 def _flatten(sequence: nn.Sequential) -> Iterator[nn.Module]:
     """The layers of nested Sequentials in order (a Sequential is only composition), except those that bound
     themselves."""
     for layer in sequence:
-        if isinstance(layer, nn.Sequential) and not callable(getattr(layer, "lipschitz_bound", None)):
+        if _is_chain(layer):
             yield from _flatten(layer)
         else:
             yield layer
@@ -143,25 +154,25 @@ def _leaky(bounds: LayerBounds, module: nn.LeakyReLU) -> float:
     return max(1.0, abs(module.negative_slope))
 
 
-_RULES: list[tuple[type | tuple[type, ...], Callable[[LayerBounds, nn.Module], float]]] = [
-    ((nn.Linear, nn.modules.conv._ConvNd, nn.AvgPool2d, nn.AdaptiveAvgPool2d), lambda b, m: b.linear_map(m)),
-    (nn.modules.batchnorm._BatchNorm, _batchnorm),
-    (TanhHead, _tanh_head),
+_RULES: list[tuple[tuple[type, ...], Callable[[LayerBounds, nn.Module], float]]] = [
+    ((*_FOLDABLE, nn.AvgPool2d, nn.AdaptiveAvgPool2d), lambda b, m: b.linear_map(m)),
+    (BATCHNORMS, _batchnorm),
+    ((TanhHead,), _tanh_head),
     (ONE_LIPSCHITZ, lambda b, m: 1.0),
-    (nn.LeakyReLU, _leaky),
-    (nn.Sigmoid, lambda b, m: 0.25),
+    ((nn.LeakyReLU,), _leaky),
+    ((nn.Sigmoid,), lambda b, m: 0.25),
 ]
 
 
 def record_input_shapes(
     model: nn.Module, input_shape: tuple[int, ...], device: torch.device
-) -> dict[int, tuple[int, ...]]:
-    """``id(module) -> input shape`` for every module, from one eval-mode forward pass on a zero image."""
-    shapes: dict[int, tuple[int, ...]] = {}
+) -> dict[int, set[tuple[int, ...]]]:
+    """``id(module) -> the input shapes it was called at``, from one eval-mode forward pass on a zero image."""
+    shapes: dict[int, set[tuple[int, ...]]] = {}
 
     def record(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
         if inputs and isinstance(inputs[0], torch.Tensor):
-            shapes.setdefault(id(module), tuple(inputs[0].shape[1:]))
+            shapes.setdefault(id(module), set()).add(tuple(inputs[0].shape[1:]))
 
     handles = [m.register_forward_pre_hook(record) for m in model.modules()]
     was_training = model.training

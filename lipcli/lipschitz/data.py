@@ -45,8 +45,9 @@ class ClosestPair:
 
 
 def conflicting_duplicates(data: ImageSet) -> torch.Tensor:
-    """Indices (sorted) of images that have an exact duplicate carrying a different label."""
-    flat = data.images.flatten(1)
+    """Indices (sorted) of images that have an exact duplicate carrying a different label (compared as the
+    float32 values the distances are computed from, so no kept pair of different labels is at distance 0)."""
+    flat = _flat(data)
     if len(data) == 0:
         return torch.zeros(0, dtype=torch.int64)
     _, group = torch.unique(flat, dim=0, return_inverse=True)
@@ -70,20 +71,30 @@ def tolerance(largest_squared_norm: float, dimension: int) -> float:
 
 
 def exact_squared_distances(points: torch.Tensor, row: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """``||points_i - row||^2`` for every row of ``points``, in float64 from the differences (no cancellation)."""
+    """``||points_i - row||^2`` for every row of ``points``, in float64 from the differences (no cancellation),
+    on the points' device."""
     target = row.double()
     return torch.cat([(points[i : i + chunk].double() - target).pow(2).sum(1) for i in range(0, len(points), chunk)])
 
 
 @contextlib.contextmanager
 def _full_float32() -> Iterator[None]:
-    """Float32 matrix products without TF32 or bfloat16 shortcuts (their error would break the bound)."""
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
+    """Float32 matrix products without TF32 or bfloat16 shortcuts (their error would break the bound), set
+    through the per-backend settings (a process that used them cannot use the legacy global one)."""
+    backends = [b for b in (torch.backends.cuda.matmul, torch.backends.mkldnn.matmul) if hasattr(b, "fp32_precision")]
+    if not backends:  # PyTorch before 2.9: only the global setting exists
+        legacy = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("highest")
+    previous = [backend.fp32_precision for backend in backends]
+    for backend in backends:
+        backend.fp32_precision = "ieee"
     try:
         yield
     finally:
-        torch.set_float32_matmul_precision(previous)
+        for backend, value in zip(backends, previous, strict=True):
+            backend.fp32_precision = value
+        if not backends:
+            torch.set_float32_matmul_precision(legacy)
 
 
 def _blocks(size: int, chunk: int) -> list[tuple[int, int]]:
@@ -119,12 +130,12 @@ def closest_pair(
             torch.minimum(best[a0:a1], squared.amin(1), out=best[a0:a1])
             torch.minimum(best[b0:b1], squared.amin(0), out=best[b0:b1])
             task.advance(1)
-    best = best.cpu()
+    best = best.cpu().double()
     if not torch.isfinite(best).any():
         return ClosestPair(math.inf, -1, -1)
     found = ClosestPair(math.inf, -1, -1)
     for row in (best <= best.min() + slack).nonzero().flatten().tolist():  # a handful: exact nearest distinct
-        squared = exact_squared_distances(flat, flat[row])
+        squared = exact_squared_distances(points, points[row]).cpu()
         squared[sorted_labels == sorted_labels[row]] = math.inf
         column = int(squared.argmin())
         distance = float(squared[column].sqrt())
@@ -175,8 +186,8 @@ def nearest_distinct(
                 index = torch.cat([kept_index, torch.arange(r0, r1, device=device).expand(q1 - q0, -1)], dim=1)
                 kept_values, position = values.topk(min(keep, values.shape[1]), dim=1, largest=False)
                 kept_index = index.gather(1, position)
-            result[q0:q1] = _exact_rows(query_flat[q0:q1], queries.labels[q0:q1], reference_flat, reference.labels,
-                                        kept_values.cpu(), kept_index.cpu(), slack if keep < len(reference) else None)
+            result[q0:q1] = _exact_rows(points, labels, ref_points, ref_labels, kept_values, kept_index,
+                                        slack if keep < len(reference) else None).cpu()
             task.advance(1)
     return result
 
@@ -193,7 +204,8 @@ def _exact_rows(
     ], dim=1)
     distances = torch.where(torch.isfinite(kept_values), exact, math.inf).min(1).values.sqrt()
     if slack is not None:
-        incomplete = torch.isfinite(kept_values[:, -1]) & (kept_values[:, -1] <= kept_values[:, 0] + slack)
+        largest, smallest = kept_values[:, -1].double(), kept_values[:, 0].double()
+        incomplete = torch.isfinite(largest) & (largest <= smallest + slack)
         for row in incomplete.nonzero().flatten().tolist():  # the kept candidates may not hold the nearest
             squared = exact_squared_distances(reference, queries[row])
             squared[reference_labels == query_labels[row]] = math.inf

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from lipcli.errors import LipcliError
+
 LinearMap = Callable[[torch.Tensor, bool], torch.Tensor]
 """``apply(x, absolute)``: a layer's linear part on ``[1, *input_shape]`` float64 inputs; ``absolute`` replaces
 every matrix entry by its absolute value."""
@@ -31,6 +33,10 @@ OPERATOR_NORMS = ("l2", "linf", "l1")
 """Operator norms p -> p: l2 (spectral), l-inf (largest row sum), l1 (largest column sum)."""
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+class BoundUnavailable(LipcliError):
+    """A part of the model lipcli cannot bound (no rule, an unsupported variant, or an ambiguous shape)."""
 _FREQUENCIES_PER_CHUNK = 256
 
 
@@ -50,7 +56,9 @@ def layer_map(module: nn.Module, scale: torch.Tensor | None = None) -> LinearMap
         return lambda x, absolute: scaled(x @ (weight.abs() if absolute else weight).T, absolute)
     if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:
         if module.padding_mode != "zeros":
-            raise ValueError(f"{type(module).__name__} with padding_mode={module.padding_mode!r} is not supported")
+            raise BoundUnavailable(
+                f"{type(module).__name__} with padding_mode={module.padding_mode!r} has no Lipschitz rule"
+            )
         weight = module.weight.detach().double()
         conv = _CONV[weight.dim() - 2]
 
@@ -66,7 +74,7 @@ def layer_map(module: nn.Module, scale: torch.Tensor | None = None) -> LinearMap
         ), absolute)
     if isinstance(module, nn.AdaptiveAvgPool2d):
         return lambda x, absolute: scaled(F.adaptive_avg_pool2d(x, module.output_size), absolute)
-    raise TypeError(f"no linear map for {type(module).__name__}")
+    raise BoundUnavailable(f"no linear map for {type(module).__name__}")
 
 
 def operator_norm(
@@ -79,7 +87,10 @@ def operator_norm(
         raise ValueError(f"unknown operator norm {norm!r}; use one of {', '.join(OPERATOR_NORMS)}")
     if norm == "l2" and isinstance(module, nn.Linear):
         weight = module.weight.detach().double()
-        return dense_spectral_norm(weight if scale is None else scale.detach().double()[:, None] * weight)
+        if len(input_shape) == 1:  # the scale, if any, acts on the output features
+            return dense_spectral_norm(weight if scale is None else scale.detach().double()[:, None] * weight)
+        # on [..., T, F] inputs the map is I (x) W, and a folded BatchNorm1d scales dimension 1 (T)
+        return dense_spectral_norm(weight) * (1.0 if scale is None else float(scale.detach().double().abs().max()))
     apply = layer_map(module, scale)
     if norm != "l2":
         return absolute_norm(apply, input_shape, norm, device)
