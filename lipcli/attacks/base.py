@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 from torch import nn
 
@@ -9,7 +11,7 @@ NORMS = ("l2", "linf")
 """Norms in which adversarial distances are measured (``--norm``)."""
 
 
-class Attack:
+class Attack(ABC):
     """An untargeted attack on a batch: ``run`` returns one proposed adversarial input per image.
 
     Subclasses set :attr:`norms` to the norms they minimise natively (None: they adapt to the ``norm``
@@ -20,13 +22,13 @@ class Attack:
     norms: tuple[str, ...] | None = None
     decision_based: bool = False
 
+    @abstractmethod
     def run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str) -> torch.Tensor:
         """Proposed adversarial inputs ``[B, C, H, W]`` for images the model classifies correctly.
 
         ``model`` is in eval mode and counts its queries. Return the clean image (or anything not
         misclassified) where the attack failed; the evaluation decides success, never the attack.
         """
-        raise NotImplementedError
 
 
 def distance(delta: torch.Tensor, norm: str) -> torch.Tensor:

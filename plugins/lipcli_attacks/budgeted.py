@@ -7,6 +7,8 @@ the images still searching. Its PGD random start needs a scalar budget, so it is
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import torch
 import torchattacks
 from torch import nn
@@ -45,9 +47,9 @@ class BudgetSearch(Attack):
     def upper(self, norm: str, input_dim: int) -> float:
         return largest_distance(norm, input_dim)
 
+    @abstractmethod
     def attack_at(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str) -> AttackAt:
         """``attack_at(index, sizes)``: candidates for ``images[index]`` at per-image sizes."""
-        raise NotImplementedError
 
 
 def _column(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
