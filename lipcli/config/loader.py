@@ -72,13 +72,28 @@ def resolve(
     A ``recipe`` named by any layer is applied first, just above the defaults, so that the file, the flags
     and the overrides all refine it.
     """
-    from lipcli.config.recipes import load_recipe
-
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     file_data = load_toml(config_file) if config_file is not None else {}
-    parsed = [(text, *parse_override(text)) for text in overrides]
-    recipe = flags.get("recipe", file_data.get("recipe"))
-    for _, key, value in parsed:
+    grid_tables = [key for key in ("grid", "evaluate") if key in file_data]
+    if grid_tables:
+        raise ConfigError(
+            f"{config_file}: [{grid_tables[0]}] belongs to an experiment grid; run the file with `lipcli run {config_file}`"
+        )
+    layers = [(f"flag for {key}", key, value) for key, value in flags.items()]
+    layers += [(f"--set {text}", *parse_override(text)) for text in overrides]
+    return resolve_layers(file_data, str(config_file) if config_file is not None else None, layers)
+
+
+def resolve_layers(
+    file_data: Mapping[str, Any], file_source: str | None, layers: Iterable[tuple[str, str, Any]]
+) -> ExperimentConfig:
+    """Defaults < recipe < ``file_data`` (already parsed; errors name ``file_source``) < each dotted
+    ``(source, key, value)`` layer in order (flags, ``--set`` overrides, a grid's values)."""
+    from lipcli.config.recipes import load_recipe
+
+    layers = list(layers)
+    recipe = file_data.get("recipe")
+    for _, key, value in layers:
         if key == "recipe":
             recipe = value
     tree = ExperimentConfig().to_dict()
@@ -86,12 +101,10 @@ def resolve(
         if not isinstance(recipe, str):
             raise ConfigError(f"recipe: expected a recipe name, got {_show(recipe)}")
         _merge(tree, ExperimentConfig, load_recipe(recipe), f"recipe {recipe!r}", "")
-    if config_file is not None:
-        _merge(tree, ExperimentConfig, file_data, str(config_file), "")
-    for key, value in flags.items():
-        _set_dotted(tree, key, value, f"flag for {key}")
-    for text, key, value in parsed:
-        _set_dotted(tree, key, value, f"--set {text}")
+    if file_data:
+        _merge(tree, ExperimentConfig, file_data, file_source or "configuration", "")
+    for source, key, value in layers:
+        _set_dotted(tree, key, value, source)
     return build(tree)
 
 

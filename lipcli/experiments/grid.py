@@ -1,0 +1,197 @@
+"""An experiment grid: one TOML file, expanded into runs.
+
+The file is an ordinary experiment file (its sections are every run's base configuration) with two more
+tables:
+
+* ``[grid]``: configuration keys, each with a list of values; the runs are every combination, in file
+  order. Keys are dotted (``"defence.name" = [...]`` or ``defence.name = [...]``); any configuration key
+  can vary, ``recipe`` included.
+* ``[evaluate]``: what is measured once a run is trained (see :class:`EvaluationPlan`).
+
+Every run gets a folder named from its settings (data set, architecture, defence, seed, and any other key the
+grid varies), so that running the file again finds it: a finished run is skipped, an interrupted one resumes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from lipcli.config.loader import load_toml, resolve_layers
+from lipcli.config.schema import ExperimentConfig
+from lipcli.errors import ConfigError
+from lipcli.evaluation.curves import DEFAULT_EPS, parse_eps
+from lipcli.registry import did_you_mean
+
+NORMS = ("l2", "linf")
+DEFAULT_ATTACK = "min-norm"
+
+
+@dataclass
+class EvaluationPlan:
+    """``[evaluate]``: the norms to draw error curves in, with their attacks, eps and attack options, the
+    image limit, whether to measure Lipschitz statistics, and which checkpoint is measured."""
+
+    norms: list[str] = field(default_factory=lambda: list(NORMS))
+    attacks: dict[str, list[str]] = field(default_factory=dict)
+    eps: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+    attack_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    limit: int | None = None
+    batch_size: int | None = None
+    stats: bool = True
+    checkpoint: str = "last"
+    """``last`` (the final model: nothing chosen on the test set) or ``best`` (lowest test error)."""
+
+    def attacks_for(self, norm: str) -> list[str]:
+        return self.attacks.get(norm, [DEFAULT_ATTACK])
+
+    def options_for(self, norm: str) -> dict[str, dict[str, Any]]:
+        """``attack_options`` of the attacks run in ``norm`` (any case), the others left out."""
+        names = {name.lower() for name in self.attacks_for(norm)}
+        return {name: options for name, options in self.attack_options.items() if name.lower() in names}
+
+    def eps_for(self, norm: str) -> list[tuple[str, float]]:
+        return self.eps.get(norm) or parse_eps(",".join(DEFAULT_EPS[norm]))
+
+
+@dataclass
+class PlannedRun:
+    """One run of the grid: its folder name, resolved configuration and the grid values that made it."""
+
+    name: str
+    config: ExperimentConfig
+    settings: dict[str, Any]
+
+
+@dataclass
+class Grid:
+    """An expanded experiment file."""
+
+    path: Path
+    runs: list[PlannedRun]
+    evaluation: EvaluationPlan
+
+
+def load_grid(path: Path, out: Path | None = None) -> Grid:
+    """Read and expand ``path``; every run is resolved (and so validated) now, with its folder under ``out``
+    (default: ``<output.root>/<file name without .toml>``)."""
+    data = dict(load_toml(path))
+    axes = _axes(data.pop("grid", {}), path)
+    evaluation = _evaluation(data.pop("evaluate", {}), path)
+    keys = [key for key, _ in axes]
+    runs: list[PlannedRun] = []
+    names: dict[str, dict[str, Any]] = {}
+    for values in itertools.product(*(values for _, values in axes)):
+        settings = dict(zip(keys, values, strict=True))
+        layers = [(f"{path}: grid {key} = {value!r}", key, value) for key, value in settings.items()]
+        config = resolve_layers(data, str(path), layers)
+        name = run_name(config, settings)
+        if name in names:
+            raise ConfigError(f"{path}: grid: the runs {names[name]} and {settings} both get the folder name {name!r}")
+        names[name] = settings
+        config.output.dir = str((out or Path(config.output.root) / path.stem) / name)
+        runs.append(PlannedRun(name, config, settings))
+    return Grid(path, runs, evaluation)
+
+
+def _axes(table: Any, path: Path, prefix: str = "") -> list[tuple[str, list[Any]]]:
+    """``[grid]`` as (dotted key, values) pairs; nested tables (``defence.name = [...]``) are flattened."""
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{path}: grid: expected a table of key = [values]")
+    axes: list[tuple[str, list[Any]]] = []
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            axes.extend(_axes(value, path, f"{dotted}."))
+        elif isinstance(value, list) and value:
+            axes.append((dotted, value))
+        else:
+            raise ConfigError(f"{path}: grid.{dotted}: expected a non-empty list of values, got {value!r}")
+    return axes
+
+
+_EVALUATE_KEYS = ("norms", "attacks", "eps", "attack_options", "limit", "batch_size", "stats", "checkpoint")
+
+
+def _evaluation(table: Any, path: Path) -> EvaluationPlan:
+    """``[evaluate]`` checked key by key; errors name ``evaluate.<key>``."""
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{path}: evaluate: expected a table")
+    for key in table:
+        if key not in _EVALUATE_KEYS:
+            raise ConfigError(f"{path}: unknown key 'evaluate.{key}'.{did_you_mean(key, list(_EVALUATE_KEYS))}")
+    plan = EvaluationPlan()
+    if "norms" in table:
+        norms = table["norms"]
+        if not isinstance(norms, list) or not all(n in NORMS for n in norms):
+            raise ConfigError(f"{path}: evaluate.norms: expected a list of {', '.join(NORMS)}, got {norms!r}")
+        plan.norms = list(norms)
+    for key in ("attacks", "eps", "attack_options"):
+        if not isinstance(table.get(key, {}), Mapping):
+            raise ConfigError(f"{path}: evaluate.{key}: expected a table")
+    for norm, names in table.get("attacks", {}).items():
+        if norm not in NORMS or not isinstance(names, list) or not names:
+            raise ConfigError(f"{path}: evaluate.attacks.{norm}: expected l2 or linf = [attack names]")
+        plan.attacks[norm] = [str(n) for n in names]
+    for norm, text in table.get("eps", {}).items():
+        if norm not in NORMS:
+            raise ConfigError(f"{path}: evaluate.eps.{norm}: expected l2 or linf")
+        try:
+            plan.eps[norm] = parse_eps(str(text))
+        except ValueError as exc:
+            raise ConfigError(f"{path}: evaluate.eps.{norm}: {exc}") from None
+    for name, options in table.get("attack_options", {}).items():
+        if not isinstance(options, Mapping):
+            raise ConfigError(f"{path}: evaluate.attack_options.{name}: expected a table of options")
+        plan.attack_options[name] = dict(options)
+    for key in ("limit", "batch_size"):
+        if key in table:
+            value = table[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{path}: evaluate.{key}: expected a positive integer, got {value!r}")
+            setattr(plan, key, value)
+    if "stats" in table:
+        if not isinstance(table["stats"], bool):
+            raise ConfigError(f"{path}: evaluate.stats: expected true or false, got {table['stats']!r}")
+        plan.stats = table["stats"]
+    if "checkpoint" in table:
+        if table["checkpoint"] not in ("last", "best"):
+            raise ConfigError(f"{path}: evaluate.checkpoint: expected 'last' or 'best', got {table['checkpoint']!r}")
+        plan.checkpoint = table["checkpoint"]
+    return plan
+
+
+_NAMED = ("data.dataset", "model.arch", "defence.name", "model.tanh_head", "training.seed")
+"""Settings always in a run's name (through the data set, architecture, defence label and seed)."""
+
+
+def run_name(config: ExperimentConfig, settings: Mapping[str, Any]) -> str:
+    """``<dataset>-<arch>-<defence>[-<key><value>...]-s<seed>``, safe as a folder name."""
+    defence = config.defence.label
+    if config.model.tanh_head and "tanh" not in defence:
+        defence += "+tanh"
+    parts = [config.data.dataset, config.model.arch, defence]
+    parts += [f"{key.rsplit('.', 1)[-1]}{_compact(value)}" for key, value in _leaves(settings) if key not in _NAMED]
+    parts.append(f"s{config.training.seed}")
+    return re.sub(r"[^A-Za-z0-9+._=-]+", "_", "-".join(parts))
+
+
+def _leaves(settings: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Table values spread into dotted leaves (``model = {arch = "x", options = {width = 8}}`` gives
+    ``model.arch`` and ``model.options.width``), so a name shows each setting once, by its own key."""
+    leaves: list[tuple[str, Any]] = []
+    for key, value in settings.items():
+        if isinstance(value, Mapping):  # an empty table sets nothing, and names nothing
+            leaves += _leaves(value, f"{prefix}{key}.")
+        else:
+            leaves.append((f"{prefix}{key}", value))
+    return leaves
+
+
+def _compact(value: Any) -> str:
+    if isinstance(value, list):
+        return "_".join(_compact(v) for v in value)
+    return str(value)
