@@ -43,8 +43,8 @@ attack_options = { min-norm = { steps = 3, targets = 0, start_steps = 5 } }
 """
 
 
-def experiment(tmp_path: Path, grid: str, evaluate: str = EVALUATE, base: str = BASE) -> Path:
-    path = tmp_path / "exp.toml"
+def experiment(tmp_path: Path, grid: str, evaluate: str = EVALUATE, base: str = BASE, name: str = "exp") -> Path:
+    path = tmp_path / f"{name}.toml"
     path.write_text(base + textwrap.dedent(grid) + evaluate)
     return path
 
@@ -270,3 +270,59 @@ def test_every_example_expands_and_names_real_components(name: str, host: Plugin
     path = Path(__file__).parents[1] / "examples" / name
     assert path.read_text().lstrip().startswith("#")  # each example says what it is and how long it takes
     check_components(load_grid(path), host)
+
+
+def finished_run(tmp_path: Path, host: PluginHost, evaluate: str = EVALUATE) -> tuple[Path, Any]:
+    path = experiment(tmp_path, '[grid]\n"training.seed" = [0]\n', evaluate)
+    grid = load_grid(path, tmp_path / "runs")
+    assert [o.status for o in run_grid(grid, host=host)] == ["done"]
+    return path, grid
+
+
+def test_what_counts_as_done(tmp_path: Path, host: PluginHost) -> None:
+    path, grid = finished_run(tmp_path, host)
+    run, folder = grid.runs[0], Path(grid.runs[0].config.output.dir)
+    assert json.loads((folder / "curve-l2" / "plan.json").read_text())["limit"] == 8
+    # a changed [evaluate] reruns exactly the stages it changes
+    changed = load_grid(experiment(tmp_path, '[grid]\n"training.seed" = [0]\n', EVALUATE.replace("limit = 8", "limit = 9")),
+                        tmp_path / "runs")
+    assert pending_stages(changed.runs[0], changed.evaluation) == ["curve-l2", "stats"]
+    other_attack = EVALUATE.replace("norms", 'attacks = { l2 = ["min-norm", "gradient"] }\nnorms')
+    changed = load_grid(experiment(tmp_path, '[grid]\n"training.seed" = [0]\n', other_attack), tmp_path / "runs")
+    assert pending_stages(changed.runs[0], changed.evaluation) == ["curve-l2"]
+    # where the data lives, or the device, changes no result: no conflict, nothing to do
+    moved = experiment(tmp_path, '[grid]\n"training.seed" = [0]\n',
+                       base=BASE.replace('dataset = "synthetic"', 'dataset = "synthetic"\ndata_dir = "/elsewhere"')
+                       .replace('device = "cpu"', 'device = "cuda:7"'), name="moved")
+    moved_grid = load_grid(moved, tmp_path / "runs")
+    assert [o.status for o in run_grid(moved_grid, host=host)] == ["skipped"]  # no CUDA needed to skip
+    # training again from scratch (checkpoints and marker removed) makes every evaluation stale
+    for name in ("trained.json", "last.pt"):
+        (folder / name).unlink()
+    assert pending_stages(run, grid.evaluation) == ["train", "curve-l2", "stats"]
+    # best.pt left by a crash before the first last.pt does not block the new start
+    outcomes = run_grid(load_grid(path, tmp_path / "runs"), host=host)
+    assert [o.status for o in outcomes] == ["done"] and (folder / "last.pt").is_file(), outcomes[0].message
+    assert not (folder / "error.txt").exists()
+
+
+def test_dry_run_lists_an_unreadable_run_folder(run: Callable[..., Any], tmp_path: Path) -> None:
+    path = experiment(tmp_path, '[grid]\n"training.seed" = [0, 1]\n')
+    folder = tmp_path / "runs" / "synthetic-small-cnn-j0-s1"
+    folder.mkdir(parents=True)
+    (folder / "config.toml").write_text("this is = not [toml")
+    result = run("run", path, "--out", tmp_path / "runs", "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    assert [r["conflict"] is not None for r in json.loads(result.stdout)] == [False, True]
+
+
+def test_two_grid_values_that_make_one_configuration_are_refused(tmp_path: Path) -> None:
+    """model.options merge with the base's: {} and { width = 4 } are the same run under two names."""
+    with pytest.raises(ConfigError, match="same configuration"):
+        load_grid(experiment(tmp_path, '[grid]\n"model.options" = [{}, { width = 4 }]\n'), tmp_path / "runs")
+
+
+def test_report_counts_a_folder_given_twice_once(tmp_path: Path) -> None:
+    fake_run(tmp_path / "runs", "digits", "j0", 0, [0.0, 0.1], None, None)
+    report = collect([tmp_path / "runs", (tmp_path / "runs").resolve(), tmp_path / "runs" / ".."])
+    assert report.folders == 1 and report.rows["digits"][0].seeds == [0]

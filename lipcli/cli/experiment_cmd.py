@@ -13,6 +13,17 @@ from lipcli.cli.options import Device, Json, Quiet
 from lipcli.cli.progress import RichReporter
 
 
+def _conflict(run: object) -> str | None:
+    """The run's folder conflict, or why its folder cannot be read (a dry run lists every run regardless)."""
+    from lipcli.errors import LipcliError
+    from lipcli.experiments.runner import configuration_conflict
+
+    try:
+        return configuration_conflict(run)  # type: ignore[arg-type]
+    except LipcliError as exc:
+        return f"unreadable: {exc}"
+
+
 def add_to(app: typer.Typer) -> None:
     @app.command("run")
     def run(
@@ -34,13 +45,13 @@ def add_to(app: typer.Typer) -> None:
         """
         from lipcli.device import select_device
         from lipcli.experiments.grid import load_grid
-        from lipcli.experiments.runner import check_components, configuration_conflict, pending_stages, run_grid
+        from lipcli.experiments.runner import check_components, pending_stages, run_grid
 
         grid = load_grid(experiment, out)
         check_components(grid, ctx.obj)
         if dry_run:
             rows = [{"run": r.name, "folder": r.config.output.dir, "needs": pending_stages(r, grid.evaluation),
-                     "conflict": configuration_conflict(r), "settings": r.settings} for r in grid.runs]
+                     "conflict": _conflict(r), "settings": r.settings} for r in grid.runs]
             if as_json:
                 console.print_json(rows)
                 return

@@ -15,6 +15,7 @@ grid varies), so that running the file again finds it: a finished run is skipped
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,16 @@ class EvaluationPlan:
     def eps_for(self, norm: str) -> list[tuple[str, float]]:
         return self.eps.get(norm) or parse_eps(",".join(DEFAULT_EPS[norm]))
 
+    def stage_plan(self, stage: str) -> dict[str, Any]:
+        """What a stage's result depends on (besides the model): recorded beside the result, so that a
+        changed ``[evaluate]`` reruns exactly the stages it changes."""
+        common = {"checkpoint": self.checkpoint, "limit": self.limit}
+        if stage == "stats":
+            return {**common, "eps": {n: self.eps_for(n) for n in NORMS}}
+        norm = stage.removeprefix("curve-")
+        attacks = self.attacks_for(norm)
+        return {**common, "attacks": attacks, "attack_options": self.options_for(norm), "eps": self.eps_for(norm)}
+
 
 @dataclass
 class PlannedRun:
@@ -84,6 +95,7 @@ def load_grid(path: Path, out: Path | None = None) -> Grid:
     keys = [key for key, _ in axes]
     runs: list[PlannedRun] = []
     names: dict[str, dict[str, Any]] = {}
+    identities: dict[str, dict[str, Any]] = {}
     for values in itertools.product(*(values for _, values in axes)):
         settings = dict(zip(keys, values, strict=True))
         layers = [(f"{path}: grid {key} = {value!r}", key, value) for key, value in settings.items()]
@@ -92,6 +104,10 @@ def load_grid(path: Path, out: Path | None = None) -> Grid:
         if name in names:
             raise ConfigError(f"{path}: grid: the runs {names[name]} and {settings} both get the folder name {name!r}")
         names[name] = settings
+        identity = json.dumps(identity_tree(config), sort_keys=True, default=str)
+        if identity in identities:
+            raise ConfigError(f"{path}: grid: the runs {identities[identity]} and {settings} have the same configuration")
+        identities[identity] = settings
         config.output.dir = str((out or Path(config.output.root) / path.stem) / name)
         runs.append(PlannedRun(name, config, settings))
     return Grid(path, runs, evaluation)
@@ -113,6 +129,21 @@ def _axes(table: Any, path: Path, prefix: str = "") -> list[tuple[str, list[Any]
     return axes
 
 
+NOT_A_SETTING = (
+    ("training", "device"), ("output", "dir"), ("output", "root"), ("data", "data_dir"), ("data", "download"),
+    ("evaluation", "batch_size"),
+)
+"""Configuration keys that change where or how fast a run is computed, not its results."""
+
+
+def identity_tree(config: ExperimentConfig) -> dict[str, Any]:
+    """The configuration as a tree with :data:`NOT_A_SETTING` blanked: equal trees, equal runs."""
+    tree = config.to_dict()
+    for section, key in NOT_A_SETTING:
+        tree[section][key] = None
+    return tree
+
+
 _EVALUATE_KEYS = ("norms", "attacks", "eps", "attack_options", "limit", "batch_size", "stats", "checkpoint")
 
 
@@ -126,8 +157,8 @@ def _evaluation(table: Any, path: Path) -> EvaluationPlan:
     plan = EvaluationPlan()
     if "norms" in table:
         norms = table["norms"]
-        if not isinstance(norms, list) or not all(n in NORMS for n in norms):
-            raise ConfigError(f"{path}: evaluate.norms: expected a list of {', '.join(NORMS)}, got {norms!r}")
+        if not isinstance(norms, list) or not all(n in NORMS for n in norms) or len(set(norms)) < len(norms):
+            raise ConfigError(f"{path}: evaluate.norms: expected a list of distinct {', '.join(NORMS)}, got {norms!r}")
         plan.norms = list(norms)
     for key in ("attacks", "eps", "attack_options"):
         if not isinstance(table.get(key, {}), Mapping):

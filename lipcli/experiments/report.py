@@ -25,6 +25,7 @@ from lipcli.config.loader import build, load_toml
 from lipcli.errors import LipcliError
 from lipcli.evaluation.curves import error_at, median_distance
 from lipcli.evaluation.results import DISTANCES_FILE, plot_curves
+from lipcli.experiments.grid import identity_tree
 from lipcli.files import write_text
 from lipcli.training.run_dir import CONFIG_FILE
 
@@ -87,9 +88,8 @@ class Report:
     folders: int
 
 
-_NOT_A_SETTING = {"training.seed", "training.device", "output.dir", "output.root"}
-"""What may differ between the runs of one row: the seed, and where and on what a run was computed."""
-_IN_THE_LABEL = {"data.dataset", "model.arch", "defence.name", "defence.primitives", "model.tanh_head"}
+_IN_THE_LABEL = {"data.dataset", "model.arch", "defence.name"}
+"""Settings a row's label shows in full; any other that varies between rows is listed in ``settings``."""
 
 
 def collect(folders: list[Path]) -> Report:
@@ -97,7 +97,7 @@ def collect(folders: list[Path]) -> Report:
 
     Runs are one row when their configurations are equal but for the seed; what else distinguishes the rows
     of a data set (a learning rate, a model option) becomes their ``settings``."""
-    run_folders = sorted({p.parent for folder in folders for p in Path(folder).rglob(CONFIG_FILE)})
+    run_folders = sorted({p.parent.resolve() for folder in folders for p in Path(folder).rglob(CONFIG_FILE)})
     rows: dict[str, Row] = {}
     leaves: dict[str, dict[str, Any]] = {}
     for folder in run_folders:
@@ -105,7 +105,9 @@ def collect(folders: list[Path]) -> Report:
             config = build(load_toml(folder / CONFIG_FILE))
         except LipcliError as exc:
             raise LipcliError(f"{folder}: {exc}") from None
-        flat = {k: v for k, v in _flatten(config.to_dict()) if k not in _NOT_A_SETTING}
+        tree = identity_tree(config)
+        tree["training"]["seed"] = None  # seeds of one configuration are one row
+        flat = dict(_flatten(tree))
         identity = json.dumps(flat, sort_keys=True, default=str)
         if identity not in rows:
             defence = config.defence.label
@@ -113,8 +115,8 @@ def collect(folders: list[Path]) -> Report:
                 defence += "+tanh"
             rows[identity] = Row(config.data.dataset, config.model.arch, defence)
             leaves[identity] = flat
-        rows[identity].seeds.append(config.training.seed)
-        _read_run(folder, rows[identity], f"s{config.training.seed}")
+        if _read_run(folder, rows[identity], f"s{config.training.seed}"):
+            rows[identity].seeds.append(config.training.seed)
     by_dataset: dict[str, list[str]] = {}
     for identity, row in rows.items():
         by_dataset.setdefault(row.dataset, []).append(identity)
@@ -141,8 +143,9 @@ def _show(value: Any) -> str:
     return "-" if value is None or value == {} else str(value)
 
 
-def _read_run(folder: Path, row: Row, seed_label: str) -> None:
-    """Add one run's values (and curves) to its row; the clean error comes from the first source present."""
+def _read_run(folder: Path, row: Row, seed_label: str) -> bool:
+    """Add one run's values (and curves) to its row, and say whether it had any; the clean error comes from the
+    first source present. A stats file that cannot be read counts as missing."""
     found: dict[str, float] = {}
     for norm in ("l2", "linf"):
         distances = read_minimum(folder / f"curve-{norm}" / DISTANCES_FILE)
@@ -153,15 +156,17 @@ def _read_run(folder: Path, row: Row, seed_label: str) -> None:
         for key, eps in zip(_EPS_KEYS[norm], PAPER_EPS[norm], strict=True):
             found[key] = error_at(distances, eps)
         row.curves.setdefault(norm, []).append((seed_label, distances))
-    stats_file = folder / "stats" / "stats.json"
-    if stats_file.is_file():
-        stats = json.loads(stats_file.read_text())
-        found.update(grad_loss_l2=stats["grad_loss_l2"]["max"], grad_loss_l1=stats["grad_loss_l1"]["max"],
-                     jac_f_2inf=stats["jac_f_2inf_max"], jac_f_11=stats["jac_f_11_max"])
-        found.setdefault("error", stats["clean_error"])
+    try:
+        stats = json.loads((folder / "stats" / "stats.json").read_text())
+        found.update(grad_loss_l2=float(stats["grad_loss_l2"]["max"]), grad_loss_l1=float(stats["grad_loss_l1"]["max"]),
+                     jac_f_2inf=float(stats["jac_f_2inf_max"]), jac_f_11=float(stats["jac_f_11_max"]))
+        found.setdefault("error", float(stats["clean_error"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     for key, value in found.items():
         if not math.isnan(value):
             row.values.setdefault(key, []).append(float(value))
+    return bool(found)
 
 
 def read_minimum(path: Path) -> torch.Tensor | None:
@@ -178,8 +183,9 @@ def best_rows(rows: list[Row], column: Column) -> set[int]:
     values = [(i, r.value(column.key)) for i, r in enumerate(rows) if r.value(column.key) is not None]
     if len(values) < 2:
         return set()
-    target = (max if column.larger_is_better else min)(v for _, v in values)
-    best = {i for i, v in values if v == target}
+    shown = [(i, float(cell(v, column))) for i, v in values]  # compare what is printed, not hidden digits
+    target = (max if column.larger_is_better else min)(v for _, v in shown)
+    best = {i for i, v in shown if v == target}
     return best if len(best) < len(values) else set()
 
 

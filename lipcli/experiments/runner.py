@@ -8,9 +8,13 @@ A run's stages and what marks them done:
 * ``curve-<norm>/summary.json`` for each norm of ``[evaluate]``, as ``lipcli curve`` writes it;
 * ``stats/stats.json``, as ``lipcli stats`` writes it.
 
-A run whose folder holds a different configuration than the file now asks for is not touched: it fails with
-a message, since mixing two configurations in one folder would silently corrupt its results. A run that
-fails for any reason is reported and the grid goes on with the next.
+Beside each evaluation result, ``plan.json`` records the ``[evaluate]`` settings it was measured with
+(checkpoint, image limit, attacks and their options, eps); a stage whose settings changed is run again, and
+training from scratch makes every evaluation stage pending. A run whose folder holds a different
+configuration than the file now asks for (where and how fast it runs aside: device, folders, batch size of
+evaluation) is not touched: it fails with a message, since mixing two configurations in one folder would
+silently corrupt its results. A run that fails for any reason is reported, its traceback written to
+``error.txt``, and the grid goes on with the next.
 """
 
 from __future__ import annotations
@@ -20,13 +24,14 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lipcli.config.loader import build, load_toml
 from lipcli.device import select_device
 from lipcli.errors import ConfigError, LipcliError
 from lipcli.evaluation.evaluate import build_attacks, evaluate_checkpoints
 from lipcli.evaluation.results import SUMMARY_FILE
-from lipcli.experiments.grid import EvaluationPlan, Grid, PlannedRun
+from lipcli.experiments.grid import EvaluationPlan, Grid, PlannedRun, identity_tree
 from lipcli.files import write_text
 from lipcli.lipschitz.measure import STATS_FILE, measure_checkpoints
 from lipcli.plugins import PluginHost, get_host
@@ -37,6 +42,9 @@ from lipcli.training.run_dir import BEST, CONFIG_FILE, LAST
 
 TRAINED = "trained.json"
 STATS_FOLDER = "stats"
+PLAN_FILE = "plan.json"
+"""Beside each evaluation result: the ``[evaluate]`` settings it was measured with."""
+ERROR_FILE = "error.txt"
 
 
 def curve_folder(norm: str) -> str:
@@ -56,16 +64,34 @@ class Outcome:
 
 
 def pending_stages(run: PlannedRun, plan: EvaluationPlan) -> list[str]:
-    """The stages of ``run`` whose results are not on disk yet: ``train`` (or ``resume``), ``curve-<norm>``,
-    ``stats``; empty when the run is complete."""
+    """The stages of ``run`` whose results are not on disk, or were measured under another ``[evaluate]``
+    plan: ``train`` (or ``resume``), ``curve-<norm>``, ``stats``; empty when the run is complete. A run that
+    trains from scratch has every evaluation stage pending (old results belong to an old model)."""
     folder = Path(run.config.output.dir)
     stages = []
     if not (folder / TRAINED).is_file():
         stages.append("resume" if (folder / LAST).is_file() else "train")
-    stages += [curve_folder(n) for n in plan.norms if not (folder / curve_folder(n) / SUMMARY_FILE).is_file()]
-    if plan.stats and not (folder / STATS_FOLDER / STATS_FILE).is_file():
-        stages.append("stats")
+    evaluations = [curve_folder(n) for n in plan.norms] + (["stats"] if plan.stats else [])
+    for stage in evaluations:
+        result = folder / _stage_folder(stage) / (STATS_FILE if stage == "stats" else SUMMARY_FILE)
+        if "train" in stages or not result.is_file() or _recorded_plan(folder, stage) != _as_json(plan.stage_plan(stage)):
+            stages.append(stage)
     return stages
+
+
+def _stage_folder(stage: str) -> str:
+    return STATS_FOLDER if stage == "stats" else stage
+
+
+def _recorded_plan(folder: Path, stage: str) -> Any:
+    try:
+        return json.loads((folder / _stage_folder(stage) / PLAN_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _as_json(value: Any) -> Any:
+    return json.loads(json.dumps(value))
 
 
 def check_components(grid: Grid, host: PluginHost) -> None:
@@ -79,9 +105,9 @@ def check_components(grid: Grid, host: PluginHost) -> None:
         except LipcliError as exc:
             raise type(exc)(f"{grid.path}: run {run.name}: {exc}") from None
     plan = grid.evaluation
-    used = {name.lower() for norm in plan.norms for name in plan.attacks_for(norm)}
+    listed = {name.lower() for norm in ("l2", "linf") for name in plan.attacks_for(norm)}
     for name in plan.attack_options:
-        if name.lower() not in used:
+        if name.lower() not in listed:
             raise ConfigError(f"{grid.path}: evaluate.attack_options.{name}: not an attack of evaluate.attacks")
     for norm in plan.norms:
         build_attacks(plan.attacks_for(norm), plan.options_for(norm), host)
@@ -99,15 +125,16 @@ def run_grid(
             stages = pending_stages(run, grid.evaluation)
             started = time.perf_counter()
             reporter.info(f"run {number}/{len(grid.runs)} {run.name}: " + (", ".join(stages) or "complete, skipped"))
+            error_file = Path(run.config.output.dir) / ERROR_FILE
             try:
                 _run_stages(run, stages, grid.evaluation, device, host, reporter)
-                status = "done" if stages else "skipped"
-                outcomes.append(Outcome(run, status, stages, time.perf_counter() - started))
+                error_file.unlink(missing_ok=True)
+                outcomes.append(Outcome(run, "done" if stages else "skipped", stages, time.perf_counter() - started))
             except Exception as exc:  # noqa: BLE001 - one failed run must not stop the grid
                 message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 if not isinstance(exc, LipcliError):
                     message = f"{type(exc).__name__}: {message}"
-                    _write_error(run, traceback.format_exc())
+                _write_error(error_file, traceback.format_exc())
                 reporter.info(f"run {run.name} failed: {message}")
                 outcomes.append(Outcome(run, "failed", stages, time.perf_counter() - started, message))
             task.advance(1)
@@ -121,28 +148,37 @@ def _run_stages(
     conflict = configuration_conflict(run)
     if conflict:
         raise LipcliError(f"{folder}: {conflict}; remove the folder or write the grid elsewhere with --out")
+    if not stages:
+        return
     if device != "auto":
         run.config.training.device = device
     if "train" in stages:
+        (folder / BEST).unlink(missing_ok=True)  # left by a crash before the first last.pt: start over
         trainer.train(run.config, host=host, reporter=reporter)
     elif "resume" in stages:
         trainer.resume(folder, host=host, reporter=reporter, device=run.config.training.device)
-    if stages and stages[0] in ("train", "resume"):
+    if stages[0] in ("train", "resume"):
         write_text(folder / TRAINED, json.dumps({"finished": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+    evaluations = [stage for stage in stages if stage not in ("train", "resume")]
+    if not evaluations:
+        return
     checkpoint = folder / (LAST if plan.checkpoint == "last" else BEST)
     target_device = select_device(run.config.training.device)
-    for norm in plan.norms:
-        if curve_folder(norm) in stages:
-            evaluate_checkpoints(
-                [checkpoint], norm=norm, attacks=build_attacks(plan.attacks_for(norm), plan.options_for(norm), host),
-                eps=plan.eps_for(norm), out=folder / curve_folder(norm), limit=plan.limit,
+    for stage in evaluations:
+        out = folder / _stage_folder(stage)
+        if stage == "stats":
+            measure_checkpoints(
+                [checkpoint], out=out, eps={n: plan.eps_for(n) for n in ("l2", "linf")}, limit=plan.limit,
                 batch_size=plan.batch_size, device=target_device, host=host, reporter=reporter,
             )
-    if "stats" in stages:
-        measure_checkpoints(
-            [checkpoint], out=folder / STATS_FOLDER, eps={n: plan.eps_for(n) for n in ("l2", "linf")},
-            limit=plan.limit, batch_size=plan.batch_size, device=target_device, host=host, reporter=reporter,
-        )
+        else:
+            norm = stage.removeprefix("curve-")
+            evaluate_checkpoints(
+                [checkpoint], norm=norm, attacks=build_attacks(plan.attacks_for(norm), plan.options_for(norm), host),
+                eps=plan.eps_for(norm), out=out, limit=plan.limit, batch_size=plan.batch_size,
+                device=target_device, host=host, reporter=reporter,
+            )
+        write_text(out / PLAN_FILE, json.dumps(plan.stage_plan(stage), indent=2) + "\n")
 
 
 def configuration_conflict(run: PlannedRun) -> str | None:
@@ -150,11 +186,7 @@ def configuration_conflict(run: PlannedRun) -> str | None:
     stored_file = Path(run.config.output.dir) / CONFIG_FILE
     if not stored_file.is_file():
         return None
-    stored = build(load_toml(stored_file)).to_dict()
-    planned = run.config.to_dict()
-    for tree in (stored, planned):  # where it runs and how the folder was spelt change no result
-        tree["training"]["device"] = None
-        tree["output"]["dir"] = None
+    stored, planned = identity_tree(build(load_toml(stored_file))), identity_tree(run.config)
     if stored == planned:
         return None
     changed = sorted(
@@ -164,8 +196,8 @@ def configuration_conflict(run: PlannedRun) -> str | None:
     return f"it holds a run with another configuration ({', '.join(changed) or 'recipe'} differ)"
 
 
-def _write_error(run: PlannedRun, text: str) -> None:
+def _write_error(path: Path, text: str) -> None:
     try:
-        write_text(Path(run.config.output.dir) / "error.txt", text)
-    except OSError:
+        write_text(path, text)
+    except OSError:  # the folder itself may be what failed
         pass
