@@ -82,7 +82,7 @@ class Row:
 
 @dataclass
 class Report:
-    """Rows grouped by data set, in the order they were found."""
+    """Rows grouped by data set (in name order), each data set's rows ordered by model, defence, settings."""
 
     rows: dict[str, list[Row]]
     folders: int
@@ -125,7 +125,9 @@ def collect(folders: list[Path]) -> Report:
         varying = sorted(k for k in keys if len({json.dumps(leaves[i].get(k), default=str) for i in identities}) > 1)
         for i in identities:
             rows[i].settings = ", ".join(f"{k}={_show(leaves[i].get(k))}" for k in varying)
-    return Report({d: [rows[i] for i in ids] for d, ids in by_dataset.items()}, len(run_folders))
+    ordered = {d: sorted((rows[i] for i in ids), key=lambda r: (r.arch, r.defence, r.settings))
+               for d, ids in sorted(by_dataset.items())}
+    return Report(ordered, len(run_folders))
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
