@@ -1,17 +1,22 @@
-"""Device selection: CUDA when there is one, never hard-coded."""
+"""Device selection: CUDA when there is one, never hard-coded; under torchrun, each process's own GPU."""
 
 from __future__ import annotations
 
 import torch
 
+from lipcli.distributed import current
 from lipcli.errors import ConfigError
 
 
 def select_device(spec: str = "auto", key: str = "training.device") -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU; an explicit device must exist (errors name ``key``)."""
+    """``auto`` picks CUDA when available, else the CPU; an explicit device must exist (errors name ``key``).
+
+    With several processes, ``auto`` and ``cuda`` mean this process's GPU, ``cuda:LOCAL_RANK``."""
     spec = spec.strip().lower()
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cuda" and current().enabled and torch.cuda.is_available():
+        spec = f"cuda:{current().local_rank % torch.cuda.device_count()}"
     try:
         device = torch.device(spec)
     except RuntimeError:

@@ -7,6 +7,7 @@ configuration and usage errors); ``--verbose`` adds the traceback.
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any, Optional
 
 import typer
@@ -77,6 +78,17 @@ def build_app(host: PluginHost | None = None) -> typer.Typer:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. Under torchrun (``WORLD_SIZE > 1``) every process joins the process group
+    first; only rank 0 prints results and progress."""
     console.route_warnings()
-    build_app()()
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        build_app()()
+        return
+    from lipcli import distributed
+
+    group = distributed.setup()
+    console.out.quiet = not group.main
+    try:
+        build_app()()
+    finally:
+        distributed.teardown()

@@ -6,6 +6,7 @@ as they finish, so stdout stays reserved for the command's results.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -45,7 +46,7 @@ class RichReporter(Reporter):
     """Draws progress bars and epoch lines on stderr."""
 
     def __init__(self, quiet: bool = False) -> None:
-        self.quiet = quiet
+        self.quiet = quiet or os.environ.get("RANK", "0") != "0"  # under torchrun, rank 0 reports for all
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -54,7 +55,7 @@ class RichReporter(Reporter):
             TimeRemainingColumn(),
             TextColumn("{task.fields[status]}"),
             console=console.err,
-            disable=quiet or not console.err.is_terminal,
+            disable=self.quiet or not console.err.is_terminal,
             transient=True,
         )
 

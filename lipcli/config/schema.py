@@ -82,6 +82,8 @@ class TrainingConfig:
     """Deterministic kernels; with the CPU this makes a resumed run end with bit-identical weights."""
     channels_last: bool = False
     """NHWC memory layout for models and batches (faster convolutions on recent GPUs)."""
+    sync_batchnorm: bool = False
+    """With several processes (torchrun), BatchNorm statistics over the global batch (SyncBatchNorm; CUDA only)."""
     amp: bool = False
     """bfloat16 autocast of forward passes on CUDA (gradient norms and penalties stay float32); off elsewhere."""
     max_steps: int | None = None

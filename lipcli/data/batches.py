@@ -19,6 +19,20 @@ def epoch_order(size: int, seed: int, epoch: int, batch_size: int) -> torch.Tens
     return order[: size - 1] if size % batch_size == 1 and size > 1 else order
 
 
+def shard(order: torch.Tensor, batch_size: int, world: int, rank: int) -> torch.Tensor:
+    """This process's part of an epoch ``order`` cut into global batches of ``batch_size``: its contiguous
+    ``batch_size / world`` slice of each one, so the processes' batches together are the single-process batch.
+
+    With several processes a last global batch smaller than ``batch_size`` is left out: every process must
+    take the same number of steps, and the same number of examples per step.
+    """
+    if world == 1:
+        return order
+    steps = len(order) // batch_size
+    local = batch_size // world
+    return order[: steps * batch_size].view(steps, world, local)[:, rank, :].reshape(-1)
+
+
 def num_batches(size: int, batch_size: int) -> int:
     return (size + batch_size - 1) // batch_size
 

@@ -16,6 +16,7 @@ import torch
 import lipcli
 from lipcli.attacks import NORMS, Attack
 from lipcli.components import call_factory
+from lipcli.distributed import barrier, current
 from lipcli.errors import ConfigError
 from lipcli.evaluation import results
 from lipcli.evaluation.runner import RobustnessResult, attack_set
@@ -91,8 +92,9 @@ def evaluate_checkpoints(
             result, eps, checkpoint=str(path), label=label, dataset=target.info.name,
             device=str(device), lipcli_version=lipcli.__version__,
         )
-        results.write_distances(folder / results.DISTANCES_FILE, result)
-        results.write_summary(folder / results.SUMMARY_FILE, summary)
+        if current().main:  # every process holds the joined result; one writes it
+            results.write_distances(folder / results.DISTANCES_FILE, result)
+            results.write_summary(folder / results.SUMMARY_FILE, summary)
         evaluations.append(Evaluation(label, folder, result, summary))
     overall = None
     if by == "model":
@@ -104,6 +106,8 @@ def evaluate_checkpoints(
         if len(curves) > 1:
             overall = ("min over attacks", only.result.minimum)
         title = f"attacks on {only.label}"
-    results.plot_curves(out / results.CURVE_FILE, curves, norm, title, overall=overall)
+    if current().main:
+        results.plot_curves(out / results.CURVE_FILE, curves, norm, title, overall=overall)
+    barrier()  # the files exist for every process once this returns
     return evaluations
 

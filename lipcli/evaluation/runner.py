@@ -2,7 +2,9 @@
 
 Batched throughout: each attack sees a batch of the correctly classified images at once, on the model's
 device, in eval mode with parameters frozen (no weight gradients are built). lipcli then measures what each
-attack returned (:mod:`lipcli.evaluation.accounting`).
+attack returned (:mod:`lipcli.evaluation.accounting`). With several processes (torchrun) each takes every
+N-th batch, the same batches a single process would form, so the per-image results are the same; they are
+then joined on every process.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch import nn
 from lipcli.attacks import Attack
 from lipcli.data.batches import iterate_batches, num_batches
 from lipcli.data.types import ImageSet
+from lipcli.distributed import all_reduce, owned
 from lipcli.errors import DataError
 from lipcli.evaluation.accounting import QueryCounter, measured_distances
 from lipcli.gradients import frozen_eval, input_gradient
@@ -94,7 +97,7 @@ def attack_set(
                 for number, (images, labels) in enumerate(iterate_batches(data, batch_size, device)):
                     first = number * batch_size
                     keep = correct[first : first + images.shape[0]].to(device)
-                    if keep.any():
+                    if owned(number) and keep.any():
                         _sync(device)
                         started = time.perf_counter()
                         proposals = attack.run(counter, images[keep], labels[keep], norm).detach()
@@ -105,8 +108,12 @@ def attack_set(
                         rows = torch.arange(first, first + images.shape[0])[keep.cpu()]
                         distances[rows] = measured.cpu()
                     task.advance(1)
+            # each process attacked its own batches: the rows it did not own are 0 there, so a sum joins them
+            all_reduce(distances)
+            queries, outside = (int(v) for v in all_reduce(torch.tensor([counter.queries, outside])).tolist())
+            seconds = float(all_reduce(torch.tensor(seconds), "max"))
             results.append(AttackResult(
-                name, distances, seconds, counter.queries, outside, getattr(attack, "decision_based", False)
+                name, distances, seconds, queries, outside, getattr(attack, "decision_based", False)
             ))
     result = RobustnessResult(norm, data.labels.clone(), predictions, results, zero_gradients)
     result.warnings = masking_warnings(result)
@@ -117,17 +124,17 @@ def _clean_pass(
     model: nn.Module, data: ImageSet, batch_size: int, device: torch.device, reporter: Reporter
 ) -> tuple[torch.Tensor, int]:
     """(clean predictions ``[N]``, number of correctly classified images with a zero loss gradient)."""
-    predictions = torch.empty(len(data), dtype=torch.int64)
-    zero = 0
+    predictions = torch.zeros(len(data), dtype=torch.int64)
+    zero = torch.zeros((), dtype=torch.int64)
     with reporter.task("clean", num_batches(len(data), batch_size)) as task:
         for number, (images, labels) in enumerate(iterate_batches(data, batch_size, device)):
-            _, logits, gradient = input_gradient(model, images, labels)
-            predicted = logits.detach().argmax(1)
-            predictions[number * batch_size : number * batch_size + images.shape[0]] = predicted.cpu()
-            flat = gradient.flatten(1)
-            zero += int(((flat == 0).all(1) & (predicted == labels)).sum())
+            if owned(number):
+                _, logits, gradient = input_gradient(model, images, labels)
+                predicted = logits.detach().argmax(1)
+                predictions[number * batch_size : number * batch_size + images.shape[0]] = predicted.cpu()
+                zero += ((gradient.flatten(1) == 0).all(1) & (predicted == labels)).sum().cpu()
             task.advance(1)
-    return predictions, zero
+    return all_reduce(predictions), int(all_reduce(zero))
 
 
 def masking_warnings(result: RobustnessResult) -> list[str]:

@@ -15,6 +15,10 @@ configuration than the file now asks for (where and how fast it runs aside: devi
 evaluation) is not touched: it fails with a message, since mixing two configurations in one folder would
 silently corrupt its results. A run that fails for any reason is reported, its traceback written to
 ``error.txt``, and the grid goes on with the next.
+
+Under torchrun every process runs the grid: training and evaluation are data-parallel, rank 0 writes the
+files, and the processes meet after each run. A failure that happens on some processes only (a GPU out
+of memory, say) cannot be recovered from: the others would wait for it; torchrun then stops them all.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 
 from lipcli.config.loader import build, load_toml
 from lipcli.device import select_device
+from lipcli.distributed import barrier, current
 from lipcli.errors import ConfigError, LipcliError
 from lipcli.evaluation.evaluate import build_attacks, evaluate_checkpoints
 from lipcli.evaluation.results import SUMMARY_FILE
@@ -128,15 +133,18 @@ def run_grid(
             error_file = Path(run.config.output.dir) / ERROR_FILE
             try:
                 _run_stages(run, stages, grid.evaluation, device, host, reporter)
-                error_file.unlink(missing_ok=True)
+                if current().main:
+                    error_file.unlink(missing_ok=True)
                 outcomes.append(Outcome(run, "done" if stages else "skipped", stages, time.perf_counter() - started))
             except Exception as exc:  # noqa: BLE001 - one failed run must not stop the grid
                 message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 if not isinstance(exc, LipcliError):
                     message = f"{type(exc).__name__}: {message}"
-                _write_error(error_file, traceback.format_exc())
+                if current().main:
+                    _write_error(error_file, traceback.format_exc())
                 reporter.info(f"run {run.name} failed: {message}")
                 outcomes.append(Outcome(run, "failed", stages, time.perf_counter() - started, message))
+            barrier()  # every process sees this run's files before deciding what the next one needs
             task.advance(1)
     return outcomes
 
@@ -157,7 +165,7 @@ def _run_stages(
         trainer.train(run.config, host=host, reporter=reporter)
     elif "resume" in stages:
         trainer.resume(folder, host=host, reporter=reporter, device=run.config.training.device)
-    if stages[0] in ("train", "resume"):
+    if stages[0] in ("train", "resume") and current().main:
         write_text(folder / TRAINED, json.dumps({"finished": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
     evaluations = [stage for stage in stages if stage not in ("train", "resume")]
     if not evaluations:
@@ -178,7 +186,8 @@ def _run_stages(
                 eps=plan.eps_for(norm), out=out, limit=plan.limit, batch_size=plan.batch_size,
                 device=target_device, host=host, reporter=reporter,
             )
-        write_text(out / PLAN_FILE, json.dumps(plan.stage_plan(stage), indent=2) + "\n")
+        if current().main:
+            write_text(out / PLAN_FILE, json.dumps(plan.stage_plan(stage), indent=2) + "\n")
 
 
 def configuration_conflict(run: PlannedRun) -> str | None:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 import lipcli
+from lipcli.distributed import barrier, current
 from lipcli.evaluation.results import write_per_image, write_summary
 from lipcli.evaluation.targets import load_target, output_folders
 from lipcli.lipschitz.statistics import model_statistics
@@ -56,7 +57,9 @@ def measure_checkpoints(
             "checkpoint": str(path), "label": label, "dataset": target.info.name, "device": str(device),
             "lipcli_version": lipcli.__version__, **statistics.summary,
         }
-        write_per_image(folder / STATS_CSV, statistics.labels, statistics.predictions, statistics.per_image)
-        write_summary(folder / STATS_FILE, summary)
+        if current().main:  # every process holds the joined statistics; one writes them
+            write_per_image(folder / STATS_CSV, statistics.labels, statistics.predictions, statistics.per_image)
+            write_summary(folder / STATS_FILE, summary)
         measured.append(Measured(label, folder, summary))
+    barrier()
     return measured

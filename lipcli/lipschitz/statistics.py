@@ -27,6 +27,7 @@ from torch import nn
 
 from lipcli.data.batches import iterate_batches, num_batches
 from lipcli.data.types import DatasetInfo, ImageSet
+from lipcli.distributed import all_reduce, owned
 from lipcli.errors import DataError
 from lipcli.gradients import frozen_eval
 from lipcli.lipschitz.bound import BoundUnavailable, product_bound
@@ -70,19 +71,25 @@ def model_statistics(
     if len(data) == 0:
         raise DataError("no test images to measure")
     reporter = reporter or Reporter()
-    columns: dict[str, list[torch.Tensor]] = {}
+    measured = PER_IMAGE[:1] + PER_IMAGE[2:8]
+    # rows this process did not measure stay 0, so that a sum over the processes joins their batches
+    per_image = {name: torch.zeros(len(data), dtype=torch.float64) for name in measured}
+    logits = torch.zeros((len(data), info.num_classes), dtype=torch.float64)
     with frozen_eval(model):
         with reporter.task("jacobians", num_batches(len(data), batch_size)) as task:
-            for images, labels in iterate_batches(data, batch_size, device):
-                norms = jacobian_norms(model, images, labels)
-                columns.setdefault("logits", []).append(norms.logits.double().cpu())
-                for name in PER_IMAGE[:1] + PER_IMAGE[2:8]:
-                    columns.setdefault(name, []).append(getattr(norms, name).double().cpu())
+            for number, (images, labels) in enumerate(iterate_batches(data, batch_size, device)):
+                if owned(number):
+                    rows = slice(number * batch_size, number * batch_size + images.shape[0])
+                    norms = jacobian_norms(model, images, labels)
+                    logits[rows] = norms.logits.double().cpu()
+                    for name in measured:
+                        per_image[name][rows] = getattr(norms, name).double().cpu()
                 task.advance(1)
         reporter.info("bounding the Lipschitz constant (Eq. (6)) layer by layer")
         bounds, unavailable = _bounds(model, info)
-    logits = torch.cat(columns.pop("logits"))
-    per_image = {name: torch.cat(values) for name, values in columns.items()}
+    all_reduce(logits)
+    for values in per_image.values():
+        all_reduce(values)
     labels = data.labels.clone()
     predictions = logits.argmax(1)
     per_image["margin"] = margins(logits, labels)

@@ -10,6 +10,9 @@ its parameters as keyword arguments and returns an object with any of these meth
   each example's gradient is exact and BatchNorm statistics are untouched;
 * ``training_loss(model, images, labels, perturbation) -> StepLoss``: the loss of the step on the batch
   the weight update uses, in train mode (the WCAT penalty). Without one, the loss is plain cross-entropy.
+  With several processes (torchrun) ``model`` is the DistributedDataParallel wrapper and ``images`` this
+  process's share of the global batch: a quantity over the whole batch (a maximum) must be taken over
+  :func:`lipcli.distributed.gather`, and a second forward pass should use ``unwrap(model)``.
 
 A composition has at most one primitive of each of the last two kinds. A preset is registered with
 ``preset=True`` and a factory returning its expansion ``[(primitive, {param: value}), ...]``; names join
@@ -27,6 +30,7 @@ from torch import nn
 from lipcli.components import call_factory
 from lipcli.config.schema import DefenceConfig
 from lipcli.data.types import DatasetInfo
+from lipcli.distributed import unwrap
 from lipcli.errors import ConfigError
 from lipcli.gradients import cross_entropy, frozen_eval
 from lipcli.plugins import PluginHost
@@ -89,9 +93,9 @@ class ComposedDefence:
 
     def training_loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> StepLoss:
         perturbation = None
-        if self.perturber is not None:
-            with frozen_eval(model):
-                perturbation = self.perturber.perturb(model, images, labels)
+        if self.perturber is not None:  # eval mode, no weight gradients: the bare model, not a DDP wrapper
+            with frozen_eval(unwrap(model)) as bare:
+                perturbation = self.perturber.perturb(bare, images, labels)
             images = perturbation.images.detach()
         if self.loss is not None:
             out = self.loss.training_loss(model, images, labels, perturbation)

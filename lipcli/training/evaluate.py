@@ -1,4 +1,5 @@
-"""Clean test error and loss, batched, in eval mode."""
+"""Clean test error and loss, batched, in eval mode; with several processes each takes every N-th batch and
+the sums are added up, so every process returns the whole test set's numbers."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from torch import nn
 
 from lipcli.data.batches import iterate_batches, num_batches
 from lipcli.data.types import ImageSet
+from lipcli.distributed import all_reduce, owned
 from lipcli.progress import Reporter
 
 
@@ -21,12 +23,14 @@ def evaluate(
     loss = torch.zeros((), device=device, dtype=torch.float64)
     try:
         with (reporter or Reporter()).task("test", num_batches(len(data), batch_size)) as task:
-            for images, labels in iterate_batches(data, batch_size, device):
-                logits = model(images)
-                wrong += (logits.argmax(1) != labels).sum()
-                loss += nn.functional.cross_entropy(logits, labels, reduction="sum").double()
+            for number, (images, labels) in enumerate(iterate_batches(data, batch_size, device)):
+                if owned(number):
+                    logits = model(images)
+                    wrong += (logits.argmax(1) != labels).sum()
+                    loss += nn.functional.cross_entropy(logits, labels, reduction="sum").double()
                 task.advance(1)
     finally:
         model.train(was_training)
     n = max(len(data), 1)
-    return wrong.item() / n, loss.item() / n
+    totals = all_reduce(torch.stack([wrong.double(), loss]))
+    return totals[0].item() / n, totals[1].item() / n

@@ -26,11 +26,12 @@ from lipcli.checkpoint import load_checkpoint, save_checkpoint
 from lipcli.config import build
 from lipcli.config.schema import ExperimentConfig
 from lipcli.data.augment import Augmentation
-from lipcli.data.batches import epoch_order, iterate_batches, num_batches
+from lipcli.data.batches import epoch_order, iterate_batches, num_batches, shard
 from lipcli.data.load import load_data
 from lipcli.data.types import DatasetInfo
 from lipcli.device import select_device
-from lipcli.errors import CheckpointError, LipcliError
+from lipcli.distributed import all_reduce, barrier, broadcast, current
+from lipcli.errors import CheckpointError, ConfigError, LipcliError
 from lipcli.models.build import build_model
 from lipcli.plugins import PluginHost, get_host
 from lipcli.progress import Reporter
@@ -107,6 +108,14 @@ class _Run:
     def fit(self, checkpoint: dict[str, Any] | None) -> TrainResult:
         config, tc = self.config, self.config.training
         device = select_device(tc.device)
+        group = current()
+        if tc.batch_size % group.world:
+            raise ConfigError(
+                f"training.batch_size: the global batch ({tc.batch_size}) must be a multiple of the "
+                f"{group.world} processes"
+            )
+        if tc.sync_batchnorm and group.enabled and device.type != "cuda":
+            raise ConfigError("training.sync_batchnorm: PyTorch's SyncBatchNorm needs CUDA devices")
         with reproducibility(tc.seed, tc.deterministic):
             data = load_data(config.data, self.host)
             train_set = data.train.subset(config.data.train_limit)
@@ -117,24 +126,29 @@ class _Run:
                 model = model.to(memory_format=torch.channels_last)
             optimizer = build_optimizer(model, tc)
             scheduler = build_scheduler(optimizer, tc)
-            result = TrainResult(Path(config.output.dir) if checkpoint else runs.prepare_run_dir(config))
+            result = TrainResult(Path(config.output.dir) if checkpoint else _shared_run_dir(config))
             start_epoch = 1
             if checkpoint is not None:
                 start_epoch = self._restore(checkpoint, model, optimizer, scheduler, result, device)
+            trained = _parallel(model, tc.sync_batchnorm, device)
             amp = tc.amp and device.type == "cuda"
             if tc.amp and not amp:
                 self.reporter.info(f"training.amp needs CUDA; training in float32 on {device}")
+            batches = (
+                f"batch {tc.batch_size} = {group.world} processes x {tc.batch_size // group.world}"
+                if group.enabled else f"batch {tc.batch_size}"
+            )
             self.reporter.info(
                 f"run folder {result.run_dir} | {data.info.name}: {len(train_set)} train / {len(test_set)} test "
                 f"images | {config.model.arch} ({sum(p.numel() for p in model.parameters()):,} parameters) | "
-                f"defence {'+'.join(defence.names) or 'none'} | device {device}"
+                f"defence {'+'.join(defence.names) or 'none'} | {batches} | device {device}"
             )
             augment = Augmentation(config.data.crop_padding, config.data.flip, config.data.cutout)
             for epoch in range(start_epoch, tc.epochs + 1):
                 if tc.max_steps is not None and result.steps >= tc.max_steps:
                     break
                 started = time.perf_counter()
-                stats = self._epoch(epoch, model, defence, optimizer, train_set, augment, device, amp, result)
+                stats = self._epoch(epoch, trained, defence, optimizer, train_set, augment, device, amp, result)
                 lr = optimizer.param_groups[0]["lr"]
                 scheduler.step()
                 seconds = time.perf_counter() - started
@@ -153,19 +167,21 @@ class _Run:
     ) -> dict[str, Any]:
         """One pass over the training set; returns the epoch's training statistics."""
         tc = self.config.training
-        order = epoch_order(len(train_set), tc.seed, epoch, tc.batch_size)
-        generator = torch.Generator(device=device).manual_seed(tc.seed * 1_000_003 + epoch)
+        group = current()
+        order = shard(epoch_order(len(train_set), tc.seed, epoch, tc.batch_size), tc.batch_size, group.world, group.rank)
+        batch_size = tc.batch_size // group.world
+        generator = torch.Generator(device=device).manual_seed((tc.seed * 1_000_003 + epoch) * group.world + group.rank)
         sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss * n, wrong, penalty * n
         seen = 0
         worst = torch.full((), float("nan"), device=device)
         measured = penalised = False
         first_bad = torch.full((), -1, device=device, dtype=torch.long)
-        total = num_batches(len(order), tc.batch_size)
+        total = num_batches(len(order), batch_size)
         if tc.max_steps is not None:
             total = min(total, tc.max_steps - result.steps)
         model.train()
         with self.reporter.task(f"epoch {epoch}/{tc.epochs}", total) as task:
-            for images, labels in iterate_batches(train_set, tc.batch_size, device, order):
+            for images, labels in iterate_batches(train_set, batch_size, device, order):
                 if tc.max_steps is not None and result.steps >= tc.max_steps:
                     break
                 if augment.active:
@@ -195,7 +211,10 @@ class _Run:
                 penalised |= out.penalty is not None
                 task.advance(1, loss=out.data_loss.detach())
         self._check_finite(first_bad, epoch, result)  # before anything of this epoch is saved
-        loss_sum, wrong, penalty_sum = sums.tolist()
+        totals = all_reduce(torch.cat([sums, sums.new_tensor([seen, float(measured), float(penalised)])]))
+        loss_sum, wrong, penalty_sum, seen_all, measured_any, penalised_any = totals.tolist()
+        worst = all_reduce(torch.where(torch.isnan(worst), -torch.inf, worst), "max")
+        measured, penalised, seen = measured_any > 0, penalised_any > 0, int(seen_all)
         count = max(seen, 1)
         return {
             "loss": loss_sum / count, "penalty": penalty_sum / count if penalised else None,
@@ -204,8 +223,9 @@ class _Run:
 
     @staticmethod
     def _check_finite(first_bad: torch.Tensor, epoch: int, result: TrainResult) -> None:
-        """Stop with the first step whose loss was NaN or infinite; nothing after the last epoch is saved."""
-        step = int(first_bad.item())
+        """Stop with the first step whose loss was NaN or infinite (on any process: all stop together);
+        nothing after the last epoch is saved."""
+        step = int(all_reduce(first_bad.clone(), "max").item())
         if step >= 0:
             kept = result.run_dir / runs.LAST
             raise TrainingDiverged(
@@ -217,13 +237,16 @@ class _Run:
         self, row: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler, info: DatasetInfo, result: TrainResult,
     ) -> None:
-        """Append the epoch's metrics, then write last.pt (and best.pt when the test error improved)."""
+        """Append the epoch's metrics, then write last.pt (and best.pt when the test error improved); only the
+        main process writes."""
         result.history.append(row)
-        with open(result.run_dir / runs.METRICS_FILE, "a") as handle:
-            handle.write(json.dumps(row) + "\n")
         improved = not row["test_error"] >= result.best_test_error  # also true while best is nan
         if improved:
             result.best_test_error = row["test_error"]
+        if not current().main:
+            return
+        with open(result.run_dir / runs.METRICS_FILE, "a") as handle:
+            handle.write(json.dumps(row) + "\n")
         payload = {
             "lipcli_version": lipcli.__version__, "config": self.config.to_dict(), "dataset": info.to_dict(),
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -251,11 +274,37 @@ class _Run:
             raise CheckpointError(f"{result.run_dir / runs.LAST}: cannot resume from it ({exc})") from None
         metrics = result.run_dir / runs.METRICS_FILE
         result.history = [r for r in _read_rows(metrics) if r.get("epoch", epoch + 1) <= epoch]
-        partial = metrics.with_name(metrics.name + ".tmp")
-        partial.write_text("".join(json.dumps(r) + "\n" for r in result.history))
-        os.replace(partial, metrics)
+        barrier()  # every process has read the rows before the main one rewrites the file
+        if current().main:
+            partial = metrics.with_name(metrics.name + ".tmp")
+            partial.write_text("".join(json.dumps(r) + "\n" for r in result.history))
+            os.replace(partial, metrics)
         self.reporter.info(f"resuming {result.run_dir} after epoch {epoch} (step {result.steps})")
         return epoch + 1
+
+
+def _shared_run_dir(config: ExperimentConfig) -> Path:
+    """The new run folder, created by the main process; every process gets its path (or its error)."""
+    made: tuple[str, str] | None = None
+    if current().main:
+        try:
+            made = ("ok", str(runs.prepare_run_dir(config)))
+        except LipcliError as exc:
+            made = ("error", str(exc))
+    status, value = broadcast(made)
+    if status == "error":
+        raise LipcliError(value)
+    return Path(value)
+
+
+def _parallel(model: nn.Module, sync_batchnorm: bool, device: torch.device) -> nn.Module:
+    """The model as trained: itself with one process; with several, wrapped in DistributedDataParallel (which
+    averages gradients over the processes), its BatchNorms synchronised when asked."""
+    if not current().enabled:
+        return model
+    if sync_batchnorm:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def _read_rows(metrics: Path) -> list[dict[str, Any]]:

@@ -10,6 +10,10 @@ Conventions (paper Eq. (1), Appendix A, and the original code):
 * ``method = "exact"`` computes the gradients on the batch the weight update uses, in train mode, with
   ``create_graph`` so the penalty is differentiated by double backpropagation (BatchNorm's coupling of
   the batch included, as in the original code).
+* With several processes (torchrun), the maximum is over the global batch: every process's per-example
+  norms are gathered (:func:`lipcli.distributed.gather`, differentiable), so the maximum and its gradient
+  are a single process's on the same batch (BatchNorm's statistics aside: each process normalises its own
+  share unless ``training.sync_batchnorm``). B is the global batch.
 * ``method = "fd"`` avoids double backpropagation (after the authors' follow-up work on scaleable input
   gradient regularisation). The training forward pass (train mode, outside autocast) is followed by one
   input-gradient backward, which picks the batch's worst example and its dual-norm direction ``d``
@@ -31,6 +35,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from lipcli.distributed import current, gather, unwrap
 from lipcli.gradients import NORMS, at_least_float32, cross_entropy, grad_norm, input_gradient
 from lipcli.training.defence import Perturbation, StepLoss
 
@@ -118,12 +123,14 @@ class LipschitzPenalty:
     def training_loss(
         self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, perturbation: Perturbation | None
     ) -> StepLoss:
-        weight = self.multiplier(images.shape[0], images[0].numel())
+        # with several processes the batch is the global one: its size, and its maximum over all processes
+        weight = self.multiplier(images.shape[0] * current().world, images[0].numel())
         if self.method == "exact":
             losses, logits, gradient = input_gradient(model, images, labels, create_graph=True)
-            worst = grad_norm(gradient, self.norm).max()
+            worst = gather(grad_norm(gradient, self.norm)).max()
         else:
-            losses, logits, worst = self._finite_difference(model, images, labels)
+            losses, logits, local = self._finite_difference(model, images, labels)
+            worst = gather(local.view(1)).max()
         data_loss = losses.mean()
         penalty = weight * worst
         return StepLoss(
@@ -149,8 +156,8 @@ class LipschitzPenalty:
             else:
                 direction = g.sign() / math.sqrt(n)
             probe = x.detach().index_select(0, index) + self.fd_step * direction
-            with _frozen_batch_statistics(stats):
-                probe_loss = cross_entropy(model(probe), labels.index_select(0, index))
+            with _frozen_batch_statistics(stats):  # a second forward: not through a DDP wrapper
+                probe_loss = cross_entropy(unwrap(model)(probe), labels.index_select(0, index))
         slope = (probe_loss[0] - losses.index_select(0, index)[0]) / self.fd_step
         # the slope along the unit-l2 direction is ||g||_2 (l2) or ||g||_1 / sqrt(n) (l1)
         worst = torch.relu(slope) * (math.sqrt(n) if self.norm == "l1" else 1.0)
