@@ -60,10 +60,17 @@ def setup() -> Context:
     return _context
 
 
-def teardown() -> None:
+def teardown(succeeded: bool = True) -> None:
+    """Leave the group. After success all processes first meet, so none tears its connections down under
+    another (gloo can abort then); after a failure they do not wait (the others may never arrive: torchrun
+    stops them when one process exits with an error)."""
     global _context
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if succeeded:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
     _context = Context()
 
 

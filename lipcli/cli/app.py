@@ -88,7 +88,11 @@ def main() -> None:
 
     group = distributed.setup()
     console.out.quiet = not group.main
+    succeeded = False
     try:
         build_app()()
+    except SystemExit as exit_:
+        succeeded = exit_.code in (0, None)
+        raise
     finally:
-        distributed.teardown()
+        distributed.teardown(succeeded)

@@ -17,7 +17,10 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 def print_json(data: Any) -> None:
-    """Machine-readable results on stdout (plain ``json``, so it never wraps or colours)."""
+    """Machine-readable results on stdout (plain ``json``, so it never wraps or colours); silent where
+    ``out`` is (the processes other than rank 0 under torchrun)."""
+    if out.quiet:
+        return
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
     sys.stdout.flush()
 
