@@ -15,8 +15,11 @@ def select_device(spec: str = "auto", key: str = "training.device") -> torch.dev
     spec = spec.strip().lower()
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cuda" and current().enabled and torch.cuda.is_available():
-        spec = f"cuda:{current().local_rank % torch.cuda.device_count()}"
+    if current().enabled and spec.startswith("cuda"):
+        if spec != "cuda":
+            raise ConfigError(f"{key}: under torchrun every process uses its own GPU (cuda:LOCAL_RANK); use cuda or auto")
+        if torch.cuda.is_available():
+            spec = f"cuda:{current().local_rank % torch.cuda.device_count()}"
     try:
         device = torch.device(spec)
     except RuntimeError:

@@ -32,17 +32,19 @@ def host() -> PluginHost:
     return plugins
 
 
-def one_step_config(out: Path, defence: str) -> Any:
+def steps_config(out: Path, defence: str, steps: int, *extra: str) -> Any:
+    """``steps`` steps of batch 32 on 64 synthetic images; ``extra`` are further ``--set`` overrides."""
     return resolve(None, {}, [
         "data.dataset='synthetic'",
         "data.options={train_size=64, test_size=16, channels=1, size=4, num_classes=3, noise=0.3}",
         "model.arch='test-no-norm'", f"defence.name={defence!r}", "training.batch_size=32", "training.lr=0.5",
-        "training.max_steps=1", "training.epochs=1", "training.device='cpu'", f"output.dir={str(out)!r}",
+        f"training.max_steps={steps}", f"training.epochs={steps}", "training.device='cpu'",
+        f"output.dir={str(out)!r}", *extra,
     ])
 
 
-def train_one_step(rank: int, world: int, port: int, out: str, defence: str) -> None:
-    """One process of a ``world``-process run: join the group, take one training step, leave."""
+def train_steps(rank: int, world: int, port: int, out: str, defence: str, steps: int, extra: tuple[str, ...]) -> None:
+    """One process of a ``world``-process run: join the group, train ``steps`` steps, leave."""
     from lipcli import distributed
     from lipcli.training.trainer import train
 
@@ -52,7 +54,7 @@ def train_one_step(rank: int, world: int, port: int, out: str, defence: str) -> 
     distributed.setup()
     succeeded = False
     try:
-        train(one_step_config(Path(out), defence), host=host())
+        train(steps_config(Path(out), defence, steps, *extra), host=host())
         succeeded = True
     finally:
         distributed.teardown(succeeded)

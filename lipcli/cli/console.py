@@ -30,6 +30,8 @@ def error(message: str) -> None:
 
 
 def warn(message: str) -> None:
+    if out.quiet:  # the processes other than rank 0 under torchrun: rank 0 says it once
+        return
     err.print(f"[yellow]Warning:[/] {escape(message)}", highlight=False)
 
 

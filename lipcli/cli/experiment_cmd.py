@@ -101,7 +101,8 @@ def add_to(app: typer.Typer) -> None:
         if not collected.folders:
             raise LipcliError(f"no run folders (with a config.toml) under {', '.join(map(str, folders))}")
         target = out or (folders[0] / "report" if len(folders) == 1 else Path("report"))
-        write_report(collected, target)
+        if not console.out.quiet:  # under torchrun only rank 0 writes (and prints)
+            write_report(collected, target)
         if as_json:
             console.print_json(summary_json(collected))
             return

@@ -111,7 +111,7 @@ def attack_set(
             # each process attacked its own batches: the rows it did not own are 0 there, so a sum joins them
             all_reduce(distances)
             queries, outside = (int(v) for v in all_reduce(torch.tensor([counter.queries, outside])).tolist())
-            seconds = float(all_reduce(torch.tensor(seconds), "max"))
+            seconds = float(all_reduce(torch.tensor(seconds, dtype=torch.float64), "max"))  # the slowest process
             results.append(AttackResult(
                 name, distances, seconds, queries, outside, getattr(attack, "decision_based", False)
             ))

@@ -16,9 +16,10 @@ evaluation) is not touched: it fails with a message, since mixing two configurat
 silently corrupt its results. A run that fails for any reason is reported, its traceback written to
 ``error.txt``, and the grid goes on with the next.
 
-Under torchrun every process runs the grid: training and evaluation are data-parallel, rank 0 writes the
-files, and the processes meet after each run. A failure that happens on some processes only (a GPU out
-of memory, say) cannot be recovered from: the others would wait for it; torchrun then stops them all.
+Under torchrun every process runs the grid: training and evaluation are data-parallel, rank 0 decides what
+each run needs and writes the files, and the processes meet after each run. A failed run then stops the
+grid (its traceback in ``error.txt``): the other processes may be waiting inside a collective, and only
+torchrun can stop them. Run the file again to go on.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any
 
 from lipcli.config.loader import build, load_toml
 from lipcli.device import select_device
-from lipcli.distributed import barrier, current
+from lipcli.distributed import barrier, broadcast, current
 from lipcli.errors import ConfigError, LipcliError
 from lipcli.evaluation.evaluate import build_attacks, evaluate_checkpoints
 from lipcli.evaluation.results import SUMMARY_FILE
@@ -127,7 +128,7 @@ def run_grid(
     outcomes = []
     with reporter.task("runs", len(grid.runs)) as task:
         for number, run in enumerate(grid.runs, start=1):
-            stages = pending_stages(run, grid.evaluation)
+            stages = broadcast(pending_stages(run, grid.evaluation))  # one decision for every process
             started = time.perf_counter()
             reporter.info(f"run {number}/{len(grid.runs)} {run.name}: " + (", ".join(stages) or "complete, skipped"))
             error_file = Path(run.config.output.dir) / ERROR_FILE
@@ -137,6 +138,9 @@ def run_grid(
                     error_file.unlink(missing_ok=True)
                 outcomes.append(Outcome(run, "done" if stages else "skipped", stages, time.perf_counter() - started))
             except Exception as exc:  # noqa: BLE001 - one failed run must not stop the grid
+                if current().enabled:  # the others may be inside a collective: only torchrun can stop them
+                    _write_error(error_file, traceback.format_exc())
+                    raise
                 message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 if not isinstance(exc, LipcliError):
                     message = f"{type(exc).__name__}: {message}"
@@ -153,7 +157,7 @@ def _run_stages(
     run: PlannedRun, stages: list[str], plan: EvaluationPlan, device: str, host: PluginHost, reporter: Reporter
 ) -> None:
     folder = Path(run.config.output.dir)
-    conflict = configuration_conflict(run)
+    conflict = broadcast(configuration_conflict(run) if current().main else None)
     if conflict:
         raise LipcliError(f"{folder}: {conflict}; remove the folder or write the grid elsewhere with --out")
     if not stages:

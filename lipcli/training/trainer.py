@@ -116,10 +116,16 @@ class _Run:
             )
         if tc.sync_batchnorm and group.enabled and device.type != "cuda":
             raise ConfigError("training.sync_batchnorm: PyTorch's SyncBatchNorm needs CUDA devices")
-        with reproducibility(tc.seed, tc.deterministic):
+        # every process draws its own random numbers (PGD's random starts, ...); rank 0 draws a single process's
+        with reproducibility(tc.seed + _RANK_SEED_STRIDE * group.rank, tc.deterministic):
             data = load_data(config.data, self.host)
             train_set = data.train.subset(config.data.train_limit)
             test_set = data.test.subset(config.evaluation.limit)
+            if group.enabled and len(train_set) < tc.batch_size:
+                raise ConfigError(
+                    f"training.batch_size: {len(train_set)} training images make no global batch of "
+                    f"{tc.batch_size}; with several processes a short last batch is left out"
+                )
             defence = build_defence(config.defence, self.host)
             model = build_model(config, data.info, self.host, defence).to(device)
             if tc.channels_last:
@@ -153,6 +159,7 @@ class _Run:
                 scheduler.step()
                 seconds = time.perf_counter() - started
                 images = stats.pop("images")
+                _average_buffers(model)  # one model to test and to save, whichever process measures it
                 test_error, test_loss = evaluate(model, test_set, config.evaluation.batch_size, device, self.reporter)
                 row = {
                     "epoch": epoch, "step": result.steps, **stats, "test_error": test_error, "test_loss": test_loss,
@@ -270,6 +277,8 @@ class _Run:
             epoch, result.steps = int(checkpoint["epoch"]), int(checkpoint["step"])
             result.best_test_error = float(checkpoint["best_test_error"])
             _set_rng_state(checkpoint["rng"], device)
+            if current().rank:  # the checkpoint holds rank 0's generators; the others must draw their own
+                torch.manual_seed(self.config.training.seed + _RANK_SEED_STRIDE * current().rank + epoch)
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise CheckpointError(f"{result.run_dir / runs.LAST}: cannot resume from it ({exc})") from None
         metrics = result.run_dir / runs.METRICS_FILE
@@ -305,6 +314,21 @@ def _parallel(model: nn.Module, sync_batchnorm: bool, device: torch.device) -> n
     if sync_batchnorm:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+_RANK_SEED_STRIDE = 1_000_003
+
+
+def _average_buffers(model: nn.Module) -> None:
+    """Running statistics averaged over the processes: each process updated them with its own share of the
+    batches (DDP copies rank 0's into every forward), so without this the processes would test, and save,
+    different models."""
+    if not current().enabled:
+        return
+    world = current().world
+    for buffer in model.buffers():
+        if buffer.is_floating_point():
+            all_reduce(buffer).div_(world)
 
 
 def _read_rows(metrics: Path) -> list[dict[str, Any]]:

@@ -129,8 +129,10 @@ class LipschitzPenalty:
             losses, logits, gradient = input_gradient(model, images, labels, create_graph=True)
             worst = gather(grad_norm(gradient, self.norm)).max()
         else:
-            losses, logits, local = self._finite_difference(model, images, labels)
-            worst = gather(local.view(1)).max()
+            losses, logits, local, chosen_norm = self._finite_difference(model, images, labels)
+            # the batch's worst example is the one with the largest exact norm (as for one process), and
+            # the finite-difference estimate taken is that example's, whichever process holds it
+            worst = gather(local.view(1))[gather(chosen_norm.detach().view(1)).argmax()]
         data_loss = losses.mean()
         penalty = weight * worst
         return StepLoss(
@@ -140,7 +142,8 @@ class LipschitzPenalty:
 
     def _finite_difference(
         self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(losses, logits, the finite-difference norm estimate of the worst example, its exact norm)."""
         # a loss difference divided by h: half precision would leave mostly rounding noise
         with torch.autocast(images.device.type, enabled=False):
             x = at_least_float32(images).detach().requires_grad_(True)
@@ -148,7 +151,8 @@ class LipschitzPenalty:
                 logits = model(x)
             losses = cross_entropy(logits, labels)
             (gradient,) = torch.autograd.grad(losses.sum(), x, retain_graph=True)
-            index = grad_norm(gradient, self.norm).argmax().view(1)  # a device tensor: no host sync
+            norms = grad_norm(gradient, self.norm)
+            index = norms.argmax().view(1)  # a device tensor: no host sync
             g = gradient.index_select(0, index)
             n = g[0].numel()
             if self.norm == "l2":
@@ -161,4 +165,4 @@ class LipschitzPenalty:
         slope = (probe_loss[0] - losses.index_select(0, index)[0]) / self.fd_step
         # the slope along the unit-l2 direction is ||g||_2 (l2) or ||g||_1 / sqrt(n) (l1)
         worst = torch.relu(slope) * (math.sqrt(n) if self.norm == "l1" else 1.0)
-        return losses, logits, worst
+        return losses, logits, worst, norms.index_select(0, index)[0]
