@@ -10,6 +10,7 @@ every helper here does nothing, so the engine has one code path.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +71,7 @@ def teardown(succeeded: bool = True) -> None:
             if succeeded:
                 dist.barrier()
         finally:
+            gc.collect()  # wrappers still holding the group (a DDP model in a reference cycle) go first
             dist.destroy_process_group()
     _context = Context()
 

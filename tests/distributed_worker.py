@@ -58,3 +58,4 @@ def train_steps(rank: int, world: int, port: int, out: str, defence: str, steps:
         succeeded = True
     finally:
         distributed.teardown(succeeded)
+    os._exit(0)  # as lipcli's main() does under torchrun: gloo's threads can abort the interpreter's shutdown

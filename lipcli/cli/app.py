@@ -8,6 +8,7 @@ configuration and usage errors); ``--verbose`` adds the traceback.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Annotated, Any, Optional
 
 import typer
@@ -88,11 +89,14 @@ def main() -> None:
 
     group = distributed.setup()
     console.out.quiet = not group.main
-    succeeded = False
     try:
         build_app()()
+        code = 0
     except SystemExit as exit_:
-        succeeded = exit_.code in (0, None)
-        raise
-    finally:
-        distributed.teardown(succeeded)
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    distributed.teardown(succeeded=code == 0)
+    # gloo's worker threads can abort the interpreter's own shutdown (SIGABRT after the work is done, seen now
+    # and then in the tests here): everything is written and flushed, so end without that shutdown
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
