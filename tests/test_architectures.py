@@ -1,8 +1,5 @@
-"""Contract tests for every registered architecture, plus structural tests of the first-party ones.
-
-The contract (shape, seeded initialisation, double backpropagation, batch-independent eval) is what the
-trainer and the evaluator rely on, so it is checked for each architecture any installed plugin registers.
-"""
+"""Structural tests of the first-party architectures (the contract every architecture keeps, whoever
+registers it, is in tests/test_contracts.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +9,6 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lipcli.data import DatasetInfo
@@ -77,54 +73,7 @@ def test_plugin_module_import_does_not_load_torch() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-# -- the contract, for every registered architecture ------------------------------------------------------------
-
-
-@pytest.mark.parametrize("shape", list(SHAPES))
-@pytest.mark.parametrize("name", ARCHITECTURES)
-class TestContract:
-    def test_output_shape(self, architectures: Registry, name: str, shape: str) -> None:
-        info = SHAPES[shape]
-        model = build(architectures, name, info)
-        for mode in (True, False):
-            model.train(mode)
-            out = model(images(info, 3))
-            assert out.shape == (3, info.num_classes)
-            assert out.dtype == torch.float32 and torch.isfinite(out).all()
-
-    def test_seeded_initialisation_is_deterministic(self, architectures: Registry, name: str, shape: str) -> None:
-        info = SHAPES[shape]
-        first = build(architectures, name, info, seed=3).state_dict()
-        again = build(architectures, name, info, seed=3).state_dict()
-        other = build(architectures, name, info, seed=4).state_dict()
-        assert first.keys() == again.keys()
-        assert all(torch.equal(first[k], again[k]) for k in first)
-        assert any(not torch.equal(first[k], other[k]) for k in first)
-
-    def test_double_backpropagation(self, architectures: Registry, name: str, shape: str) -> None:
-        """The Lipschitz penalty differentiates the input gradient (create_graph) with respect to the weights."""
-        info = SHAPES[shape]
-        model = build(architectures, name, info).train()
-        x = images(info, 2).requires_grad_()
-        loss = F.cross_entropy(model(x), labels(info, 2))
-        (g,) = torch.autograd.grad(loss, x, create_graph=True)
-        penalty = g.flatten(1).norm(dim=1).max()
-        penalty.backward()
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        assert grads, "the penalty reached no parameter"
-        assert all(torch.isfinite(gr).all() for gr in grads)
-        assert any(gr.abs().sum() > 0 for gr in grads)
-
-    def test_eval_output_does_not_depend_on_the_batch(self, architectures: Registry, name: str, shape: str) -> None:
-        info = SHAPES[shape]
-        model = build(architectures, name, info)
-        with torch.no_grad():
-            model.train()(images(info, 4, seed=5))  # move BN running statistics away from their initial values
-            model.eval()
-            x = images(info, 4)
-            batch = model(x)
-            alone = torch.cat([model(x[i : i + 1]) for i in range(len(x))])
-        torch.testing.assert_close(batch, alone, rtol=1e-4, atol=1e-5)
+# -- the contract every registered architecture keeps is checked in tests/test_contracts.py -------------------
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)

@@ -30,12 +30,17 @@ def _default(value: Any) -> Any:
 
 
 def add_to(app: typer.Typer) -> None:
-    @app.command("plugins")
+    plugins_app = typer.Typer(invoke_without_command=True)
+    app.add_typer(plugins_app, name="plugins")
+
+    @plugins_app.callback()
     def plugins(
         ctx: typer.Context,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     ) -> None:
-        """List plugins with their version, hooks and load status."""
+        """List plugins with their version, hooks and load status (lipcli plugins check: test them)."""
+        if ctx.invoked_subcommand is not None:
+            return
         host: PluginHost = ctx.obj
         infos = host.plugins()
         if as_json:
@@ -48,6 +53,41 @@ def add_to(app: typer.Typer) -> None:
             status = "[green]loaded[/]" if info.status == "loaded" else f"[yellow]{info.status}[/]"
             table.add_row(info.name, info.distribution or "-", info.version or "-", ", ".join(info.hooks), status)
         console.out.print(table)
+
+    @plugins_app.command("check")
+    def check(
+        ctx: typer.Context,
+        plugin: Annotated[Optional[str], typer.Option("--plugin", help="Only this plugin's components.")] = None,
+        kind: Annotated[Optional[str], typer.Option("--kind", help="Only this kind (architectures, ...).")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    ) -> None:
+        """Check every registered component against lipcli's contract (the one its own plugins pass).
+
+        Per component and check: pass, fail (with the reason) or skip (e.g. a data set whose files are not
+        here). The exit code is 1 when a check fails.
+        """
+        from lipcli.contracts import describe, run_checks
+
+        host: PluginHost = ctx.obj
+        names = [info.name for info in host.plugins()]
+        if plugin is not None and plugin.lower() not in {n.lower() for n in names}:
+            raise typer.BadParameter(f"no plugin {plugin!r}." + did_you_mean(plugin, names), param_hint="--plugin")
+        results = run_checks(host, [_kind(kind)] if kind else None, plugin)
+        counts = describe(results)
+        if as_json:
+            console.print_json({"results": [vars(r) for r in results], **counts})
+        else:
+            table = Table(title="contract checks", title_justify="left")
+            for column in ("kind", "component", "plugin", "check", "status", "detail"):
+                table.add_column(column)
+            colour = {"pass": "green", "fail": "red", "skip": "yellow"}
+            for r in results:
+                table.add_row(r.kind, r.name, r.plugin, r.check, f"[{colour[r.status]}]{r.status}[/]", r.detail)
+            console.out.print(table)
+            console.out.print(f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped",
+                              highlight=False)
+        if counts["fail"]:
+            raise typer.Exit(1)
 
     @app.command("list")
     def list_components(

@@ -1,0 +1,115 @@
+"""The component contract (lipcli.contracts), for every registered component, and proof that it can fail."""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any, Callable
+
+import pytest
+import torch
+from torch import nn
+
+from lipcli import hookimpl
+from lipcli.attacks import Attack
+from lipcli.contracts import CHECKS, run_check, run_checks
+from lipcli.data.types import DatasetInfo, DataSplits, ImageSet
+from lipcli.plugins import KINDS, PluginHost
+from lipcli.training.defence import StepLoss
+
+
+@functools.cache
+def _host() -> PluginHost:
+    return PluginHost(environ={})  # every installed plugin, third-party ones included
+
+
+CASES = [
+    pytest.param(kind, component.name, check_name, id=f"{kind}-{component.name}-{check_name}")
+    for kind in KINDS for component in _host().registry(kind) for check_name, _ in CHECKS[kind]
+]
+
+
+@pytest.mark.parametrize(("kind", "name", "check_name"), CASES)
+def test_every_registered_component_keeps_the_contract(kind: str, name: str, check_name: str) -> None:
+    check = dict(CHECKS[kind])[check_name]
+    result = run_check(kind, check_name, check, _host().registry(kind).get(name), _host())
+    if result.status == "skip":
+        pytest.skip(result.detail)
+    assert result.status == "pass", result.detail
+
+
+class Broken:
+    """One component of each kind that breaks the contract, each in its own way."""
+
+    @staticmethod
+    @hookimpl
+    def register_architectures(register: Callable[..., None]) -> None:
+        register("broken-shape", lambda info, *, batchnorm_affine=False: nn.Sequential(nn.Flatten(), nn.LazyLinear(3)),
+                 "always 3 outputs")
+
+    @staticmethod
+    @hookimpl
+    def register_defences(register: Callable[..., None]) -> None:
+        class NaNLoss:
+            def training_loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, _: Any) -> StepLoss:
+                logits = model(images)
+                total = logits.sum() * torch.nan
+                return StepLoss(total=total, data_loss=total, logits=logits)
+
+        register("broken-nan", NaNLoss, "a NaN loss")
+
+    @staticmethod
+    @hookimpl
+    def register_attacks(register: Callable[..., None]) -> None:
+        class OutOfBox(Attack):
+            def run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str) -> torch.Tensor:
+                return images * 3 - 1
+
+        class InPlace(Attack):
+            def run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str) -> torch.Tensor:
+                return images.mul_(0.5)
+
+        register("broken-out-of-box", OutOfBox, "values outside [0, 1]")
+        register("broken-in-place", InPlace, "changes the images it is given")
+
+    @staticmethod
+    @hookimpl
+    def register_datasets(register: Callable[..., None]) -> None:
+        def bright(*, data_dir: Any = None, download: bool = False) -> DataSplits:
+            images = torch.full((4, 1, 2, 2), 2.0)
+            split = ImageSet(images, torch.tensor([0, 1, 0, 1]))
+            return DataSplits(DatasetInfo("bright", 1, 2, 2, 2), split, split)
+
+        register("broken-bright", bright, "pixel values of 2")
+
+
+@pytest.fixture(scope="module")
+def broken_host() -> PluginHost:
+    host = PluginHost(environ={})
+    host.register(Broken(), "broken")
+    return host
+
+
+@pytest.mark.parametrize(("kind", "name", "expected"), [
+    ("architecture", "broken-shape", "output shape (3, 3)"),
+    ("defence", "broken-nan", "not a finite scalar"),
+    ("attack", "broken-out-of-box", "not finite values in [0, 1]"),
+    ("attack", "broken-in-place", "changed the images"),
+    ("dataset", "broken-bright", "pixel values span [2.0, 2.0]"),
+])
+def test_the_contract_catches_broken_components(broken_host: PluginHost, kind: str, name: str, expected: str) -> None:
+    results = [r for r in run_checks(broken_host, [kind], "broken") if r.name == name]
+    assert any(r.status == "fail" and expected in r.detail for r in results), results
+
+
+def test_plugins_check_command(run: Callable[..., Any], broken_host: PluginHost) -> None:
+    from typer.testing import CliRunner
+
+    from lipcli.cli.app import build_app
+
+    result = run("plugins", "check", "--plugin", "lipcli-defences", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["fail"] == 0 and report["pass"] == 2 * len(_host().registry("defence"))
+    result = CliRunner().invoke(build_app(broken_host), ["plugins", "check", "--plugin", "broken"])
+    assert result.exit_code == 1 and "broken-nan" in result.stdout and "fail" in result.stdout
