@@ -46,14 +46,6 @@ def build(registry: Registry, name: str, info: DatasetInfo, seed: int = 0, **opt
     return registry.get(name).factory(info, **options)
 
 
-def images(info: DatasetInfo, batch: int, seed: int = 1) -> torch.Tensor:
-    return torch.rand(batch, *info.input_shape, generator=torch.Generator().manual_seed(seed))
-
-
-def labels(info: DatasetInfo, batch: int) -> torch.Tensor:
-    return torch.arange(batch) % info.num_classes
-
-
 def weighted_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 

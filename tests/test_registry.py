@@ -33,7 +33,7 @@ def registry() -> Registry:
 
 @pytest.fixture(scope="module")
 def first_party() -> PluginHost:
-    return PluginHost(environ={})
+    return PluginHost(environ={"LIPCLI_PLUGINS": "lipcli"})  # lipcli's own plugins only
 
 
 # -- Registry --------------------------------------------------------------------------------------------------
