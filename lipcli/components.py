@@ -26,14 +26,23 @@ def check_options(component: Component, options: Mapping[str, Any], dotted: str,
         if not takes_any and key not in accepted:
             known = did_you_mean(key, accepted) if accepted else f" {component.name!r} takes no options."
             raise ConfigError(f"{dotted}.{key}: unknown option of {component.name!r}.{known}")
+    for name in accepted:
+        if parameters[name].default is inspect.Parameter.empty and name not in options:
+            raise ConfigError(f"{dotted}.{name}: required by {component.name!r}, and not set")
 
 
 def call_factory(component: Component, options: Mapping[str, Any], dotted: str, **fixed: Any) -> Any:
-    """``component.factory(**fixed, **options)`` after :func:`check_options`; bad values name the key."""
+    """``component.factory(**fixed, **options)`` after :func:`check_options`.
+
+    A ``TypeError`` or ``ValueError`` of a factory given options is taken to be about their values and names
+    the key; without options there is nothing of the user's to blame, so it stays the plugin's error.
+    """
     check_options(component, options, dotted, set(fixed))
     try:
         return component.factory(**fixed, **options)
     except (TypeError, ValueError) as exc:
+        if not options:
+            raise
         raise ConfigError(f"{dotted}: {component.name!r} rejected its options {dict(options)}: {exc}") from None
 
 

@@ -61,8 +61,9 @@ def register_datasets(register: Register) -> None:
     """Add data sets.
 
     Call ``register(name, factory, description)``; ``factory(*, data_dir, download, **options)`` returns a
-    :class:`lipcli.data.DataSplits` with pixel values in [0, 1]. ``data_dir`` is a local folder or None;
-    ``options`` come from the ``[data.options]`` table of the experiment file.
+    :class:`lipcli.data.DataSplits` with uint8 images (0..255) or float images in [0, 1]. ``data_dir`` is a
+    local folder or None; ``download`` says whether the network may be used; missing files raise
+    :class:`lipcli.errors.DataError`. ``options`` come from the ``[data.options]`` table of the experiment file.
     """
 
 

@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping
 import pluggy
 
 from lipcli import hookspecs
+from lipcli.errors import UnknownNameError
 from lipcli.registry import Component, Registry, did_you_mean
 
 ENTRY_POINT_GROUP = "lipcli"
@@ -151,6 +152,13 @@ class PluginHost:
     def plugins(self) -> list[PluginInfo]:
         """Every plugin seen, loaded or not, sorted by name."""
         return sorted(self._info.values(), key=lambda p: p.name)
+
+    def plugin(self, name: str) -> PluginInfo:
+        """The plugin called ``name`` (its entry-point or distribution name, spelt as ``LIPCLI_PLUGINS`` allows)."""
+        for info in self._info.values():
+            if _norm(name) in {_norm(info.name), _norm(info.distribution or info.name)}:
+                return info
+        raise UnknownNameError(f"no plugin {name!r} is installed." + did_you_mean(name, list(self._info)))
 
     # -- registries ------------------------------------------------------------------------------------------
 

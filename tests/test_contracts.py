@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from data_files import write_cifar10, write_cifar100, write_mnist_folder
@@ -72,7 +73,15 @@ class Broken:
                 total = logits.sum() * torch.nan
                 return StepLoss(total=total, data_loss=total, logits=logits)
 
+        class DetachedPenalty:
+            def training_loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, _: Any) -> StepLoss:
+                logits = model(images)
+                data_loss = F.cross_entropy(logits, labels)
+                penalty = sum(p.square().sum() for p in model.parameters()).detach()
+                return StepLoss(total=data_loss + penalty, data_loss=data_loss, logits=logits, penalty=penalty)
+
         register("broken-nan", NaNLoss, "a NaN loss")
+        register("broken-detached", DetachedPenalty, "a penalty that does not train")
 
     @staticmethod
     @hookimpl
@@ -85,7 +94,12 @@ class Broken:
             def run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str) -> torch.Tensor:
                 return images.mul_(0.5)
 
+        class Random(Attack):
+            def run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str) -> torch.Tensor:
+                return torch.rand_like(images)  # mostly misclassified, but nowhere near the smallest distance
+
         register("broken-out-of-box", OutOfBox, "values outside [0, 1]")
+        register("broken-random", Random, "random points")
         register("broken-in-place", InPlace, "changes the images it is given")
 
     @staticmethod
@@ -111,6 +125,8 @@ def broken_host() -> PluginHost:
     ("defence", "broken-nan", "not a finite scalar"),
     ("attack", "broken-out-of-box", "not finite values in [0, 1]"),
     ("attack", "broken-in-place", "changed the images"),
+    ("attack", "broken-random", "times the smallest possible one"),
+    ("defence", "broken-detached", "does not reach the weights"),
     ("dataset", "broken-bright", "pixel values span [2.0, 2.0]"),
 ])
 def test_the_contract_catches_broken_components(broken_host: PluginHost, kind: str, name: str, expected: str) -> None:
@@ -130,6 +146,42 @@ def test_plugins_check_command(run: Callable[..., Any], broken_host: PluginHost)
     assert report["fail"] == 0 and report["pass"] == 2 * len(own)
     result = CliRunner().invoke(build_app(broken_host), ["plugins", "check", "--plugin", "broken"])
     assert result.exit_code == 1 and "broken-nan" in result.stdout and "fail" in result.stdout
+
+
+@pytest.mark.parametrize(("args", "environ", "code", "message"), [
+    (["--plugin", "lipcli-defenses"], {}, 2, "no plugin 'lipcli-defenses' is installed. Did you mean 'lipcli-defences'"),
+    (["--plugin", "LIPCLI_DEFENCES", "--kind", "attacks"], {}, 1, "'lipcli-defences' registered no attacks to check"),
+    (["--kind", "atacks"], {}, 2, "unknown kind 'atacks'. Did you mean 'attacks'"),
+    (["--plugin", "lipcli-defences"], {"LIPCLI_BLOCK_PLUGINS": "lipcli-defences"}, 1,
+     "'lipcli-defences' is not checked: it is blocked by LIPCLI_BLOCK_PLUGINS"),
+])
+def test_plugins_check_refuses_what_it_cannot_check(args: list[str], environ: dict[str, str], code: int,
+                                                    message: str) -> None:
+    """A plugin that is absent, blocked or registers nothing of the kind is an error, never "0 failed"."""
+    from typer.testing import CliRunner
+
+    from lipcli.cli.app import build_app
+
+    result = CliRunner().invoke(build_app(PluginHost(environ=environ)), ["plugins", "check", *args])
+    assert result.exit_code == code and message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_plugins_check_fails_a_plugin_whose_hook_raises() -> None:
+    from typer.testing import CliRunner
+
+    from lipcli.cli.app import build_app
+
+    class Raising:
+        @staticmethod
+        @hookimpl
+        def register_attacks(register: Callable[..., None]) -> None:
+            raise RuntimeError("no attacks today")
+
+    host = PluginHost(environ={})
+    host.register(Raising(), "raising")
+    with pytest.warns(Warning, match="no attacks today"):
+        result = CliRunner().invoke(build_app(host), ["plugins", "check", "--plugin", "raising"])
+    assert result.exit_code == 1 and "is not checked: it is failed in register_attacks" in result.output
 
 
 def test_the_plugin_guide_documents_every_hook_and_no_other() -> None:

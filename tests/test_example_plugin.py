@@ -82,8 +82,22 @@ def test_its_readme_commands(cli: Callable[..., Any], tmp_path: Path) -> None:
 
 
 def test_its_experiment_file(cli: Callable[..., Any], tmp_path: Path) -> None:
-    result = cli("train", "-c", EXAMPLE / "example.toml", "--epochs", "1", "--out", tmp_path / "run", "--device", "cpu",
-                 "--set", "data.options.train_size=256", "--quiet")
+    """Every component from the TOML file: a grid over the example defence's option, measured with the
+    example attack, then reported."""
+    result = cli("run", EXAMPLE / "example.toml", "--out", tmp_path, "--device", "cpu", "--quiet")
     assert result.exit_code == 0, result.output
-    config = (tmp_path / "run" / "config.toml").read_text()
-    assert 'arch = "example-lenet"' in config and "smoothing = 0.1" in config
+    runs = sorted(path.parent for path in tmp_path.glob("*/trained.json"))
+    assert [run.name.split("-smoothing")[-1] for run in runs] == ["0.0-s0", "0.2-s0"]
+    for run, smoothing in zip(runs, (0.0, 0.2)):
+        config = (run / "config.toml").read_text()
+        assert 'arch = "example-lenet"' in config and 'dataset = "example-stripes"' in config
+        assert f"smoothing = {smoothing}" in config
+        per_attack = json.loads((run / "curve-l2" / "summary.json").read_text())["per_attack"]
+        assert per_attack["example-random-directions"]["queries"] > 0
+        assert json.loads((run / "stats" / "stats.json").read_text())["bound"]["unavailable"] is None
+    result = cli("report", tmp_path, "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["example-stripes"]
+    assert [row["settings"] for row in rows] == [f"defence.options.example-label-smoothing.smoothing={s}"
+                                                 for s in ("0.0", "0.2")]
+    assert all(row["grad_loss_l2"] is not None and row["l2_median"] > 0 for row in rows)

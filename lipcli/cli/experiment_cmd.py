@@ -28,7 +28,7 @@ def add_to(app: typer.Typer) -> None:
     @app.command("run")
     def run(
         ctx: typer.Context,
-        experiment: Annotated[Path, typer.Argument(help="Experiment file with [grid] and [evaluate] tables.",
+        experiment: Annotated[Path, typer.Argument(help="Experiment file with \\[grid] and \\[evaluate] tables.",
                                                    exists=True, dir_okay=False)],
         out: Annotated[Optional[Path], typer.Option("--out", "-o", file_okay=False,
                                                     help="Folder of the runs (default: runs/<file name>).")] = None,
@@ -39,7 +39,7 @@ def add_to(app: typer.Typer) -> None:
     ) -> None:
         """Train and evaluate every run of an experiment grid; finished runs are skipped, interrupted ones resume.
 
-        Each run (a combination of the [grid] values) is trained, then measured as [evaluate] says: error
+        Each run (a combination of the \\[grid] values) is trained, then measured as \\[evaluate] says: error
         curves per norm (curve-<norm>/) and Lipschitz statistics (stats/). A failed run is reported and
         the others go on; the exit code is then 1.
         """

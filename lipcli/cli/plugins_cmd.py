@@ -10,6 +10,7 @@ from rich.table import Table
 
 from lipcli.cli import console
 from lipcli.components import option_defaults
+from lipcli.errors import LipcliError, UnknownNameError
 from lipcli.plugins import KINDS, PluginHost
 from lipcli.registry import did_you_mean
 
@@ -20,7 +21,7 @@ def _kind(value: str) -> str:
     key = value.strip().lower()
     key = _PLURALS.get(key, key)
     if key not in KINDS:
-        raise typer.BadParameter(f"unknown kind {value!r}." + did_you_mean(value, list(_PLURALS)))
+        raise UnknownNameError(f"unknown kind {value!r}." + did_you_mean(value, list(_PLURALS)))
     return key
 
 
@@ -69,10 +70,14 @@ def add_to(app: typer.Typer) -> None:
         from lipcli.contracts import describe, run_checks
 
         host: PluginHost = ctx.obj
-        names = [info.name for info in host.plugins()]
-        if plugin is not None and plugin.lower() not in {n.lower() for n in names}:
-            raise typer.BadParameter(f"no plugin {plugin!r}." + did_you_mean(plugin, names), param_hint="--plugin")
-        results = run_checks(host, [_kind(kind)] if kind else None, plugin)
+        kinds = [_kind(kind)] if kind else None
+        info = host.plugin(plugin) if plugin is not None else None
+        results = run_checks(host, kinds, info.name if info else None)
+        if info is not None and info.status != "loaded":  # read after the checks: a hook that raises sets it
+            raise LipcliError(f"plugin {info.name!r} is not checked: it is {info.status}")
+        if not results:
+            what = f"{kinds[0] if kinds else 'component'}s"
+            raise LipcliError(f"plugin {info.name!r} registered no {what} to check" if info else f"no {what} are registered")
         counts = describe(results)
         if as_json:
             console.print_json({"results": [vars(r) for r in results], **counts})

@@ -20,6 +20,6 @@ def add_to(app: typer.Typer) -> None:
         from lipcli.data import DatasetInfo
 
         component = ctx.obj.registry("architecture").get(arch)  # an unknown name is lipcli's usual error
-        model = component.factory(DatasetInfo("shape", channels, size, size, classes))
+        model = component.factory(DatasetInfo("shape", channels, size, size, classes), batchnorm_affine=False)
         count = sum(p.numel() for p in model.parameters())
         typer.echo(f"{component.name}: {count:,} parameters for {channels}x{size}x{size} images, {classes} classes")
