@@ -84,7 +84,7 @@ def test_its_readme_commands(cli: Callable[..., Any], tmp_path: Path) -> None:
 def test_its_experiment_file(cli: Callable[..., Any], tmp_path: Path) -> None:
     """Every component from the TOML file: a grid over the example defence's option, measured with the
     example attack, then reported."""
-    result = cli("run", EXAMPLE / "example.toml", "--out", tmp_path, "--device", "cpu", "--quiet")
+    result = cli("run", EXAMPLE / "example-grid.toml", "--out", tmp_path, "--device", "cpu", "--quiet")
     assert result.exit_code == 0, result.output
     runs = sorted(path.parent for path in tmp_path.glob("*/trained.json"))
     assert [run.name.split("-smoothing")[-1] for run in runs] == ["0.0-s0", "0.2-s0"]

@@ -89,6 +89,8 @@ def test_a_grid_value_can_set_several_keys_at_once(tmp_path: Path) -> None:
     ("", "[evaluate]\nnorms = ['l3']\n", "evaluate.norms"),
     ("", "[evaluate]\neps = { linf = '8/0' }\n", "evaluate.eps.linf"),
     ("", "[evaluate]\ncheckpoint = 'first'\n", "evaluate.checkpoint"),
+    ('[output]\ndir = "runs/mine"\n[grid]\n"training.lr" = [0.1]\n', "", "output.dir: a grid gives each run its own"),
+    ('[grid]\n"output.dir" = ["a", "b"]\n', "", "exp.toml: output.dir: a grid gives each run its own folder"),
 ])
 def test_grid_errors_name_the_key(tmp_path: Path, grid: str, evaluate: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):

@@ -93,6 +93,9 @@ def load_grid(path: Path, out: Path | None = None) -> Grid:
     axes = _axes(data.pop("grid", {}), path)
     evaluation = _evaluation(data.pop("evaluate", {}), path)
     keys = [key for key, _ in axes]
+    if "dir" in data.get("output", {}) or "output.dir" in keys:
+        raise ConfigError(f"{path}: output.dir: a grid gives each run its own folder, under --out or "
+                          f"<output.root>/{path.stem}; set output.root instead")
     runs: list[PlannedRun] = []
     names: dict[str, dict[str, Any]] = {}
     identities: dict[str, dict[str, Any]] = {}
