@@ -9,7 +9,8 @@ fault of the plugin):
   initialisation; double backpropagation (the Lipschitz penalty's) reaches the weights; eval output of an
   image independent of the rest of the batch;
 * defences: a preset expands into registered primitives; the built defence's training loss is a finite
-  scalar whose gradient reaches the weights, finite; a model change keeps the output shape;
+  scalar whose gradient reaches the weights, finite, and a non-zero penalty reaches them too; a model change
+  keeps the output shape;
 * attacks: in l2 and l-inf, one proposal per image, finite and in [0, 1], the images given left unchanged,
   the model left in eval mode; on an affine model lipcli's own accounting finds most proposals adversarial,
   at a median distance within 10 times the exact minimal one;
@@ -176,7 +177,6 @@ def _defence_expands(component: Component, host: PluginHost) -> None:
 def _defence_loss(component: Component, host: PluginHost) -> None:
     info = SHAPES[1]
     defence = build_defence(DefenceConfig(name=component.name), host)
-    torch.manual_seed(0)
     model = defence.prepare_model(_contract_model(info), info)
     _require(isinstance(model, nn.Module), "prepare_model did not return an nn.Module")
     images = _images(info, 8)
@@ -186,7 +186,7 @@ def _defence_loss(component: Component, host: PluginHost) -> None:
     out = defence.training_loss(model, images, labels)
     _require(out.total.dim() == 0 and bool(torch.isfinite(out.total)), f"training loss {out.total!r} is not a finite scalar")
     _require(tuple(out.logits.shape) == (8, info.num_classes), "the step's logits have the wrong shape")
-    if out.penalty is not None and float(out.penalty) != 0:
+    if out.penalty is not None and bool(out.penalty.detach().any()):
         extra = out.total - out.data_loss
         _require(extra.requires_grad and any(
             g is not None and bool(g.any())
