@@ -17,14 +17,13 @@ first) are skipped.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
 from lipcli.data.types import ImageSet
+from lipcli.precision import full_float32
 from lipcli.progress import Reporter
 
 UNIT_ROUNDOFF = 2.0 ** -24
@@ -77,26 +76,6 @@ def exact_squared_distances(points: torch.Tensor, row: torch.Tensor, chunk: int 
     return torch.cat([(points[i : i + chunk].double() - target).pow(2).sum(1) for i in range(0, len(points), chunk)])
 
 
-@contextlib.contextmanager
-def _full_float32() -> Iterator[None]:
-    """Float32 matrix products without TF32 or bfloat16 shortcuts (their error would break the bound), set
-    through the per-backend settings (a process that used them cannot use the legacy global one)."""
-    backends = [b for b in (torch.backends.cuda.matmul, torch.backends.mkldnn.matmul) if hasattr(b, "fp32_precision")]
-    if not backends:  # PyTorch before 2.9: only the global setting exists
-        legacy = torch.get_float32_matmul_precision()
-        torch.set_float32_matmul_precision("highest")
-    previous = [backend.fp32_precision for backend in backends]
-    for backend in backends:
-        backend.fp32_precision = "ieee"
-    try:
-        yield
-    finally:
-        for backend, value in zip(backends, previous, strict=True):
-            backend.fp32_precision = value
-        if not backends:
-            torch.set_float32_matmul_precision(legacy)
-
-
 def _blocks(size: int, chunk: int) -> list[tuple[int, int]]:
     return [(start, min(start + chunk, size)) for start in range(0, size, chunk)]
 
@@ -122,7 +101,7 @@ def closest_pair(
     best = torch.full((len(data),), math.inf, device=device)  # per image, smallest approximate squared distance
     pairs = [(i, j) for i in range(len(blocks)) for j in range(i, len(blocks))
              if not _one_label(sorted_labels, blocks[i], blocks[j])]
-    with _full_float32(), reporter.task("pairs of blocks", len(pairs)) as task:
+    with full_float32(), reporter.task("pairs of blocks", len(pairs)) as task:
         for i, j in pairs:
             (a0, a1), (b0, b1) = blocks[i], blocks[j]
             squared = norms[a0:a1, None] + norms[None, b0:b1] - 2 * points[a0:a1] @ points[b0:b1].T
@@ -173,7 +152,7 @@ def nearest_distinct(
     ref_labels = reference.labels.to(device)
     keep = min(candidates, len(reference))
     query_blocks = _blocks(len(queries), chunk)
-    with _full_float32(), reporter.task("nearest distinct neighbours", len(query_blocks)) as task:
+    with full_float32(), reporter.task("nearest distinct neighbours", len(query_blocks)) as task:
         for q0, q1 in query_blocks:
             points, norms = query_flat[q0:q1].to(device), query_norms[q0:q1].float().to(device)
             labels = queries.labels[q0:q1].to(device)

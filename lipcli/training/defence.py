@@ -9,7 +9,8 @@ its parameters as keyword arguments and returns an object with any of these meth
   It is called with the model in eval mode and parameters frozen (:func:`lipcli.gradients.frozen_eval`), so
   each example's gradient is exact and BatchNorm statistics are untouched;
 * ``training_loss(model, images, labels, perturbation) -> StepLoss``: the loss of the step on the batch
-  the weight update uses, in train mode (the WCAT penalty). Without one, the loss is plain cross-entropy.
+  the weight update uses, in train mode (the WCAT penalty); ``perturbation.clean`` is the batch before
+  the perturbation. Without one, the loss is plain cross-entropy.
   With several processes (torchrun) ``model`` is the DistributedDataParallel wrapper and ``images`` this
   process's share of the global batch: a quantity over the whole batch (a maximum) must be taken over
   :func:`lipcli.distributed.gather`, and a second forward pass should use ``unwrap(model)``.
@@ -58,6 +59,9 @@ class Perturbation:
 
     images: torch.Tensor
     grad_norm_max: torch.Tensor | None = None
+    clean: torch.Tensor | None = None
+    """The batch before the perturbation, filled in by the composer: losses that compare the two (TRADES,
+    GradAlign) read it here."""
 
 
 def plain_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> StepLoss:
@@ -96,6 +100,7 @@ class ComposedDefence:
         if self.perturber is not None:  # eval mode, no weight gradients: the bare model, not a DDP wrapper
             with frozen_eval(unwrap(model)) as bare:
                 perturbation = self.perturber.perturb(bare, images, labels)
+            perturbation.clean = images
             images = perturbation.images.detach()
         if self.loss is not None:
             out = self.loss.training_loss(model, images, labels, perturbation)

@@ -1,8 +1,9 @@
 """lipcli's first-party training defences, registered through the public ``register_defences`` hook.
 
 Primitives: ``at-fgsm`` (J1), ``at-l2`` (J2), ``at-pgd`` (Madry et al.), ``wcat`` (Lipschitz penalty),
-``tanh-head``. Presets (``preset=True``): ``j0``, ``j1``, ``j2``, ``j0-lip1``, ``j0-lip2``, ``j1-lip``,
-``j2-lip`` and ``tanh``, combinable with ``+``.
+``tanh-head``, and the baselines ``trades`` (Zhang et al.), ``fgsm-rs`` (Wong et al.) and ``gradalign``
+(Andriushchenko & Flammarion). Presets (``preset=True``): ``j0``, ``j1``, ``j2``, ``j0-lip1``, ``j0-lip2``,
+``j1-lip``, ``j2-lip``, ``tanh``, ``trades-l2`` and ``fgsm-gradalign``, combinable with ``+``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from lipcli.hookspecs import Register
 
 @hookimpl
 def register_defences(register: Register) -> None:
-    from lipcli_defences import perturbations, presets, tanh, wcat
+    from lipcli_defences import gradalign, perturbations, presets, tanh, trades, wcat
 
     register("at-fgsm", perturbations.SignedGradientStep, "J1 step: x + eps sign(g)/sqrt(n), eps an l2 budget")
     register("at-l2", perturbations.NormalisedGradientStep, "J2 step: x + eps g/||g||_2")
@@ -25,5 +26,17 @@ def register_defences(register: Register) -> None:
     )
     register("wcat", wcat.LipschitzPenalty, "Lipschitz penalty lam * max_i ||grad_x loss_i|| (l2 or l1), exact or fd")
     register("tanh-head", tanh.TanhHeadDefence, "The tanh logit head: BatchNorm without affine, |t| tanh(z/|t|)")
+    register(
+        "trades", trades.Trades,
+        "TRADES (Zhang et al.): CE(f(x)) + beta KL(f(x) || f(x')), x' the KL's PGD maximiser; l-inf 0.031 or l2 0.5",
+    )
+    register(
+        "fgsm-rs", perturbations.FastRandomStart,
+        "FGSM from a random start (Wong et al.): one l-inf step of 1.25 eps, eps 8/255, projected",
+    )
+    register(
+        "gradalign", gradalign.GradientAlignment,
+        "GradAlign (Andriushchenko & Flammarion): CE + lam mean(1 - cos(grad_x at x, at x + uniform eta))",
+    )
     for name in presets.PRESETS:
         register(name, functools.partial(presets.expansion, name), presets.describe(name), preset=True)

@@ -1,8 +1,11 @@
-"""The paper's defence presets, as expansions into primitives with the paper's settings.
+"""The defence presets, as expansions into primitives with each paper's settings.
 
-AT steps use eps = 0.01 (an l2 budget for both J1 and J2); WCAT uses lam = 0.1 in the original code's
-batch-mean convention (``batch_mean = true``; see :mod:`lipcli_defences.wcat`), its dual norm matching
+The paper's: AT steps use eps = 0.01 (an l2 budget for both J1 and J2); WCAT uses lam = 0.1 in the original
+code's batch-mean convention (``batch_mean = true``; see :mod:`lipcli_defences.wcat`), its dual norm matching
 the adversarial training: l1 with J1 (Lip1, lam divided by sqrt(n)), l2 with J2 (Lip2).
+
+Baselines: ``trades-l2`` (TRADES in l2, eps 0.5; plain ``trades`` is l-inf) and ``fgsm-gradalign``, the
+GradAlign paper's method as its code runs it: FGSM from ``x`` (``--attack_init=zero``) plus GradAlign.
 """
 
 from __future__ import annotations
@@ -26,6 +29,11 @@ PRESETS: dict[str, tuple[list[tuple[str, dict[str, Any]]], str]] = {
     "j1-lip": ([_FGSM, _LIP1], "J1-Lip: AT-FGSM plus the l1 Lipschitz penalty"),
     "j2-lip": ([_L2, _LIP2], "J2-Lip: l2 adversarial training plus the l2 Lipschitz penalty"),
     "tanh": ([("tanh-head", {})], "The tanh logit head, to combine with a preset: j2-lip+tanh"),
+    "trades-l2": ([("trades", {"norm": "l2", "eps": 0.5})], "TRADES in l2: eps 0.5, 10 steps of 2 eps/10, beta 6"),
+    "fgsm-gradalign": (
+        [("fgsm-rs", {"random_start": False}), ("gradalign", {"lam": 0.2})],
+        "FGSM + GradAlign (Andriushchenko & Flammarion): FGSM from x, l-inf 8/255, and GradAlign lam 0.2",
+    ),
 }
 
 

@@ -14,82 +14,41 @@ Conventions (paper Eq. (1), Appendix A, and the original code):
   norms are gathered (:func:`lipcli.distributed.gather`, differentiable), so the maximum and its gradient
   are a single process's on the same batch (BatchNorm's statistics aside: each process normalises its own
   share unless ``training.sync_batchnorm``). B is the global batch.
-* ``method = "fd"`` avoids double backpropagation (after the authors' follow-up work on scaleable input
-  gradient regularisation). The training forward pass (train mode, outside autocast) is followed by one
-  input-gradient backward, which picks the batch's worst example and its dual-norm direction ``d``
-  (``g / ||g||_2`` for l2, ``sign(g) / sqrt(n)`` for l1). That example's gradient norm is estimated by
-  the finite difference ``(loss(x + h d) - loss(x)) / h``, where the probe ``x + h d`` is evaluated as
-  one more example of the same batch: BatchNorm normalises it with the batch's statistics, held fixed.
-  On smooth models it matches the exact penalty to O(h) (tests/test_defences.py measures it); on
-  BatchNorm models it leaves out BatchNorm's O(1/B) coupling of the batch, which the exact gradient
-  includes (measured on trained small CNNs: within 6 % on digits, -15 %..+21 % on Fashion-MNIST with the
-  tanh head). BatchNorm layers must track running statistics (all first-party ones do).
+* ``method = "worst"`` and ``method = "fd"`` avoid double backpropagation through the whole batch. The
+  subgradient of ``max_i ||grad_x loss_i||`` flows only through the worst example, so the training forward
+  pass is followed by one input-gradient backward, which picks the batch's worst example; then that one
+  example's gradient norm is computed again "as one more example of the batch": the model in eval mode,
+  every BatchNorm normalising it with the batch's statistics, kept as functions of the weights
+  (:mod:`lipcli_defences.batch_statistics` says why). ``worst`` double-backpropagates that example's exact
+  gradient norm; ``fd`` (after the authors' follow-up work on scaleable input gradient regularisation)
+  estimates it by the finite difference ``(loss(x + h d) - loss(x)) / h`` along the dual-norm direction
+  ``d`` of its gradient (``g / ||g||_2`` for l2, ``sign(g) / sqrt(n)`` for l1), both losses taken in such
+  passes (float32 at least, TF32 off), so its weight gradient converges to ``worst``'s as h -> 0.
+  On models without BatchNorm, ``worst`` equals ``exact`` to rounding. With BatchNorm both leave out the
+  example's own share in the batch statistics, which ``exact`` differentiates. On ReLU networks ``fd``
+  has a second error: wherever the segment ``[x, x + h d]`` crosses a ReLU's kink, the weight gradient of
+  the difference quotient gains a term of order 1/h, rarer but larger as h shrinks; h = 0.01 (default) and
+  3e-3 trained like ``exact`` on digits, h <= 1e-4 erratically. ``worst`` has neither error.
+  Dropout is off in the single-example passes. With SyncBatchNorm (``training.sync_batchnorm``), whose
+  double backward PyTorch lacks, use ``worst`` or ``fd``: the statistics are pooled over the processes as
+  its forward pass pools them, and the single example's passes use none of its own code.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Iterator
+from typing import Callable
 
 import torch
 from torch import nn
 
 from lipcli.distributed import current, gather, unwrap
 from lipcli.gradients import NORMS, at_least_float32, cross_entropy, grad_norm, input_gradient
+from lipcli.precision import full_float32
 from lipcli.training.defence import Perturbation, StepLoss
+from lipcli_defences.batch_statistics import as_part_of_the_batch, recorded_batch_statistics
 
-METHODS = ("exact", "fd")
-
-
-def _norm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
-
-
-@contextlib.contextmanager
-def _recorded_batch_statistics(model: nn.Module) -> Iterator[dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]]:
-    """The batch mean and (biased) variance each train-mode BatchNorm normalised with, filled on exit.
-
-    They are recovered from the running-statistics update, ``new = (1 - m) old + m batch``, rather than
-    recomputed: a second pass over every activation would cost as much as the forward pass itself.
-    """
-    before: dict[nn.Module, tuple[torch.Size, torch.Tensor, torch.Tensor]] = {}
-
-    def remember(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        before[module] = (inputs[0].shape, module.running_mean.clone(), module.running_var.clone())
-
-    layers = [m for m in _norm_layers(model) if m.track_running_stats]
-    handles = [m.register_forward_pre_hook(remember) for m in layers]
-    stats: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
-    try:
-        yield stats
-    finally:
-        for handle in handles:
-            handle.remove()
-    for module, (shape, old_mean, old_var) in before.items():
-        m = module.momentum if module.momentum is not None else 1.0 / float(module.num_batches_tracked)
-        count = shape.numel() // shape[1]
-        mean = (module.running_mean - (1 - m) * old_mean) / m
-        unbiased = (module.running_var - (1 - m) * old_var) / m
-        stats[module] = (mean, (unbiased * (count - 1) / count).clamp_min(0))
-
-
-@contextlib.contextmanager
-def _frozen_batch_statistics(stats: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]) -> Iterator[None]:
-    """BatchNorm layers normalise with the recorded batch statistics (as constants), as for one more example
-    of that batch; running statistics are restored afterwards."""
-    saved = []
-    for module, (mean, var) in stats.items():
-        # swap the buffer objects (never write into them: the probe's graph keeps what it normalised with)
-        saved.append((module, module.running_mean, module.running_var))
-        module.running_mean, module.running_var = mean, var
-        module.eval()
-    try:
-        yield
-    finally:
-        for module, mean, var in saved:
-            module.running_mean, module.running_var = mean, var
-            module.train()
+METHODS = ("exact", "worst", "fd")
 
 
 class LipschitzPenalty:
@@ -129,10 +88,10 @@ class LipschitzPenalty:
             losses, logits, gradient = input_gradient(model, images, labels, create_graph=True)
             worst = gather(grad_norm(gradient, self.norm)).max()
         else:
-            losses, logits, local, chosen_norm = self._finite_difference(model, images, labels)
-            # the batch's worst example is the one with the largest exact norm (as for one process), and
-            # the finite-difference estimate taken is that example's, whichever process holds it
-            worst = gather(local.view(1))[gather(chosen_norm.detach().view(1)).argmax()]
+            losses, logits, local, chosen_by = self._at_worst_example(model, images, labels)
+            # the batch's worst example is the one with the largest norm (as for one process), and the value
+            # taken is that example's, whichever process holds it
+            worst = gather(local.view(1))[gather(chosen_by.view(1)).argmax()]
         data_loss = losses.mean()
         penalty = weight * worst
         return StepLoss(
@@ -140,29 +99,41 @@ class LipschitzPenalty:
             penalty=penalty.detach(), grad_norm_max=worst.detach(),
         )
 
-    def _finite_difference(
+    def _at_worst_example(
         self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(losses, logits, the finite-difference norm estimate of the worst example, its exact norm)."""
-        # a loss difference divided by h: half precision would leave mostly rounding noise
-        with torch.autocast(images.device.type, enabled=False):
-            x = at_least_float32(images).detach().requires_grad_(True)
-            with _recorded_batch_statistics(model) as stats:
-                logits = model(x)
-            losses = cross_entropy(logits, labels)
-            (gradient,) = torch.autograd.grad(losses.sum(), x, retain_graph=True)
-            norms = grad_norm(gradient, self.norm)
-            index = norms.argmax().view(1)  # a device tensor: no host sync
-            g = gradient.index_select(0, index)
-            n = g[0].numel()
-            if self.norm == "l2":
-                direction = g / grad_norm(g, "l2").clamp_min(1e-12).view(-1, *([1] * (g.ndim - 1)))
-            else:
-                direction = g.sign() / math.sqrt(n)
-            probe = x.detach().index_select(0, index) + self.fd_step * direction
-            with _frozen_batch_statistics(stats):  # a second forward: not through a DDP wrapper
-                probe_loss = cross_entropy(unwrap(model)(probe), labels.index_select(0, index))
-        slope = (probe_loss[0] - losses.index_select(0, index)[0]) / self.fd_step
+        """(losses, logits, the worst example's gradient norm as one more example of the batch, the norm it was
+        chosen by): one input-gradient backward picks it, then passes on that example alone."""
+        x = images.detach().requires_grad_(True)
+        with recorded_batch_statistics(model) as stats:
+            logits = model(x)
+        losses = cross_entropy(logits, labels)
+        (gradient,) = torch.autograd.grad(losses.sum(), x, retain_graph=True)
+        norms = grad_norm(gradient, self.norm)
+        index = norms.argmax().view(1)  # a device tensor: no host sync
+        example = at_least_float32(x.detach().index_select(0, index))
+        # in float32 at least, TF32 off: fd divides a loss difference by h, rounding would swamp it
+        with torch.autocast(images.device.type, enabled=False), full_float32():
+            with as_part_of_the_batch(unwrap(model), stats) as run:  # not through a DDP wrapper
+                value = self._norm_estimate(run, example, labels.index_select(0, index))
+        return losses, logits, value, norms.index_select(0, index)[0].detach()
+
+    def _norm_estimate(
+        self, model: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor, label: torch.Tensor
+    ) -> torch.Tensor:
+        """``||grad_x loss||`` of one example (``worst``: exact and twice differentiable; ``fd``: the finite
+        difference along its dual-norm direction), differentiable in the weights."""
+        x = example.requires_grad_(True)
+        loss = cross_entropy(model(x), label)[0]
+        if self.method == "worst":
+            (g,) = torch.autograd.grad(loss, x, create_graph=True)
+            return grad_norm(g, self.norm)[0]
+        (g,) = torch.autograd.grad(loss, x, retain_graph=True)
+        if self.norm == "l2":
+            direction = g / grad_norm(g, "l2").clamp_min(1e-12).view(-1, *([1] * (g.ndim - 1)))
+        else:
+            direction = g.sign() / math.sqrt(g[0].numel())
+        probe_loss = cross_entropy(model(example.detach() + self.fd_step * direction), label)[0]
+        slope = (probe_loss - loss) / self.fd_step
         # the slope along the unit-l2 direction is ||g||_2 (l2) or ||g||_1 / sqrt(n) (l1)
-        worst = torch.relu(slope) * (math.sqrt(n) if self.norm == "l1" else 1.0)
-        return losses, logits, worst, norms.index_select(0, index)[0]
+        return torch.relu(slope) * (math.sqrt(g[0].numel()) if self.norm == "l1" else 1.0)
