@@ -33,10 +33,11 @@ def host() -> PluginHost:
 
 
 def steps_config(out: Path, defence: str, steps: int, *extra: str) -> Any:
-    """``steps`` steps of batch 32 on 64 synthetic images; ``extra`` are further ``--set`` overrides."""
+    """``steps`` steps of batch 32 on 64 synthetic images (none held out: two whole batches an epoch, for one
+    process as for two); ``extra`` are further ``--set`` overrides."""
     return resolve(None, {}, [
         "data.dataset='synthetic'",
-        "data.options={train_size=64, test_size=16, channels=1, size=4, num_classes=3, noise=0.3}",
+        "data.options={train_size=64, test_size=16, channels=1, size=4, num_classes=3, noise=0.3}", "data.validation=0",
         "model.arch='test-no-norm'", f"defence.name={defence!r}", "training.batch_size=32", "training.lr=0.5",
         f"training.max_steps={steps}", f"training.epochs={steps}", "training.device='cpu'",
         f"output.dir={str(out)!r}", *extra,

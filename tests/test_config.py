@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lipcli.config import ExperimentConfig, build, dumps, resolve
+from lipcli.config import ExperimentConfig, build, build_stored, dumps, resolve
 from lipcli.config.loader import parse_override
 from lipcli.errors import ConfigError
 
@@ -106,6 +106,15 @@ def test_options_tables_merge_and_accept_dotted_set(tmp_path: Path) -> None:
     assert cfg.model.options == {"width": 16, "cardinality": 4}
 
 
+def test_nested_option_tables_merge_key_by_key(tmp_path: Path) -> None:
+    """A primitive's parameters set in the file and by --set add up; a later layer changes only its keys."""
+    file = write(tmp_path, '[defence]\nname = "j2-lip"\n[defence.options.wcat]\nmethod = "worst"\nlam = 0.2\n')
+    cfg = resolve(file, {}, ["defence.options.wcat.fd_step=0.001", "defence.options.at-l2={eps=0.02}"])
+    assert cfg.defence.options == {"wcat": {"method": "worst", "lam": 0.2, "fd_step": 0.001}, "at-l2": {"eps": 0.02}}
+    cfg = resolve(file, {}, ["defence.options.wcat={lam=0.5}"])
+    assert cfg.defence.options == {"wcat": {"method": "worst", "lam": 0.5}}
+
+
 def test_optional_key_can_be_unset_again() -> None:
     cfg = resolve(None, {}, ["training.max_steps=10", "training.max_steps=none"])
     assert cfg.training.max_steps is None
@@ -133,7 +142,35 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_resolved_config_round_trips_through_toml() -> None:
     cfg = resolve(None, {}, [
         "model.options={cardinality = 4, name = 'x\"y'}", "training.lr_milestones=[1, 2]", "training.max_steps=5",
-        "data.data_dir='/tmp/a b'",
+        "data.data_dir='/tmp/a b'", "data.validation=0.25", "training.lr_schedule='cyclic'", "training.warmup_epochs=2",
     ])
     text = dumps(cfg.to_dict())
     assert build(tomllib.loads(text)) == cfg
+    assert isinstance(cfg.training.warmup_epochs, float)
+
+
+def test_a_key_may_take_an_integer_or_a_number() -> None:
+    """data.validation is ``int | float | None``: a whole count stays an integer, a fraction is a float."""
+    assert type(resolve(None, {}, ["data.validation=40"]).data.validation) is int
+    assert type(resolve(None, {}, ["data.validation=0.5"]).data.validation) is float
+    assert resolve(None, {}, ["data.validation=40", "data.validation=none"]).data.validation is None
+    with pytest.raises(ConfigError, match=r"data\.validation: expected an integer or a number, got \[1\]"):
+        resolve(None, {}, ["data.validation=[1]"])
+
+
+def test_a_stored_configuration_reads_as_its_run_was_trained() -> None:
+    """Keys a stored run predates take the behaviour it had, not today's defaults: runs stored before held-out
+    validation trained on every image (data.validation = 0), all of them with the multistep schedule."""
+    cfg = resolve(None, {}, ["training.lr_milestones=[3]"])
+    old = cfg.to_dict()
+    for section, key in (("data", "validation"), ("data", "validation_seed"), ("training", "lr_schedule"),
+                         ("training", "warmup_epochs")):
+        del old[section][key]
+    stored = build_stored(old)
+    assert stored.data.validation == 0 and stored.training.lr_schedule == "multistep"
+    assert stored.training.warmup_epochs == 0 and stored.data.validation_seed == 0
+    assert build(old).data.validation is None  # what the defaults alone would say
+    # a run stored now reads back as it is, its unset validation (omitted from config.toml) included
+    assert cfg.data.validation is None
+    assert build_stored(cfg.to_dict()) == cfg == build_stored(tomllib.loads(dumps(cfg.to_dict())))
+    assert build_stored(resolve(None, {}, ["training.lr_schedule=cosine"]).to_dict()).training.lr_schedule == "cosine"

@@ -142,6 +142,24 @@ def test_a_changed_configuration_is_refused_not_mixed(tmp_path: Path, host: Plug
     assert outcome.status == "failed" and "training.lr" in outcome.message
 
 
+def test_a_run_stored_before_held_out_validation_compares_as_it_was_trained(tmp_path: Path) -> None:
+    """Its config.toml lacks the keys added since: it trained on every image with the multistep schedule, so a
+    grid holding images out differs from it (by data.validation alone), and one holding none does not."""
+    evaluate = "[evaluate]\nnorms = []\nstats = false\n"
+    grid = load_grid(experiment(tmp_path, '[grid]\n"training.seed" = [0]\n', evaluate), tmp_path / "runs")
+    folder = Path(grid.runs[0].config.output.dir)
+    folder.mkdir(parents=True)
+    tree = grid.runs[0].config.to_dict()
+    for section, key in (("data", "validation"), ("data", "validation_seed"), ("training", "lr_schedule"),
+                         ("training", "warmup_epochs")):
+        del tree[section][key]
+    (folder / "config.toml").write_text(dumps(tree))
+    assert configuration_conflict(grid.runs[0]) == "it holds a run with another configuration (data.validation differ)"
+    everything = BASE.replace('dataset = "synthetic"', 'dataset = "synthetic"\nvalidation = 0')
+    grid = load_grid(experiment(tmp_path, '[grid]\n"training.seed" = [0]\n', evaluate, base=everything), tmp_path / "runs")
+    assert configuration_conflict(grid.runs[0]) is None
+
+
 def test_run_command_dry_run_and_exit_code_on_failure(run: Callable[..., Any], tmp_path: Path) -> None:
     path = experiment(tmp_path, '[grid]\n"model.options" = [{ width = 4 }, { width = -1 }]\n',
                       "[evaluate]\nnorms = []\nstats = false\n")

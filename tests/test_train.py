@@ -34,7 +34,8 @@ def test_training_learns_and_writes_the_run_folder(tmp_path: Path, host: PluginH
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
     assert rows[-1]["test_error"] < 0.1 < rows[0]["loss"]  # synthetic prototypes are easy to learn
-    assert result.best_test_error == min(r["test_error"] for r in rows)
+    assert result.best_val_error == min(r["val_error"] for r in rows)  # chosen on held-out images
+    assert load_checkpoint(run / "best.pt")["metrics"]["val_error"] == result.best_val_error
     assert build(tomllib.loads((run / "config.toml").read_text())) == cfg
     last = load_checkpoint(run / "last.pt")
     assert last["epoch"] == 4 and last["step"] == rows[-1]["step"] == 4 * 8
@@ -53,7 +54,8 @@ def test_same_seed_gives_the_same_weights(tmp_path: Path, host: PluginHost, tiny
 
 def test_max_steps_and_train_limit(tmp_path: Path, host: PluginHost, tiny_config: Callable[..., Any]) -> None:
     result = train(tiny_config(tmp_path, "training.max_steps=3", "data.train_limit=64"), host=host)
-    assert result.steps == 3 and len(result.history) == 2  # 2 batches in epoch 1, 1 step in epoch 2
+    # 64 images, 6 held out: 2 batches in epoch 1, 1 step in epoch 2
+    assert result.steps == 3 and len(result.history) == 2
     assert load_checkpoint(result.run_dir / "last.pt")["step"] == 3
 
 
@@ -143,7 +145,7 @@ def test_a_last_batch_of_one_example_is_skipped_not_a_crash(
     tmp_path: Path, host: PluginHost, tiny_config: Callable[..., Any]
 ) -> None:
     # 33 images at batch 32 leave one: BatchNorm (here the tanh head's) cannot train on a single value.
-    result = train(tiny_config(tmp_path, "data.train_limit=33", "defence.name=j0+tanh"), host=host)
+    result = train(tiny_config(tmp_path, "data.train_limit=33", "data.validation=0", "defence.name=j0+tanh"), host=host)
     assert [r["step"] for r in result.history] == [1, 2]
     assert load_checkpoint(result.run_dir / "last.pt")["step"] == 2
 

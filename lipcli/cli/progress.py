@@ -73,7 +73,7 @@ class RichReporter(Reporter):
         if self.quiet:
             return
         parts = [f"epoch {metrics['epoch']}"]
-        for key in ("loss", "penalty", "grad_norm_max", "train_error", "test_error", "lr"):
+        for key in ("loss", "penalty", "grad_norm_max", "train_error", "val_error", "test_error", "lr"):
             if metrics.get(key) is not None:
                 parts.append(f"{key} {metrics[key]:.4g}")
         parts.append(f"{metrics.get('seconds', float('nan')):.1f} s")

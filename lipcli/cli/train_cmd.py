@@ -41,13 +41,14 @@ def add_to(app: typer.Typer) -> None:
         overrides: SetOverrides = None,
         resume: Annotated[
             Optional[Path],
-            typer.Option("--resume", help="Continue the interrupted run in this folder (its own configuration).",
-                         file_okay=False),
+            typer.Option("--resume", help="Continue the run in this folder (its own configuration); with --epochs N, "
+                         "extend it to N epochs.", file_okay=False),
         ] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
         as_json: Json = False,
     ) -> None:
-        """Train a classifier; writes config.toml, metrics.jsonl, last.pt and best.pt into the run folder."""
+        """Train a classifier; writes config.toml, metrics.jsonl, last.pt and best.pt (lowest validation error)
+        into the run folder."""
         from lipcli.config import resolve
         from lipcli.training import trainer
 
@@ -60,21 +61,22 @@ def add_to(app: typer.Typer) -> None:
             "output.dir": str(out) if out else None,
         }
         if resume is not None:
-            given = [key for key, value in flags.items() if value is not None and key != "training.device"]
+            given = [k for k, v in flags.items() if v is not None and k not in ("training.device", "training.epochs")]
             if config is not None or overrides or given:
                 raise typer.BadParameter(
-                    "a resumed run keeps its own configuration; only --device, --quiet and --json combine with it",
+                    "a resumed run keeps its own configuration; only --epochs, --device, --quiet and --json combine "
+                    "with it",
                     param_hint="--resume",
                 )
             with RichReporter(quiet=quiet) as reporter:
-                result = trainer.resume(resume, host=ctx.obj, reporter=reporter, device=device)
+                result = trainer.resume(resume, host=ctx.obj, reporter=reporter, device=device, epochs=epochs)
         else:
             resolved = resolve(config, flags, overrides or [])
             with RichReporter(quiet=quiet) as reporter:
                 result = trainer.train(resolved, host=ctx.obj, reporter=reporter)
         summary = {
             "run_dir": str(result.run_dir), "epochs": len(result.history), "steps": result.steps,
-            "best_test_error": result.best_test_error, **{f"final_{k}": v for k, v in result.final.items()},
+            "best_val_error": result.best_val_error, **{f"final_{k}": v for k, v in result.final.items()},
         }
         if as_json:
             console.print_json(summary)

@@ -7,6 +7,7 @@ an error with the closest valid key suggested.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import sys
@@ -15,9 +16,9 @@ import typing
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from lipcli.config.schema import ExperimentConfig
+from lipcli.config.schema import LR_SCHEDULES, ExperimentConfig
 from lipcli.errors import ConfigError
-from lipcli.registry import suggest
+from lipcli.registry import did_you_mean, suggest
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,9 +26,9 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 _LOWER_BOUNDS: dict[str, float] = {
-    "data.crop_padding": 0, "data.cutout": 0, "data.train_limit": 1,
+    "data.crop_padding": 0, "data.cutout": 0, "data.train_limit": 1, "data.validation": 0, "data.validation_seed": 0,
     "training.epochs": 1, "training.batch_size": 1, "training.momentum": 0, "training.weight_decay": 0,
-    "training.lr_gamma": 0, "training.max_steps": 1, "training.seed": 0,
+    "training.lr_gamma": 0, "training.warmup_epochs": 0, "training.max_steps": 1, "training.seed": 0,
     "evaluation.batch_size": 1, "evaluation.limit": 1,
 }
 """Range checks done once on the merged configuration (types are checked while merging)."""
@@ -119,7 +120,38 @@ def build(tree: Mapping[str, Any]) -> ExperimentConfig:
             raise ConfigError(f"{dotted}: must be at least {low}, got {value}")
     if fresh["training"]["lr"] <= 0:
         raise ConfigError(f"training.lr: must be positive, got {fresh['training']['lr']}")
+    milestones, schedule = fresh["training"]["lr_milestones"], fresh["training"]["lr_schedule"]
+    if any(m < 0 for m in milestones):
+        raise ConfigError(f"training.lr_milestones: epochs must be at least 0, got {milestones}")
+    if schedule not in LR_SCHEDULES:
+        raise ConfigError(
+            f"training.lr_schedule: unknown schedule {schedule!r}." + did_you_mean(schedule, list(LR_SCHEDULES))
+        )
+    validation = fresh["data"]["validation"]
+    if isinstance(validation, float) and validation >= 1:
+        if not validation.is_integer():
+            raise ConfigError(
+                f"data.validation: a count of images must be a whole number (or a fraction below 1), got {validation}"
+            )
+        fresh["data"]["validation"] = int(validation)
     return _instantiate(ExperimentConfig, fresh)
+
+
+def build_stored(tree: Mapping[str, Any]) -> ExperimentConfig:
+    """The configuration a run stored (its ``config.toml`` or a checkpoint's), read as that run was trained.
+
+    A key the run predates takes the value of the behaviour it ran with, not today's default, so a changed
+    default never alters an old run: its schedule was ``multistep`` without warm-up, and a run stored before
+    ``data.validation_seed`` existed (every run since writes it) held out no training images.
+    """
+    stored = {key: dict(value) if isinstance(value, Mapping) else value for key, value in tree.items()}
+    training, data = stored.setdefault("training", {}), stored.setdefault("data", {})
+    if isinstance(training, dict):
+        training.setdefault("lr_schedule", "multistep")
+        training.setdefault("warmup_epochs", 0.0)
+    if isinstance(data, dict) and "validation_seed" not in data:
+        data.setdefault("validation", 0)
+    return build(stored)
 
 
 def _instantiate(cls: type, tree: Mapping[str, Any]) -> Any:
@@ -150,9 +182,19 @@ def _merge(tree: dict[str, Any], cls: type, data: Mapping[str, Any], source: str
         elif _is_options(hint):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{source}: {dotted}: expected a table, got {_show(value)}")
-            tree[key] = {**tree[key], **value}
+            tree[key] = _merged_tables(tree[key], value)
         else:
             tree[key] = _check(hint, value, source, dotted)
+
+
+def _merged_tables(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``update``, nested tables merged key by key: ``--set defence.options.wcat.lam=0.05``
+    changes one parameter of a primitive and keeps the others set below it."""
+    merged = dict(base)
+    for key, value in update.items():
+        old = merged.get(key)
+        merged[key] = _merged_tables(old, value) if isinstance(old, Mapping) and isinstance(value, Mapping) else value
+    return merged
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any, source: str) -> None:
@@ -174,11 +216,17 @@ def _check(hint: Any, value: Any, source: str, dotted: str) -> Any:
     """Validate (and normalise: int to float) one scalar or list value against its annotation."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType) and type(None) in args:
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+    if origin in (typing.Union, types.UnionType):
+        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _check(inner, value, source, dotted)
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _check(inner[0], value, source, dotted)
+        for option in inner:  # in order: int before float keeps a whole count an integer
+            with contextlib.suppress(ConfigError):
+                return _check(option, value, source, dotted)
+        expected = " or ".join(_TYPE_NAMES[a] for a in inner)
+        raise ConfigError(f"{source}: {dotted}: expected {expected}, got {_show(value)}")
     if origin is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{source}: {dotted}: expected a table, got {_show(value)}")

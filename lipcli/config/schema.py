@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+LR_SCHEDULES = ("multistep", "cosine", "cyclic")
+"""The values of ``training.lr_schedule`` (see :func:`lipcli.training.optim.learning_rate`)."""
+
 
 @dataclass
 class DataConfig:
@@ -27,6 +30,12 @@ class DataConfig:
     """Side of the square cutout in pixels (CIFAR-10: 16, CIFAR-100: 8); 0 disables it."""
     train_limit: int | None = None
     """Train on the first N training images only (smoke runs)."""
+    validation: int | float | None = None
+    """Training images held out to choose ``best.pt`` on (never the test set): a count (a whole number >= 1)
+    or a fraction (0 < v < 1) of the training set after ``train_limit``, stratified by class; 0 holds out
+    none (no ``best.pt``). Unset: 10 % of the training set, at most 5,000 images."""
+    validation_seed: int = 0
+    """Seed of the held-out draw, apart from ``training.seed``: runs differing only in seed share the images."""
 
 
 @dataclass
@@ -73,9 +82,13 @@ class TrainingConfig:
     nesterov: bool = False
     weight_decay: float = 5e-4
     """Coefficient of the explicit penalty weight_decay * sum ||W||^2 over weights (not biases or norms)."""
+    lr_schedule: str = "multistep"
+    """``multistep`` (lr_milestones, lr_gamma), ``cosine`` or ``cyclic`` (one-cycle), set before every step."""
     lr_milestones: list[int] = field(default_factory=list)
-    """Epochs after which the learning rate is multiplied by lr_gamma."""
+    """Epochs after which the learning rate is multiplied by lr_gamma (``multistep``)."""
     lr_gamma: float = 0.2
+    warmup_epochs: float = 0.0
+    """Linear warm-up over this many epochs, multiplying any schedule's rate by min(1, (step + 1) / warm-up steps)."""
     seed: int = 0
     device: str = "auto"
     deterministic: bool = False

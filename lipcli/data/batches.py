@@ -15,8 +15,12 @@ def epoch_order(size: int, seed: int, epoch: int, batch_size: int) -> torch.Tens
     A last batch of a single example is left out: BatchNorm in train mode cannot normalise one value.
     """
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(size, generator=generator)
-    return order[: size - 1] if size % batch_size == 1 and size > 1 else order
+    return torch.randperm(size, generator=generator)[: _kept(size, batch_size)]
+
+
+def _kept(size: int, batch_size: int) -> int:
+    """How many of ``size`` images an epoch's order holds (a last batch of one is left out)."""
+    return size - 1 if size % batch_size == 1 and size > 1 else size
 
 
 def shard(order: torch.Tensor, batch_size: int, world: int, rank: int) -> torch.Tensor:
@@ -35,6 +39,14 @@ def shard(order: torch.Tensor, batch_size: int, world: int, rank: int) -> torch.
 
 def num_batches(size: int, batch_size: int) -> int:
     return (size + batch_size - 1) // batch_size
+
+
+def steps_per_epoch(size: int, batch_size: int, world: int) -> int:
+    """Optimiser steps in an epoch over ``size`` images with global batches of ``batch_size`` on ``world``
+    processes: the global batches :func:`epoch_order` and :func:`shard` make. Schedules count these, so every
+    process of a run sets the same rate at each step."""
+    kept = _kept(size, batch_size)
+    return num_batches(kept, batch_size) if world == 1 else kept // batch_size
 
 
 def iterate_batches(

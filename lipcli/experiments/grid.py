@@ -44,7 +44,8 @@ class EvaluationPlan:
     batch_size: int | None = None
     stats: bool = True
     checkpoint: str = "last"
-    """``last`` (the final model: nothing chosen on the test set) or ``best`` (lowest test error)."""
+    """``last`` (the final model) or ``best`` (lowest validation error: runs need ``data.validation`` > 0).
+    Neither is chosen on the test set."""
 
     def attacks_for(self, norm: str) -> list[str]:
         return self.attacks.get(norm, [DEFAULT_ATTACK])
@@ -111,6 +112,11 @@ def load_grid(path: Path, out: Path | None = None) -> Grid:
         if identity in identities:
             raise ConfigError(f"{path}: grid: the runs {identities[identity]} and {settings} have the same configuration")
         identities[identity] = settings
+        if evaluation.checkpoint == "best" and config.data.validation == 0:
+            raise ConfigError(
+                f"{path}: evaluate.checkpoint: 'best' is chosen on held-out images, and run {name} holds none "
+                f"(data.validation = 0): evaluate 'last'"
+            )
         config.output.dir = str((out or Path(config.output.root) / path.stem) / name)
         runs.append(PlannedRun(name, config, settings))
     return Grid(path, runs, evaluation)

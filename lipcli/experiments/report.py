@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import torch
 
-from lipcli.config.loader import build, load_toml
+from lipcli.config.loader import build_stored, load_toml
 from lipcli.errors import LipcliError
 from lipcli.evaluation.curves import error_at, median_distance
 from lipcli.evaluation.results import DISTANCES_FILE, plot_curves
@@ -102,7 +102,7 @@ def collect(folders: list[Path]) -> Report:
     leaves: dict[str, dict[str, Any]] = {}
     for folder in run_folders:
         try:
-            config = build(load_toml(folder / CONFIG_FILE))
+            config = build_stored(load_toml(folder / CONFIG_FILE))
         except LipcliError as exc:
             raise LipcliError(f"{folder}: {exc}") from None
         tree = identity_tree(config)

@@ -12,8 +12,9 @@ Beside each evaluation result, ``plan.json`` records the ``[evaluate]`` settings
 (checkpoint, image limit, attacks and their options, eps); a stage whose settings changed is run again, and
 training from scratch makes every evaluation stage pending. A run whose folder holds a different
 configuration than the file now asks for (where and how fast it runs aside: device, folders, batch size of
-evaluation) is not touched: it fails with a message, since mixing two configurations in one folder would
-silently corrupt its results. A run that fails for any reason is reported, its traceback written to
+evaluation; a key the stored run predates counts as what that run did, see
+:func:`lipcli.config.loader.build_stored`) is not touched: it fails with a message, since mixing two
+configurations in one folder would silently corrupt its results. A run that fails for any reason is reported, its traceback written to
 ``error.txt``, and the grid goes on with the next.
 
 Under torchrun every process runs the grid: training and evaluation are data-parallel, rank 0 decides what
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lipcli.config.loader import build, load_toml
+from lipcli.config.loader import build_stored, load_toml
 from lipcli.device import select_device
 from lipcli.distributed import barrier, broadcast, current
 from lipcli.errors import ConfigError, LipcliError
@@ -199,7 +200,7 @@ def configuration_conflict(run: PlannedRun) -> str | None:
     stored_file = Path(run.config.output.dir) / CONFIG_FILE
     if not stored_file.is_file():
         return None
-    stored, planned = identity_tree(build(load_toml(stored_file))), identity_tree(run.config)
+    stored, planned = identity_tree(build_stored(load_toml(stored_file))), identity_tree(run.config)
     if stored == planned:
         return None
     changed = sorted(

@@ -1,5 +1,6 @@
-"""Clean test error and loss, batched, in eval mode; with several processes each takes every N-th batch and
-the sums are added up, so every process returns the whole test set's numbers."""
+"""Clean error and loss on the test or held-out validation images, batched, in eval mode; with several
+processes each takes every N-th batch and the sums are added up, so every process returns the whole set's
+numbers."""
 
 from __future__ import annotations
 
@@ -14,15 +15,17 @@ from lipcli.progress import Reporter
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, data: ImageSet, batch_size: int, device: torch.device, reporter: Reporter | None = None
+    model: nn.Module, data: ImageSet, batch_size: int, device: torch.device, reporter: Reporter | None = None,
+    description: str = "test",
 ) -> tuple[float, float]:
-    """(error rate, mean cross-entropy) of ``model`` on ``data``; restores the model's train/eval mode."""
+    """(error rate, mean cross-entropy) of ``model`` on ``data``; restores the model's train/eval mode.
+    ``description`` labels the progress bar."""
     was_training = model.training
     model.eval()
     wrong = torch.zeros((), device=device)
     loss = torch.zeros((), device=device, dtype=torch.float64)
     try:
-        with (reporter or Reporter()).task("test", num_batches(len(data), batch_size)) as task:
+        with (reporter or Reporter()).task(description, num_batches(len(data), batch_size)) as task:
             for number, (images, labels) in enumerate(iterate_batches(data, batch_size, device)):
                 if owned(number):
                     logits = model(images)

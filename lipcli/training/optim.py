@@ -1,6 +1,9 @@
-"""Optimiser and learning-rate schedule of the paper's recipes (Appendix A)."""
+"""Optimiser and learning-rate schedules: the paper's multi-step one (Appendix A), cosine and one-cycle."""
 
 from __future__ import annotations
+
+import math
+from collections import Counter
 
 import torch
 from torch import nn
@@ -28,6 +31,34 @@ def build_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.SGD
     )
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig) -> torch.optim.lr_scheduler.MultiStepLR:
-    """Multiply the learning rate by ``lr_gamma`` after each epoch listed in ``lr_milestones``."""
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=sorted(config.lr_milestones), gamma=config.lr_gamma)
+def learning_rate(step: int, steps_per_epoch: int, config: TrainingConfig) -> float:
+    """The learning rate of optimiser step ``step`` (0 for the run's first), set before that step.
+
+    A pure function of the step count, so nothing but the step needs saving to resume, and extending a run
+    (``resume(..., epochs=N)``) turns it into the run planned for ``config.epochs`` from there on. With t the
+    epochs done before the step (``step / steps_per_epoch``) and E = ``config.epochs``:
+
+    * ``multistep``: ``lr`` times ``lr_gamma`` once per milestone at or before the epochs completed, applied in
+      turn as PyTorch's MultiStepLR stepped after each epoch does (so the values are bit-identical to it);
+    * ``cosine``: ``lr * (1 + cos(pi t / E)) / 2``, from ``lr`` at the first step towards 0;
+    * ``cyclic``: the one-cycle schedule of Wong et al. 2020, linear from 0 up to ``lr`` at 2E/5 then down
+      to 0 at E, at t + 1 / steps_per_epoch as their code does (it sets each step's rate from the step's end).
+
+    A warm-up of ``warmup_epochs`` multiplies any of them by ``min(1, (step + 1) / (warmup_epochs *
+    steps_per_epoch))``. ``steps_per_epoch`` counts global batches, so every process count follows one
+    schedule.
+    """
+    epochs = config.epochs
+    if config.lr_schedule == "multistep":
+        lr, done = config.lr, step // steps_per_epoch
+        for milestone, times in sorted(Counter(config.lr_milestones).items()):
+            if milestone <= done:
+                lr = lr * config.lr_gamma**times
+    elif config.lr_schedule == "cosine":
+        lr = config.lr * 0.5 * (1.0 + math.cos(math.pi * step / steps_per_epoch / epochs))
+    else:
+        t, peak = (step + 1) / steps_per_epoch, 2.0 * epochs / 5.0
+        lr = config.lr * (t / peak if t <= peak else max(0.0, (epochs - t) / (epochs - peak)))
+    if config.warmup_epochs > 0:
+        lr *= min(1.0, (step + 1) / (config.warmup_epochs * steps_per_epoch))
+    return lr

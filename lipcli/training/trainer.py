@@ -1,44 +1,50 @@
 """The training loop: plain PyTorch, driven by an :class:`ExperimentConfig`, reporting through a Reporter.
 
 Everything a run needs to continue is in ``last.pt`` (written atomically at the end of every epoch):
-weights, optimiser and schedule state, the epoch and step, the best test error so far and the random
-generator states. The epoch's shuffling and augmentation are functions of (seed, epoch), so a run resumed
-after a crash replays the interrupted epoch exactly; on the CPU in deterministic mode it ends with the
-same weights as an uninterrupted run.
+weights, optimiser state, the epoch and step (the learning rate is a function of the step), the best
+validation error so far and the random generator states. The epoch's shuffling and augmentation are
+functions of (seed, epoch), so a run resumed after a crash replays the interrupted epoch exactly; on the CPU
+in deterministic mode it ends with the same weights as an uninterrupted run.
+
+Model selection never looks at the test set: ``best.pt`` is the epoch with the lowest error on training
+images held out by ``data.validation`` (see :mod:`lipcli.data.validation`); the test error is recorded only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
 import lipcli
 from lipcli.checkpoint import load_checkpoint, save_checkpoint
-from lipcli.config import build
+from lipcli.config import build_stored, dumps
 from lipcli.config.schema import ExperimentConfig
 from lipcli.data.augment import Augmentation
-from lipcli.data.batches import epoch_order, iterate_batches, num_batches, shard
+from lipcli.data.batches import epoch_order, iterate_batches, num_batches, shard, steps_per_epoch
 from lipcli.data.load import load_data
 from lipcli.data.types import DatasetInfo
+from lipcli.data.validation import hold_out
 from lipcli.device import select_device
 from lipcli.distributed import all_reduce, barrier, broadcast, current
 from lipcli.errors import CheckpointError, ConfigError, LipcliError
+from lipcli.files import write_text
 from lipcli.models.build import build_model
 from lipcli.plugins import PluginHost, get_host
 from lipcli.progress import Reporter
 from lipcli.training import run_dir as runs
 from lipcli.training.defence import build_defence
 from lipcli.training.evaluate import evaluate
-from lipcli.training.optim import build_optimizer, build_scheduler
+from lipcli.training.optim import build_optimizer, learning_rate
 
 
 _FINITE_CHECK_EVERY = 50
@@ -55,7 +61,8 @@ class TrainResult:
 
     run_dir: Path
     history: list[dict[str, Any]] = field(default_factory=list)
-    best_test_error: float = float("nan")
+    best_val_error: float | None = None
+    """The lowest validation error of the run (that of ``best.pt``); None without held-out images."""
     steps: int = 0
 
     @property
@@ -83,20 +90,36 @@ def reproducibility(seed: int, deterministic: bool) -> Iterator[None]:
 def train(
     config: ExperimentConfig, *, host: PluginHost | None = None, reporter: Reporter | None = None
 ) -> TrainResult:
-    """Train the configured model into a new run folder (config.toml, metrics.jsonl, last.pt, best.pt)."""
-    return _Run(config, host or get_host(), reporter or Reporter()).fit(None)
+    """Train the configured model into a new run folder: config.toml, metrics.jsonl, last.pt and, when
+    ``data.validation`` holds images out, best.pt (the epoch of lowest validation error)."""
+    return _Run(config, host or get_host(), reporter or Reporter()).fit(None, None)
 
 
 def resume(
-    run_dir: Path, *, host: PluginHost | None = None, reporter: Reporter | None = None, device: str | None = None
+    run_dir: Path, *, host: PluginHost | None = None, reporter: Reporter | None = None, device: str | None = None,
+    epochs: int | None = None,
 ) -> TrainResult:
-    """Continue an interrupted run from its ``last.pt``, with the configuration stored in it."""
-    payload = load_checkpoint(Path(run_dir) / runs.LAST)
-    config = build(payload["config"])
-    config.output.dir = str(run_dir)
+    """Continue a run from its ``last.pt``, with the configuration stored in it.
+
+    ``epochs`` (at least the epochs done) makes it a run planned for that many epochs, continued from where it
+    stopped and recorded as such in ``config.toml`` and the checkpoints: a finished run is extended. The
+    learning rate follows the new plan from the step reached: ``multistep`` keeps its milestones (past the
+    last one, training goes on at the last rate); ``cosine`` and ``cyclic`` take the values of an
+    ``epochs``-epoch run at that step, so the rate jumps there (up, for a finished cosine run) and ends at 0.
+    """
+    run_dir = Path(run_dir)
+    payload = load_checkpoint(run_dir / runs.LAST)
+    config = build_stored(payload["config"])
     if device is not None:
         config.training.device = device
-    return _Run(config, host or get_host(), reporter or Reporter()).fit(payload)
+    if epochs is not None:
+        done = int(payload["epoch"])
+        if epochs < done:
+            raise ConfigError(
+                f"training.epochs: {run_dir} has trained {done} epochs; it can go on to {done} or more, not {epochs}"
+            )
+        config.training.epochs = epochs
+    return _Run(config, host or get_host(), reporter or Reporter()).fit(payload, run_dir)
 
 
 class _Run:
@@ -105,7 +128,8 @@ class _Run:
     def __init__(self, config: ExperimentConfig, host: PluginHost, reporter: Reporter) -> None:
         self.config, self.host, self.reporter = config, host, reporter
 
-    def fit(self, checkpoint: dict[str, Any] | None) -> TrainResult:
+    def fit(self, checkpoint: dict[str, Any] | None, run_dir: Path | None) -> TrainResult:
+        """Train from scratch into a new folder (no checkpoint), or on from ``checkpoint`` in ``run_dir``."""
         config, tc = self.config, self.config.training
         device = select_device(tc.device)
         group = current()
@@ -119,7 +143,9 @@ class _Run:
         # every process draws its own random numbers (PGD's random starts, ...); rank 0 draws a single process's
         with reproducibility(tc.seed + _RANK_SEED_STRIDE * group.rank, tc.deterministic):
             data = load_data(config.data, self.host)
-            train_set = data.train.subset(config.data.train_limit)
+            train_set, val_set = hold_out(
+                data.train.subset(config.data.train_limit), config.data.validation, config.data.validation_seed
+            )
             test_set = data.test.subset(config.evaluation.limit)
             if group.enabled and len(train_set) < tc.batch_size:
                 raise ConfigError(
@@ -131,11 +157,13 @@ class _Run:
             if tc.channels_last:
                 model = model.to(memory_format=torch.channels_last)
             optimizer = build_optimizer(model, tc)
-            scheduler = build_scheduler(optimizer, tc)
-            result = TrainResult(Path(config.output.dir) if checkpoint else _shared_run_dir(config))
+            schedule = functools.partial(
+                learning_rate, steps_per_epoch=steps_per_epoch(len(train_set), tc.batch_size, group.world), config=tc
+            )
+            result = TrainResult(run_dir if run_dir is not None else _shared_run_dir(config))
             start_epoch = 1
             if checkpoint is not None:
-                start_epoch = self._restore(checkpoint, model, optimizer, scheduler, result, device)
+                start_epoch = self._restore(checkpoint, model, optimizer, result, device)
             trained = _parallel(model, tc.sync_batchnorm, device)
             amp = tc.amp and device.type == "cuda"
             if tc.amp and not amp:
@@ -145,8 +173,9 @@ class _Run:
                 if group.enabled else f"batch {tc.batch_size}"
             )
             self.reporter.info(
-                f"run folder {result.run_dir} | {data.info.name}: {len(train_set)} train / {len(test_set)} test "
-                f"images | {config.model.arch} ({sum(p.numel() for p in model.parameters()):,} parameters) | "
+                f"run folder {result.run_dir} | {data.info.name}: {len(train_set)} train / "
+                f"{0 if val_set is None else len(val_set)} validation / {len(test_set)} test images | "
+                f"{config.model.arch} ({sum(p.numel() for p in model.parameters()):,} parameters) | "
                 f"defence {'+'.join(defence.names) or 'none'} | {batches} | device {device}"
             )
             augment = Augmentation(config.data.crop_padding, config.data.flip, config.data.cutout)
@@ -154,25 +183,33 @@ class _Run:
                 if tc.max_steps is not None and result.steps >= tc.max_steps:
                     break
                 started = time.perf_counter()
-                stats = self._epoch(epoch, trained, defence, optimizer, train_set, augment, device, amp, result)
-                lr = optimizer.param_groups[0]["lr"]
-                scheduler.step()
+                lr = schedule(result.steps)  # the rate of the epoch's first step
+                stats = self._epoch(
+                    epoch, trained, defence, optimizer, schedule, train_set, augment, device, amp, result
+                )
                 seconds = time.perf_counter() - started
                 images = stats.pop("images")
                 _average_buffers(model)  # one model to test and to save, whichever process measures it
+                val_error, val_loss = (
+                    evaluate(model, val_set, config.evaluation.batch_size, device, self.reporter, "validation")
+                    if val_set is not None else (None, None)
+                )
                 test_error, test_loss = evaluate(model, test_set, config.evaluation.batch_size, device, self.reporter)
                 row = {
-                    "epoch": epoch, "step": result.steps, **stats, "test_error": test_error, "test_loss": test_loss,
-                    "lr": lr, "seconds": seconds, "images_per_second": images / seconds,
+                    "epoch": epoch, "step": result.steps, **stats, "val_error": val_error, "val_loss": val_loss,
+                    "test_error": test_error, "test_loss": test_loss, "lr": lr, "seconds": seconds,
+                    "images_per_second": images / seconds,
                 }
-                self._record(row, model, optimizer, scheduler, data.info, result)
+                self._record(row, model, optimizer, data.info, result)
         return result
 
     def _epoch(
-        self, epoch: int, model: nn.Module, defence: Any, optimizer: torch.optim.Optimizer, train_set: Any,
-        augment: Augmentation, device: torch.device, amp: bool, result: TrainResult,
+        self, epoch: int, model: nn.Module, defence: Any, optimizer: torch.optim.Optimizer,
+        schedule: Callable[[int], float], train_set: Any, augment: Augmentation, device: torch.device, amp: bool,
+        result: TrainResult,
     ) -> dict[str, Any]:
-        """One pass over the training set; returns the epoch's training statistics."""
+        """One pass over the training set, each step at the rate ``schedule(step)``; returns the epoch's
+        training statistics."""
         tc = self.config.training
         group = current()
         order = shard(epoch_order(len(train_set), tc.seed, epoch, tc.batch_size), tc.batch_size, group.world, group.rank)
@@ -204,6 +241,9 @@ class _Run:
                     self._check_finite(first_bad, epoch, result)
                 optimizer.zero_grad(set_to_none=True)
                 out.total.backward()
+                lr = schedule(result.steps)
+                for param_group in optimizer.param_groups:
+                    param_group["lr"] = lr
                 optimizer.step()
                 result.steps += 1
                 n = labels.shape[0]
@@ -241,24 +281,24 @@ class _Run:
             )
 
     def _record(
-        self, row: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler, info: DatasetInfo, result: TrainResult,
+        self, row: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, info: DatasetInfo,
+        result: TrainResult,
     ) -> None:
-        """Append the epoch's metrics, then write last.pt (and best.pt when the test error improved); only the
-        main process writes."""
+        """Append the epoch's metrics, then write last.pt (and best.pt when the validation error fell below the
+        best so far: a tie keeps the earlier epoch); only the main process writes."""
         result.history.append(row)
-        improved = not row["test_error"] >= result.best_test_error  # also true while best is nan
+        error = row["val_error"]
+        improved = error is not None and (result.best_val_error is None or error < result.best_val_error)
         if improved:
-            result.best_test_error = row["test_error"]
+            result.best_val_error = error
         if not current().main:
             return
         with open(result.run_dir / runs.METRICS_FILE, "a") as handle:
             handle.write(json.dumps(row) + "\n")
         payload = {
             "lipcli_version": lipcli.__version__, "config": self.config.to_dict(), "dataset": info.to_dict(),
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "epoch": row["epoch"], "step": result.steps, "metrics": row, "best_test_error": result.best_test_error,
-            "rng": _rng_state(),
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": row["epoch"],
+            "step": result.steps, "metrics": row, "best_val_error": result.best_val_error, "rng": _rng_state(),
         }
         if improved:  # best first: a crash between the two never leaves last.pt ahead of best.pt
             save_checkpoint(result.run_dir / runs.BEST, payload)
@@ -266,16 +306,21 @@ class _Run:
         self.reporter.epoch(row)
 
     def _restore(
-        self, checkpoint: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler, result: TrainResult, device: torch.device,
+        self, checkpoint: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, result: TrainResult,
+        device: torch.device,
     ) -> int:
-        """Load the checkpoint's state; drop metrics rows written after it. Returns the next epoch."""
+        """Load the checkpoint's state; drop metrics rows written after it; record a new total of epochs.
+        Returns the next epoch.
+
+        A checkpoint from before held-out validation (``best_test_error``, a MultiStepLR ``scheduler``) resumes
+        too: its rate is the step's multistep rate, which is the scheduler's, and its run holds out nothing."""
+        legacy = "best_val_error" not in checkpoint
         try:
             model.load_state_dict(checkpoint["model"])
             optimizer.load_state_dict(checkpoint["optimizer"])
-            scheduler.load_state_dict(checkpoint["scheduler"])
             epoch, result.steps = int(checkpoint["epoch"]), int(checkpoint["step"])
-            result.best_test_error = float(checkpoint["best_test_error"])
+            best = None if legacy else checkpoint["best_val_error"]
+            result.best_val_error = None if best is None else float(best)
             _set_rng_state(checkpoint["rng"], device)
             if current().rank:  # the checkpoint holds rank 0's generators; the others must draw their own
                 torch.manual_seed(self.config.training.seed + _RANK_SEED_STRIDE * current().rank + epoch)
@@ -288,8 +333,25 @@ class _Run:
             partial = metrics.with_name(metrics.name + ".tmp")
             partial.write_text("".join(json.dumps(r) + "\n" for r in result.history))
             os.replace(partial, metrics)
-        self.reporter.info(f"resuming {result.run_dir} after epoch {epoch} (step {result.steps})")
+            if checkpoint["config"]["training"]["epochs"] != self.config.training.epochs:
+                self._replan(checkpoint, result.run_dir)
+        if legacy and (result.run_dir / runs.BEST).exists():
+            self.reporter.info(
+                f"{result.run_dir / runs.BEST} was chosen on the test error by an older lipcli; it is left as it "
+                "is and no longer updated"
+            )
+        self.reporter.info(
+            f"resuming {result.run_dir} after epoch {epoch} (step {result.steps}) of {self.config.training.epochs}"
+        )
         return epoch + 1
+
+    def _replan(self, checkpoint: dict[str, Any], run_dir: Path) -> None:
+        """Record the run's new total of epochs in last.pt, then config.toml, before it trains on: a crash
+        after this resumes to the new total (resuming reads last.pt), and a grid sees the run as it now is."""
+        tree = build_stored(checkpoint["config"]).to_dict()
+        tree["training"]["epochs"] = self.config.training.epochs
+        save_checkpoint(run_dir / runs.LAST, {**checkpoint, "config": tree})
+        write_text(run_dir / runs.CONFIG_FILE, dumps(tree))
 
 
 def _shared_run_dir(config: ExperimentConfig) -> Path:
