@@ -87,9 +87,9 @@ def test_section_must_be_a_table(tmp_path: Path) -> None:
 
 
 def test_list_items_are_checked() -> None:
-    assert resolve(None, {}, ["training.lr_milestones=[60, 120]"]).training.lr_milestones == [60, 120]
+    assert resolve(None, {}, ["training.lr_schedule=multistep", "training.lr_milestones=[60, 120]"]).training.lr_milestones == [60, 120]
     with pytest.raises(ConfigError, match=r"training\.lr_milestones\[1\]"):
-        resolve(None, {}, ["training.lr_milestones=[60, 'x']"])
+        resolve(None, {}, ["training.lr_schedule=multistep", "training.lr_milestones=[60, 'x']"])
 
 
 def test_set_values_are_read_as_toml_else_as_bare_strings() -> None:
@@ -141,8 +141,8 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_resolved_config_round_trips_through_toml() -> None:
     cfg = resolve(None, {}, [
-        "model.options={cardinality = 4, name = 'x\"y'}", "training.lr_milestones=[1, 2]", "training.max_steps=5",
-        "data.data_dir='/tmp/a b'", "data.validation=0.25", "training.lr_schedule='cyclic'", "training.warmup_epochs=2",
+        "model.options={cardinality = 4, name = 'x\"y'}", "training.lr_schedule=multistep", "training.lr_milestones=[1, 2]", "training.max_steps=5",
+        "data.data_dir='/tmp/a b'", "data.validation=0.25", "training.warmup_epochs=2",
     ])
     text = dumps(cfg.to_dict())
     assert build(tomllib.loads(text)) == cfg
@@ -161,7 +161,7 @@ def test_a_key_may_take_an_integer_or_a_number() -> None:
 def test_a_stored_configuration_reads_as_its_run_was_trained() -> None:
     """Keys a stored run predates take the behaviour it had, not today's defaults: runs stored before held-out
     validation trained on every image (data.validation = 0), all of them with the multistep schedule."""
-    cfg = resolve(None, {}, ["training.lr_milestones=[3]"])
+    cfg = resolve(None, {}, ["training.lr_schedule=multistep", "training.lr_milestones=[3]"])
     old = cfg.to_dict()
     for section, key in (("data", "validation"), ("data", "validation_seed"), ("training", "lr_schedule"),
                          ("training", "warmup_epochs")):
@@ -169,7 +169,9 @@ def test_a_stored_configuration_reads_as_its_run_was_trained() -> None:
     stored = build_stored(old)
     assert stored.data.validation == 0 and stored.training.lr_schedule == "multistep"
     assert stored.training.warmup_epochs == 0 and stored.data.validation_seed == 0
-    assert build(old).data.validation is None  # what the defaults alone would say
+    assert build({**old, "training": {**old["training"], "lr_milestones": []}}).data.validation is None  # the defaults
+    with pytest.raises(ConfigError, match=r"training\.lr_milestones: only the multistep"):
+        build(old)  # today's default schedule (cosine) has no milestones
     # a run stored now reads back as it is, its unset validation (omitted from config.toml) included
     assert cfg.data.validation is None
     assert build_stored(cfg.to_dict()) == cfg == build_stored(tomllib.loads(dumps(cfg.to_dict())))

@@ -112,6 +112,17 @@ def test_torchrun_training_writes_one_run(tmp_path: Path) -> None:
 
 
 def test_distributed_curve_and_stats_write_the_single_process_files(tmp_path: Path, checkpoint: Path, run: Any) -> None:
+    """Byte-identical files. The single process computes with one thread, as each torchrun process does: the
+    order of a multi-threaded reduction changes float rounding, and the attacks' iterates with it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _curve_and_stats_match(tmp_path, checkpoint, run)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _curve_and_stats_match(tmp_path: Path, checkpoint: Path, run: Any) -> None:
     options = ["--limit", "40", "--batch-size", "8", "--device", "cpu", "-q"]
     attacks = ["-a", "min-norm", "-a", "boundary", "-O", "boundary.steps=30", "-O", "min-norm.steps=5"]
     single = run("curve", checkpoint, *options, *attacks, "--out", tmp_path / "one")

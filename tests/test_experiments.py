@@ -154,8 +154,12 @@ def test_a_run_stored_before_held_out_validation_compares_as_it_was_trained(tmp_
                          ("training", "warmup_epochs")):
         del tree[section][key]
     (folder / "config.toml").write_text(dumps(tree))
-    assert configuration_conflict(grid.runs[0]) == "it holds a run with another configuration (data.validation differ)"
-    everything = BASE.replace('dataset = "synthetic"', 'dataset = "synthetic"\nvalidation = 0')
+    assert configuration_conflict(grid.runs[0]) == (
+        "it holds a run with another configuration (data.validation, training.lr_schedule differ)"
+    )
+    everything = BASE.replace('dataset = "synthetic"', 'dataset = "synthetic"\nvalidation = 0').replace(
+        "[training]", '[training]\nlr_schedule = "multistep"'
+    )
     grid = load_grid(experiment(tmp_path, '[grid]\n"training.seed" = [0]\n', evaluate, base=everything), tmp_path / "runs")
     assert configuration_conflict(grid.runs[0]) is None
 

@@ -33,7 +33,7 @@ ARGS = [
     "--device", "cpu", "--seed", "3",
     "--set", "data.options={train_size=4096, test_size=64, channels=1, size=12, num_classes=4}",
     "--set", "model.options={width=8}", "--set", "training.deterministic=true", "--set", "data.crop_padding=2",
-    "--set", "data.flip=true", "--set", "training.lr_milestones=[2]",
+    "--set", "data.flip=true", "--set", "training.lr_schedule=multistep", "--set", "training.lr_milestones=[2]",
 ]
 
 
@@ -89,7 +89,7 @@ def test_resume_refuses_extra_configuration(tmp_path: Path, host: PluginHost, ti
     assert result.exit_code == 2 and "resumed run keeps its own configuration" in result.output
 
 
-DETERMINISTIC = ["training.deterministic=true", "data.crop_padding=1", "data.flip=true", "training.lr_milestones=[1]"]
+DETERMINISTIC = ["training.deterministic=true", "data.crop_padding=1", "data.flip=true", "training.lr_schedule=multistep", "training.lr_milestones=[1]"]
 
 
 def rows(run: Path) -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ def training(**values: Any) -> TrainingConfig:
 
 def test_multistep_is_pytorchs_multisteplr_stepped_after_each_epoch() -> None:
     """The old trainer's schedule, value for value (==, not approx): repeated and zero milestones included."""
-    tc = training(epochs=10, lr=0.1, lr_milestones=[7, 2, 5, 5, 0], lr_gamma=0.2)
+    tc = training(epochs=10, lr=0.1, lr_schedule="multistep", lr_milestones=[7, 2, 5, 5, 0], lr_gamma=0.2)
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=tc.lr)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=sorted(tc.lr_milestones), gamma=tc.lr_gamma)
     per_epoch = 3
@@ -74,7 +74,7 @@ def test_cyclic_is_wong_et_al_one_cycle() -> None:
 
 def test_warmup_multiplies_any_schedule() -> None:
     """min(1, (step + 1) / warm-up steps): 1.5 epochs of 4 steps are 6 steps."""
-    flat = training(epochs=4, lr=0.1, warmup_epochs=1.5)
+    flat = training(epochs=4, lr=0.1, lr_schedule="multistep", warmup_epochs=1.5)
     assert [learning_rate(k, 4, flat) for k in (0, 2, 4, 5, 9)] == pytest.approx([0.1 / 6, 0.05, 0.1 * 5 / 6, 0.1, 0.1])
     cosine = training(epochs=4, lr=0.1, lr_schedule="cosine", warmup_epochs=1.5)
     t = 1 / 4  # step 1: 2/6 of the cosine rate at a quarter epoch

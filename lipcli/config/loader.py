@@ -127,6 +127,11 @@ def build(tree: Mapping[str, Any]) -> ExperimentConfig:
         raise ConfigError(
             f"training.lr_schedule: unknown schedule {schedule!r}." + did_you_mean(schedule, list(LR_SCHEDULES))
         )
+    if milestones and schedule != "multistep":
+        raise ConfigError(
+            f"training.lr_milestones: only the multistep schedule has milestones, and training.lr_schedule is "
+            f"{schedule!r}; set training.lr_schedule = \"multistep\" to use them"
+        )
     validation = fresh["data"]["validation"]
     if isinstance(validation, float) and validation >= 1:
         if not validation.is_integer():

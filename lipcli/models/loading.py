@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from lipcli.checkpoint import load_checkpoint
-from lipcli.config import ExperimentConfig, build
+from lipcli.config import ExperimentConfig, build_stored
 from lipcli.data.types import DatasetInfo
 from lipcli.errors import CheckpointError
 from lipcli.models.build import build_model
@@ -30,7 +30,7 @@ def restore(
     """(model in eval mode, the run's configuration, its data set's metadata) from a checkpoint."""
     payload = load_checkpoint(Path(path), map_location=device)
     try:
-        config = build(payload["config"])
+        config = build_stored(payload["config"])
         info = DatasetInfo.from_dict(payload["dataset"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: checkpoint metadata is incomplete ({exc})") from None
