@@ -14,6 +14,18 @@ from lipcli.config import ExperimentConfig, resolve
 from lipcli.plugins import PluginHost
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` skip, with the reason, where there is no CUDA device."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (benchmarks/gpu-check.sh runs these on a GPU machine)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def host() -> PluginHost:
     """The installed plugins, independent of the developer's LIPCLI_* environment variables."""

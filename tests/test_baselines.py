@@ -212,6 +212,31 @@ def test_fgsm_rs_step_matches_the_hand_formula(host: PluginHost) -> None:
     assert (adversarial - x).abs().max() <= eps + 1e-15 and adversarial.min() >= 0 and adversarial.max() <= 1
 
 
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_at_pgd_takes_steps_of_alpha_by_the_hand_formula(host: PluginHost, norm: str) -> None:
+    """Three steps from x on a linear model (the ascent TRADES shares): x_{k+1} = box(x + ball(x_k + step - x)),
+    the step alpha sign(g) (l-inf) or alpha g / ||g|| (l2), with eps large enough that the ball never binds
+    but for the box, so a step of the wrong size shows."""
+    model = _linear(21)
+    x = _box_images(16, seed=22)
+    y = torch.randint(0, 4, (16,), generator=torch.Generator().manual_seed(23))
+    eps, alpha = (0.3, 0.02) if norm == "linf" else (2.0, 0.1)
+    with frozen_eval(model):
+        adversarial = _defence(host, "at-pgd", norm=norm, eps=eps, alpha=alpha, steps=3, random_start=False).perturb(
+            model, x, y
+        ).images
+    expected = x
+    for _ in range(3):
+        g = _hand_gradient(model[1], expected, y)
+        if norm == "linf":
+            step = alpha * g.sign()
+        else:
+            step = alpha * g / g.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        expected = (expected + step).clamp(0, 1)
+    torch.testing.assert_close(adversarial, expected, rtol=0, atol=1e-12)
+    assert ((adversarial - x).flatten(1).abs().max(dim=1).values > alpha).all()  # it moved beyond one step
+
+
 def test_fgsm_rs_defaults_and_plain_fgsm_without_random_start(host: PluginHost) -> None:
     """train_fgsm.py: epsilon 8, alpha 10 (in /255), delta-init random; without the random start the step of
     1.25 eps is cut to eps: ``x + eps sign(g(x))`` in the box (GradAlign's ``--attack_init=zero``)."""

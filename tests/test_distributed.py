@@ -95,6 +95,9 @@ def test_torchrun_resumes_a_single_process_run_and_its_checkpoint_loads_in_one_p
     # last batch is left out)
     assert [r["epoch"] for r in rows] == [1, 2] and [r["step"] for r in rows] == [10, 19]
     assert rows[0]["val_error"] is not None and rows[1]["val_error"] is not None
+    # on schedule although the processes take 9 steps an epoch where one took 10: epoch 2 starts half-way
+    # through the 2-epoch cosine, lr 0.1 (1 + cos(pi / 2)) / 2 (by the steps taken it would be 0.041)
+    assert rows[1]["lr"] == pytest.approx(0.05, rel=1e-12)
     assert list((tmp_path / "run").glob("*.pt")) and not list((tmp_path / "run").glob("*.tmp"))
     result = run("curve", tmp_path / "run" / "last.pt", "--limit", "10", "--device", "cpu", "-q",
                  "-O", "min-norm.steps=3", "--out", tmp_path / "c")

@@ -11,7 +11,9 @@ from typing import Any, Callable
 import pytest
 import torch
 
+from lipcli.checkpoint import load_checkpoint, save_checkpoint
 from lipcli.config import dumps, resolve
+from lipcli.config.loader import load_toml
 from lipcli.errors import ConfigError
 from lipcli.evaluation.results import write_distances
 from lipcli.evaluation.runner import AttackResult, RobustnessResult
@@ -301,6 +303,61 @@ def finished_run(tmp_path: Path, host: PluginHost, evaluate: str = EVALUATE) -> 
     grid = load_grid(path, tmp_path / "runs")
     assert [o.status for o in run_grid(grid, host=host)] == ["done"]
     return path, grid
+
+
+def test_an_extended_run_is_evaluated_again_and_an_unfinished_extension_resumed(tmp_path: Path, host: PluginHost) -> None:
+    """Evaluations belong to the checkpoint they measured (its step, in plan.json), not to the marker that
+    training once finished: after ``lipcli train --resume RUN --epochs N`` they are stale. (Multistep: an
+    extended cosine run is not the longer run, and its grid would refuse it.)"""
+    multistep = BASE.replace("[training]", '[training]\nlr_schedule = "multistep"')
+    path = experiment(tmp_path, '[grid]\n"training.seed" = [0]\n', base=multistep)
+    grid = load_grid(path, tmp_path / "runs")
+    assert [o.status for o in run_grid(grid, host=host)] == ["done"]
+    folder = Path(grid.runs[0].config.output.dir)
+    assert json.loads((folder / "curve-l2" / "plan.json").read_text())["checkpoint_step"] == 2 * 4  # 2 epochs of 4
+    longer = experiment(tmp_path, '[grid]\n"training.seed" = [0]\n', base=multistep.replace("epochs = 2", "epochs = 3"),
+                        name="longer")
+    longer_grid = load_grid(longer, tmp_path / "runs")
+    trainer.resume(folder, host=host, epochs=3)  # the user extends the run, then the grid file
+    assert pending_stages(longer_grid.runs[0], longer_grid.evaluation) == ["curve-l2", "stats"]
+    outcomes = run_grid(longer_grid, host=host)
+    assert [(o.status, o.stages) for o in outcomes] == [("done", ["curve-l2", "stats"])]
+    assert json.loads((folder / "curve-l2" / "plan.json").read_text())["checkpoint_step"] == 3 * 4
+    # an extension cut short: last.pt is an epoch short of the configuration, trained.json notwithstanding
+    payload = load_checkpoint(folder / "last.pt")
+    payload["config"]["training"]["epochs"] = 4
+    save_checkpoint(folder / "last.pt", payload)
+    (folder / "config.toml").write_text(dumps(payload["config"]))
+    cut_short = load_grid(experiment(tmp_path, '[grid]\n"training.seed" = [0]\n', name="cut",
+                                     base=multistep.replace("epochs = 2", "epochs = 4")), tmp_path / "runs")
+    assert pending_stages(cut_short.runs[0], cut_short.evaluation) == ["resume", "curve-l2", "stats"]
+
+
+def test_the_report_marks_results_measured_on_a_best_pt_chosen_on_the_test_error(tmp_path: Path, host: PluginHost) -> None:
+    """An older lipcli chose best.pt on the test error: a grid's results measured on it are a row of their own,
+    marked in its settings, never averaged with results of a model chosen otherwise."""
+    _, grid = finished_run(tmp_path, host)
+    folder = Path(grid.runs[0].config.output.dir)
+    twin = folder.parent / "old-run"
+    twin.mkdir()
+    for name in ("config.toml", "curve-l2", "stats"):
+        source = folder / name
+        if source.is_dir():
+            (twin / name).mkdir()
+            for item in source.iterdir():
+                (twin / name / item.name).write_bytes(item.read_bytes())
+        else:
+            (twin / name).write_bytes(source.read_bytes())
+    tree = load_toml(twin / "config.toml")
+    tree["data"]["validation"] = 0  # as an older run's config.toml reads
+    tree["training"]["seed"] = 1
+    (twin / "config.toml").write_text(dumps(tree))
+    plan = json.loads((twin / "curve-l2" / "plan.json").read_text())
+    (twin / "curve-l2" / "plan.json").write_text(json.dumps({**plan, "checkpoint": "best"}))
+    rows = collect([folder.parent]).rows["synthetic"]
+    assert len(rows) == 2
+    marked = [r for r in rows if "best.pt chosen on the test error" in r.settings]
+    assert len(marked) == 1 and marked[0].seeds == [1]
 
 
 def test_what_counts_as_done(tmp_path: Path, host: PluginHost) -> None:

@@ -128,7 +128,31 @@ def test_an_extended_cosine_run_follows_the_longer_schedule(tmp_path: Path, host
     # epoch starts of a 3-epoch cosine: 0.08 (1 + cos(k pi / 3)) / 2 = 0.08, 0.06, 0.02
     expected = [0.08, 0.04 * (1 + math.cos(math.pi / 3)), 0.04 * (1 + math.cos(2 * math.pi / 3))]
     assert [r["lr"] for r in rows(run)] == [r["lr"] for r in rows(straight)] == pytest.approx(expected, rel=1e-12)
+    # but its first epoch annealed to 0 on a 1-epoch plan: it is recorded, so the run is not taken for the
+    # straight one (a grid or a report would otherwise merge them), and its config.toml repeats it exactly
     assert stored_config(run)["training"]["epochs"] == 3
+    assert stored_config(run)["training"]["earlier_plans"] == [[1, 1]]
+    assert load_checkpoint(run / "last.pt")["config"]["training"]["earlier_plans"] == [[1, 1]]
+    assert stored_config(straight)["training"].get("earlier_plans", []) == []
+    again = train(tiny_config(tmp_path / "c", "training.epochs=3", *cosine, "training.earlier_plans=[[1, 1]]"), host=host)
+    assert [r["lr"] for r in rows(again.run_dir)] == [r["lr"] for r in rows(run)]
+    assert [r["loss"] for r in rows(again.run_dir)] == pytest.approx([r["loss"] for r in rows(run)], rel=1e-6)
+
+
+def test_an_extended_multistep_run_records_no_earlier_plan(tmp_path: Path, host: PluginHost, tiny_config) -> None:  # type: ignore[no-untyped-def]
+    """Milestones do not depend on the planned length: the extended run is the longer one."""
+    run = train(tiny_config(tmp_path, "training.epochs=1", "training.lr_schedule=multistep"), host=host).run_dir
+    resume(run, host=host, epochs=2)
+    assert stored_config(run)["training"]["epochs"] == 2
+    assert stored_config(run)["training"].get("earlier_plans", []) == []
+
+
+def test_a_run_stopped_by_max_steps_is_not_extended(tmp_path: Path, host: PluginHost, tiny_config) -> None:  # type: ignore[no-untyped-def]
+    run = train(tiny_config(tmp_path, "training.max_steps=3"), host=host).run_dir
+    result = CliRunner().invoke(build_app(host), ["train", "--resume", str(run), "--epochs", "4"])
+    assert result.exit_code == 2
+    assert "training.max_steps: " in result.output and "stopped at its max_steps (3)" in result.output
+    assert stored_config(run)["training"]["epochs"] == 2
 
 
 def test_a_run_cannot_be_shortened_below_the_epochs_done(tmp_path: Path, host: PluginHost, tiny_config) -> None:  # type: ignore[no-untyped-def]

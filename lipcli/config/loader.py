@@ -130,8 +130,14 @@ def build(tree: Mapping[str, Any]) -> ExperimentConfig:
     if milestones and schedule != "multistep":
         raise ConfigError(
             f"training.lr_milestones: only the multistep schedule has milestones, and training.lr_schedule is "
-            f"{schedule!r}; set training.lr_schedule = \"multistep\" to use them"
+            f"{schedule!r}; set training.lr_schedule = \"multistep\" to use them, or training.lr_milestones = []"
         )
+    for i, plan in enumerate(fresh["training"]["earlier_plans"]):
+        if len(plan) != 2 or plan[0] < 1 or not 0 <= plan[1] <= fresh["training"]["epochs"]:
+            raise ConfigError(
+                f"training.earlier_plans[{i}]: expected [epochs, until_epoch] with epochs >= 1 and "
+                f"0 <= until_epoch <= training.epochs, got {plan}"
+            )
     validation = fresh["data"]["validation"]
     if isinstance(validation, float) and validation >= 1:
         if not validation.is_integer():

@@ -89,6 +89,11 @@ class TrainingConfig:
     lr_milestones: list[int] = field(default_factory=list)
     """Epochs after which the learning rate is multiplied by lr_gamma (``multistep``)."""
     lr_gamma: float = 0.2
+    earlier_plans: list[list[int]] = field(default_factory=list)
+    """Written by ``lipcli train --resume RUN --epochs N`` on a cosine or cyclic run: ``[[epochs, until], ...]``,
+    the epochs the run was planned for before each extension and the epoch count at which it was extended.
+    The steps of those first ``until`` epochs followed that plan's schedule, so the run is not taken for one
+    planned with its final length from the start, and training from its config.toml repeats it exactly."""
     warmup_epochs: float = 0.0
     """Linear warm-up over this many epochs, multiplying any schedule's rate by min(1, (step + 1) / warm-up steps)."""
     seed: int = 0

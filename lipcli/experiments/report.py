@@ -26,6 +26,7 @@ from lipcli.errors import LipcliError
 from lipcli.evaluation.curves import error_at, median_distance
 from lipcli.evaluation.results import DISTANCES_FILE, plot_curves
 from lipcli.experiments.grid import identity_tree
+from lipcli.experiments.runner import PLAN_FILE
 from lipcli.files import write_text
 from lipcli.training.run_dir import CONFIG_FILE
 
@@ -107,6 +108,8 @@ def collect(folders: list[Path]) -> Report:
             raise LipcliError(f"{folder}: {exc}") from None
         tree = identity_tree(config)
         tree["training"]["seed"] = None  # seeds of one configuration are one row
+        if config.data.validation == 0 and _measured_best(folder):
+            tree["evaluated"] = "best.pt chosen on the test error (an older lipcli)"  # its own, marked row
         flat = dict(_flatten(tree))
         identity = json.dumps(flat, sort_keys=True, default=str)
         if identity not in rows:
@@ -128,6 +131,18 @@ def collect(folders: list[Path]) -> Report:
     ordered = {d: sorted((rows[i] for i in ids), key=lambda r: (r.arch, r.defence, r.settings))
                for d, ids in sorted(by_dataset.items())}
     return Report(ordered, len(run_folders))
+
+
+def _measured_best(folder: Path) -> bool:
+    """Whether a grid measured the run's ``best.pt``: without held-out images, only an older lipcli wrote one,
+    chosen on the test error."""
+    for plan in folder.glob(f"*/{PLAN_FILE}"):
+        try:
+            if json.loads(plan.read_text()).get("checkpoint") == "best":
+                return True
+        except (OSError, ValueError, AttributeError):
+            continue
+    return False
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

@@ -9,8 +9,10 @@ A run's stages and what marks them done:
 * ``stats/stats.json``, as ``lipcli stats`` writes it.
 
 Beside each evaluation result, ``plan.json`` records the ``[evaluate]`` settings it was measured with
-(checkpoint, image limit, attacks and their options, eps); a stage whose settings changed is run again, and
-training from scratch makes every evaluation stage pending. A run whose folder holds a different
+(checkpoint, image limit, attacks and their options, eps) and the step of the checkpoint it measured; a
+stage whose settings changed, or whose checkpoint has trained on since (``lipcli train --resume RUN
+--epochs N``), is run again, and any training makes every evaluation stage pending. A run whose ``last.pt``
+has fewer epochs than its configuration (an extension cut short) is resumed. A run whose folder holds a different
 configuration than the file now asks for (where and how fast it runs aside: device, folders, batch size of
 evaluation; a key the stored run predates counts as what that run did, see
 :func:`lipcli.config.loader.build_stored`) is not touched: it fails with a message, since mixing two
@@ -32,7 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lipcli.checkpoint import load_checkpoint
 from lipcli.config.loader import build_stored, load_toml
+from lipcli.config.schema import TrainingConfig
 from lipcli.device import select_device
 from lipcli.distributed import barrier, broadcast, current
 from lipcli.errors import ConfigError, LipcliError
@@ -76,14 +80,37 @@ def pending_stages(run: PlannedRun, plan: EvaluationPlan) -> list[str]:
     trains from scratch has every evaluation stage pending (old results belong to an old model)."""
     folder = Path(run.config.output.dir)
     stages = []
-    if not (folder / TRAINED).is_file():
-        stages.append("resume" if (folder / LAST).is_file() else "train")
+    last = _trained_so_far(folder / LAST)
+    if not (folder / TRAINED).is_file() or (last is not None and _unfinished(last, run.config.training)):
+        stages.append("resume" if last is not None else "train")
+    measured = _trained_so_far(folder / (LAST if plan.checkpoint == "last" else BEST))
     evaluations = [curve_folder(n) for n in plan.norms] + (["stats"] if plan.stats else [])
     for stage in evaluations:
         result = folder / _stage_folder(stage) / (STATS_FILE if stage == "stats" else SUMMARY_FILE)
-        if "train" in stages or not result.is_file() or _recorded_plan(folder, stage) != _as_json(plan.stage_plan(stage)):
+        expected = _as_json(_measured_plan(plan, stage, measured))
+        if stages[:1] in (["train"], ["resume"]) or not result.is_file() or _recorded_plan(folder, stage) != expected:
             stages.append(stage)
     return stages
+
+
+def _trained_so_far(checkpoint: Path) -> tuple[int, int] | None:
+    """(epoch, step) of a checkpoint, or None where there is none that loads."""
+    try:
+        payload = load_checkpoint(checkpoint)
+        return int(payload["epoch"]), int(payload["step"])
+    except (LipcliError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _unfinished(trained: tuple[int, int], tc: TrainingConfig) -> bool:
+    """Whether a checkpoint at (epoch, step) is short of the epochs its run is configured for."""
+    epoch, step = trained
+    return epoch < tc.epochs and (tc.max_steps is None or step < tc.max_steps)
+
+
+def _measured_plan(plan: EvaluationPlan, stage: str, trained: tuple[int, int] | None) -> dict[str, Any]:
+    """What ``plan.json`` records for a stage: its ``[evaluate]`` settings and the step of the checkpoint."""
+    return {**plan.stage_plan(stage), "checkpoint_step": None if trained is None else trained[1]}
 
 
 def _stage_folder(stage: str) -> str:
@@ -192,7 +219,8 @@ def _run_stages(
                 device=target_device, host=host, reporter=reporter,
             )
         if current().main:
-            write_text(out / PLAN_FILE, json.dumps(plan.stage_plan(stage), indent=2) + "\n")
+            measured = _measured_plan(plan, stage, _trained_so_far(checkpoint))
+            write_text(out / PLAN_FILE, json.dumps(measured, indent=2) + "\n")
 
 
 def configuration_conflict(run: PlannedRun) -> str | None:

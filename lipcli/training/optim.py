@@ -31,24 +31,32 @@ def build_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.SGD
     )
 
 
+PLANNED_SCHEDULES = ("cosine", "cyclic")
+"""Schedules whose rate at a step depends on the number of epochs the run is planned for."""
+
+
 def learning_rate(step: int, steps_per_epoch: int, config: TrainingConfig) -> float:
     """The learning rate of optimiser step ``step`` (0 for the run's first), set before that step.
 
-    A pure function of the step count, so nothing but the step needs saving to resume, and extending a run
-    (``resume(..., epochs=N)``) turns it into the run planned for ``config.epochs`` from there on. With t the
-    epochs done before the step (``step / steps_per_epoch``) and E = ``config.epochs``:
+    A pure function of the step's position in the run (epochs done times steps per epoch, plus its index in
+    the epoch), so nothing but the epoch needs saving to resume, and extending a run (``resume(...,
+    epochs=N)``) turns it into the run planned for ``config.epochs`` from there on, its earlier plans kept in
+    ``config.earlier_plans`` for the steps they covered. With t the epochs done before the step
+    (``step / steps_per_epoch``) and E the epochs planned when the step ran:
 
     * ``multistep``: ``lr`` times ``lr_gamma`` once per milestone at or before the epochs completed, applied in
       turn as PyTorch's MultiStepLR stepped after each epoch does (so the values are bit-identical to it);
     * ``cosine``: ``lr * (1 + cos(pi t / E)) / 2``, from ``lr`` at the first step towards 0;
     * ``cyclic``: the one-cycle schedule of Wong et al. 2020, linear from 0 up to ``lr`` at 2E/5 then down
-      to 0 at E, at t + 1 / steps_per_epoch as their code does (it sets each step's rate from the step's end).
+      to 0 at E, at t + 1 / steps_per_epoch (the rate of a step is taken at its end, as in their code). The
+      peak at 2E/5 is that of their MNIST and ImageNet code (which rounds it to whole epochs); their CIFAR-10
+      code peaks at E/2.
 
     A warm-up of ``warmup_epochs`` multiplies any of them by ``min(1, (step + 1) / (warmup_epochs *
     steps_per_epoch))``. ``steps_per_epoch`` counts global batches, so every process count follows one
     schedule.
     """
-    epochs = config.epochs
+    epochs = next((e for e, until in config.earlier_plans if step < until * steps_per_epoch), config.epochs)
     if config.lr_schedule == "multistep":
         lr, done = config.lr, step // steps_per_epoch
         for milestone, times in sorted(Counter(config.lr_milestones).items()):

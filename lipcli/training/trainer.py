@@ -13,7 +13,6 @@ images held out by ``data.validation`` (see :mod:`lipcli.data.validation`); the 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import random
@@ -28,7 +27,7 @@ from torch import nn
 import lipcli
 from lipcli.checkpoint import load_checkpoint, save_checkpoint
 from lipcli.config import build_stored, dumps
-from lipcli.config.schema import ExperimentConfig
+from lipcli.config.schema import ExperimentConfig, TrainingConfig
 from lipcli.data.augment import Augmentation
 from lipcli.data.batches import epoch_order, iterate_batches, num_batches, shard, steps_per_epoch
 from lipcli.data.load import load_data
@@ -44,7 +43,7 @@ from lipcli.progress import Reporter
 from lipcli.training import run_dir as runs
 from lipcli.training.defence import build_defence
 from lipcli.training.evaluate import evaluate
-from lipcli.training.optim import build_optimizer, learning_rate
+from lipcli.training.optim import PLANNED_SCHEDULES, build_optimizer, learning_rate
 
 
 _FINITE_CHECK_EVERY = 50
@@ -113,13 +112,24 @@ def resume(
     if device is not None:
         config.training.device = device
     if epochs is not None:
-        done = int(payload["epoch"])
-        if epochs < done:
-            raise ConfigError(
-                f"training.epochs: {run_dir} has trained {done} epochs; it can go on to {done} or more, not {epochs}"
-            )
-        config.training.epochs = epochs
+        _extend(config.training, run_dir, int(payload["epoch"]), int(payload["step"]), epochs)
     return _Run(config, host or get_host(), reporter or Reporter()).fit(payload, run_dir)
+
+
+def _extend(tc: TrainingConfig, run_dir: Path, done: int, step: int, epochs: int) -> None:
+    """Make ``tc`` a run planned for ``epochs`` epochs after ``done`` (``step`` steps); a cosine or cyclic
+    run keeps its earlier plan for the epochs it covered (``training.earlier_plans``)."""
+    if epochs < done:
+        raise ConfigError(
+            f"training.epochs: {run_dir} has trained {done} epochs; it can go on to {done} or more, not {epochs}"
+        )
+    if tc.max_steps is not None and step >= tc.max_steps:
+        raise ConfigError(
+            f"training.max_steps: {run_dir} stopped at its max_steps ({tc.max_steps}); more epochs cannot extend it"
+        )
+    if epochs != tc.epochs and tc.lr_schedule in PLANNED_SCHEDULES:
+        tc.earlier_plans = [*tc.earlier_plans, [tc.epochs, done]]
+    tc.epochs = epochs
 
 
 class _Run:
@@ -157,9 +167,13 @@ class _Run:
             if tc.channels_last:
                 model = model.to(memory_format=torch.channels_last)
             optimizer = build_optimizer(model, tc)
-            schedule = functools.partial(
-                learning_rate, steps_per_epoch=steps_per_epoch(len(train_set), tc.batch_size, group.world), config=tc
-            )
+            per_epoch = steps_per_epoch(len(train_set), tc.batch_size, group.world)
+
+            def schedule(epoch: int, index: int) -> float:
+                """The rate of the epoch's index-th step: by its position in the run, not the steps taken, so a
+                run resumed on another number of processes (other steps per epoch) stays on schedule."""
+                return learning_rate((epoch - 1) * per_epoch + index, per_epoch, tc)
+
             result = TrainResult(run_dir if run_dir is not None else _shared_run_dir(config))
             start_epoch = 1
             if checkpoint is not None:
@@ -183,7 +197,7 @@ class _Run:
                 if tc.max_steps is not None and result.steps >= tc.max_steps:
                     break
                 started = time.perf_counter()
-                lr = schedule(result.steps)  # the rate of the epoch's first step
+                lr = schedule(epoch, 0)  # the rate of the epoch's first step
                 stats = self._epoch(
                     epoch, trained, defence, optimizer, schedule, train_set, augment, device, amp, result
                 )
@@ -205,10 +219,10 @@ class _Run:
 
     def _epoch(
         self, epoch: int, model: nn.Module, defence: Any, optimizer: torch.optim.Optimizer,
-        schedule: Callable[[int], float], train_set: Any, augment: Augmentation, device: torch.device, amp: bool,
+        schedule: Callable[[int, int], float], train_set: Any, augment: Augmentation, device: torch.device, amp: bool,
         result: TrainResult,
     ) -> dict[str, Any]:
-        """One pass over the training set, each step at the rate ``schedule(step)``; returns the epoch's
+        """One pass over the training set, each step at the rate ``schedule(epoch, index)``; returns the epoch's
         training statistics."""
         tc = self.config.training
         group = current()
@@ -225,7 +239,7 @@ class _Run:
             total = min(total, tc.max_steps - result.steps)
         model.train()
         with self.reporter.task(f"epoch {epoch}/{tc.epochs}", total) as task:
-            for images, labels in iterate_batches(train_set, batch_size, device, order):
+            for index, (images, labels) in enumerate(iterate_batches(train_set, batch_size, device, order)):
                 if tc.max_steps is not None and result.steps >= tc.max_steps:
                     break
                 if augment.active:
@@ -241,7 +255,7 @@ class _Run:
                     self._check_finite(first_bad, epoch, result)
                 optimizer.zero_grad(set_to_none=True)
                 out.total.backward()
-                lr = schedule(result.steps)
+                lr = schedule(epoch, index)
                 for param_group in optimizer.param_groups:
                     param_group["lr"] = lr
                 optimizer.step()
@@ -350,6 +364,7 @@ class _Run:
         after this resumes to the new total (resuming reads last.pt), and a grid sees the run as it now is."""
         tree = build_stored(checkpoint["config"]).to_dict()
         tree["training"]["epochs"] = self.config.training.epochs
+        tree["training"]["earlier_plans"] = self.config.training.earlier_plans
         save_checkpoint(run_dir / runs.LAST, {**checkpoint, "config": tree})
         write_text(run_dir / runs.CONFIG_FILE, dumps(tree))
 

@@ -26,34 +26,57 @@ differentiates (`benchmarks/bench_defences.py` measures the difference on a trai
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Callable, Iterator
 
 import torch
 from torch import nn
+
+from lipcli.gradients import at_least_float32
 
 Statistics = dict[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]
 """Per train-mode BatchNorm layer, per call in the forward pass: the (mean, biased variance) of its input
 over the batch, per channel, differentiable in everything before it."""
 
 
+def _normalises_with_the_batch(module: nn.Module) -> bool:
+    """A BatchNorm normalises with the batch's statistics in train mode, and in eval mode without running ones."""
+    return isinstance(module, nn.modules.batchnorm._BatchNorm) and (
+        module.training or (module.running_mean is None and module.running_var is None)
+    )
+
+
 def _moments(module: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and biased variance over every dimension but the channels', from the first two raw
-    moments (on the CPU a third of ``var_mean``'s time, forward and backward); SyncBatchNorm's pool every
-    process's share, as its forward pass does (differentiably: the gradient reaches every process)."""
-    dims = [0, *range(2, batch.ndim)]
-    count = batch.numel() // batch.shape[1]
-    sums = torch.cat([batch.sum(dims), batch.square().sum(dims)])
-    if (
+    """Per-channel mean and biased variance over every dimension but the channels'.
+
+    From the first two moments about a per-channel pivot, in one pass (on the CPU a third of ``var_mean``'s
+    time, forward and backward), in float32 at least. The pivot, a constant, keeps the variance accurate where
+    the mean is far larger than the spread: the first example's mean; pooled, where it must be the same on
+    every process, the running mean (or none). SyncBatchNorm's pool every process's share, as its forward
+    pass does (differentiably: the gradient reaches every process).
+    """
+    pooled = (
         isinstance(module, nn.SyncBatchNorm) and torch.distributed.is_available()
         and torch.distributed.is_initialized() and torch.distributed.get_world_size(module.process_group) > 1
-    ):
-        from torch.distributed.nn.functional import all_reduce
+    )
+    batch = at_least_float32(batch)
+    dims = [0, *range(2, batch.ndim)]
+    if not pooled:
+        pivot = batch[:1].detach().mean(dims)
+    elif module.running_mean is not None:
+        pivot = module.running_mean.detach().to(batch.dtype)
+    else:
+        pivot = batch.new_zeros(batch.shape[1])
+    centred = batch - pivot.view(1, -1, *([1] * (batch.ndim - 2)))
+    sums = torch.cat([batch.new_full((1,), batch.numel() // batch.shape[1]), centred.sum(dims), centred.square().sum(dims)])
+    if pooled:
+        with warnings.catch_warnings():  # deprecated for functional collectives, which are not differentiable
+            warnings.simplefilter("ignore", FutureWarning)
+            from torch.distributed.nn.functional import all_reduce
 
-        group = module.process_group or torch.distributed.group.WORLD
-        sums = all_reduce(sums, group=group)
-        count *= torch.distributed.get_world_size(group)
-    mean, square = (sums / count).chunk(2)
-    return mean, (square - mean.square()).clamp_min(0)
+            sums = all_reduce(sums, group=module.process_group or torch.distributed.group.WORLD)
+    first, second = (sums[1:] / sums[0]).chunk(2)
+    return pivot + first, (second - first.square()).clamp_min(0)
 
 
 @contextlib.contextmanager
@@ -64,10 +87,7 @@ def recorded_batch_statistics(model: nn.Module) -> Iterator[Statistics]:
     def record(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
         stats.setdefault(module, []).append(_moments(module, inputs[0]))
 
-    handles = [
-        m.register_forward_pre_hook(record)
-        for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
-    ]
+    handles = [m.register_forward_pre_hook(record) for m in model.modules() if _normalises_with_the_batch(m)]
     try:
         yield stats
     finally:
@@ -82,7 +102,11 @@ def _normalise(
     remaining = iter(calls)
 
     def forward(batch: torch.Tensor) -> torch.Tensor:
-        mean, var = next(remaining)
+        mean, var = next(remaining, (None, None))
+        if mean is None:
+            raise RuntimeError(
+                f"{type(module).__name__} ran more often in the single-example pass than in the batch's forward pass"
+            )
         shape = (1, -1, *([1] * (batch.ndim - 2)))
         out = (batch - mean.view(shape)) * torch.rsqrt(var.view(shape) + module.eps)
         if module.weight is not None:
