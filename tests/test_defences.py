@@ -239,18 +239,23 @@ def test_at_pgd_stays_in_the_ball_and_in_the_box_and_raises_the_loss(host: Plugi
     pgd = _defence(host, "at-pgd", norm=norm, eps=eps, steps=5)
     with frozen_eval(model):
         adversarial = pgd.perturb(model, x, y).images
+    assert_in_the_ball_and_the_box(adversarial, x, norm, eps)
+    noise = x + (adversarial - x)[torch.randperm(32)]  # a perturbation of the same sizes, not aimed
+    model.eval()
+    with torch.no_grad():
+        clean, attacked, random = (nn.functional.cross_entropy(model(v), y) for v in (x, adversarial, noise))
+    assert attacked - clean > 2 * abs(random - clean)
+
+
+def assert_in_the_ball_and_the_box(adversarial: torch.Tensor, x: torch.Tensor, norm: str, eps: float) -> None:
+    """Within eps of ``x`` in ``norm``, in [0, 1], and moved (by more than eps / 4 somewhere)."""
     delta = (adversarial - x).flatten(1)
     assert adversarial.min() >= 0 and adversarial.max() <= 1
     if norm == "linf":
         assert delta.abs().max() <= eps + 1e-12
     else:
         assert delta.norm(dim=1).max() <= eps * (1 + 1e-9)
-    assert delta.abs().max() > eps / 4  # it actually moved
-    noise = x + (adversarial - x)[torch.randperm(32)]  # a perturbation of the same sizes, not aimed
-    model.eval()
-    with torch.no_grad():
-        clean, attacked, random = (nn.functional.cross_entropy(model(v), y) for v in (x, adversarial, noise))
-    assert attacked - clean > 2 * abs(random - clean)
+    assert delta.abs().max() > eps / 4
 
 
 def test_at_pgd_defaults_follow_madry(host: PluginHost) -> None:

@@ -140,6 +140,17 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a @ b / (a.norm() * b.norm()))
 
 
+def _assert_follows_the_reference(
+    host: PluginHost, model: nn.Module, x: torch.Tensor, y: torch.Tensor, method: str
+) -> None:
+    """worst's (or fd's at h = 1e-6) penalty and penalty gradient are the batch-statistics reference's."""
+    penalty, reference = _batch_statistics_reference(model, x, y, "l2")
+    got_penalty, total = _library(host, model, x, y, method=method, fd_step=1e-6)
+    gradient = total - _data_gradient(model, x, y)
+    torch.testing.assert_close(got_penalty, penalty, rtol=1e-5, atol=0)
+    assert 1 - _cosine(gradient, reference) < 1e-9
+
+
 # --------------------------------------------------------------------------------------------------------------
 # worst and fd against the batch-statistics reference, on BatchNorm models
 
@@ -287,11 +298,7 @@ def test_a_batchnorm_without_running_statistics_needs_none(host: PluginHost, met
     ).double()
     model[2].train(mode == "train")
     x, y = _batch(0)
-    penalty, reference = _batch_statistics_reference(model, x, y, "l2")
-    got_penalty, total = _library(host, model, x, y, method=method, fd_step=1e-6)
-    gradient = total - _data_gradient(model, x, y)
-    torch.testing.assert_close(got_penalty, penalty, rtol=1e-5, atol=0)
-    assert 1 - _cosine(gradient, reference) < 1e-9
+    _assert_follows_the_reference(host, model, x, y, method)
 
 
 class _SharedAndFrozenNorms(nn.Module):
@@ -321,11 +328,7 @@ def test_a_batchnorm_called_twice_and_a_frozen_one(host: PluginHost, method: str
     model = _SharedAndFrozenNorms().double().train()
     model.frozen.eval()
     x, y = _batch(1)
-    penalty, reference = _batch_statistics_reference(model, x, y, "l2")
-    got_penalty, total = _library(host, model, x, y, method=method, fd_step=1e-6)
-    gradient = total - _data_gradient(model, x, y)
-    torch.testing.assert_close(got_penalty, penalty, rtol=1e-5, atol=0)
-    assert 1 - _cosine(gradient, reference) < 1e-9
+    _assert_follows_the_reference(host, model, x, y, method)
 
 
 def test_statistics_stay_accurate_when_the_mean_dwarfs_the_spread(host: PluginHost) -> None:

@@ -68,7 +68,8 @@ def _moments(module: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, torc
     else:
         pivot = batch.new_zeros(batch.shape[1])
     centred = batch - pivot.view(1, -1, *([1] * (batch.ndim - 2)))
-    sums = torch.cat([batch.new_full((1,), batch.numel() // batch.shape[1]), centred.sum(dims), centred.square().sum(dims)])
+    count = batch.new_full((1,), batch.numel() // batch.shape[1])
+    sums = torch.cat([count, centred.sum(dims), centred.square().sum(dims)])
     if pooled:
         with warnings.catch_warnings():  # deprecated for functional collectives, which are not differentiable
             warnings.simplefilter("ignore", FutureWarning)
