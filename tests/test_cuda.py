@@ -98,5 +98,5 @@ def test_curve_on_the_gpu_matches_the_cpu(checkpoint: Path, run: Callable[..., A
         result = run("curve", checkpoint, "--limit", "200", "--device", device, "-q", "--out", tmp_path / device)
         assert result.exit_code == 0, result.output
     cpu, gpu = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("cpu", "cuda"))
-    assert cpu["clean_error"] == gpu["clean_error"]
+    assert abs(cpu["clean_error"] - gpu["clean_error"]) <= 1 / 200  # one image on the boundary may flip
     assert gpu["median_distance"] == pytest.approx(cpu["median_distance"], rel=1e-2)
