@@ -24,7 +24,10 @@ def register_defences(register: Register) -> None:
         "at-pgd", perturbations.ProjectedGradientAttackTraining,
         "Multi-step PGD adversarial training (Madry et al.), l-inf or l2, the standard baseline",
     )
-    register("wcat", wcat.LipschitzPenalty, "Lipschitz penalty lam * max_i ||grad_x loss_i|| (l2 or l1), exact or fd")
+    register(
+        "wcat", wcat.LipschitzPenalty,
+        "Lipschitz penalty lam * max_i ||grad_x loss_i|| (l2 or l1); method exact, worst or fd",
+    )
     register("tanh-head", tanh.TanhHeadDefence, "The tanh logit head: BatchNorm without affine, |t| tanh(z/|t|)")
     register(
         "trades", trades.Trades,
