@@ -104,7 +104,8 @@ def resume(
     stopped and recorded as such in ``config.toml`` and the checkpoints: a finished run is extended. The
     learning rate follows the new plan from the step reached: ``multistep`` keeps its milestones (past the
     last one, training goes on at the last rate); ``cosine`` and ``cyclic`` take the values of an
-    ``epochs``-epoch run at that step, so the rate jumps there (up, for a finished cosine run) and ends at 0.
+    ``epochs``-epoch run at that step, so the rate jumps there (up, for a finished cosine run) and ends at 0,
+    and the earlier plan is kept in ``training.earlier_plans`` for the epochs it covered.
     """
     run_dir = Path(run_dir)
     payload = load_checkpoint(run_dir / runs.LAST)
