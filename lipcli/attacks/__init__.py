@@ -5,6 +5,16 @@ An attack proposes adversarial inputs; it never decides what counts. Robustness 
 distance itself, so an attack that returns a wrong or out-of-range input can only fail, never flatter a model.
 """
 
-from lipcli.attacks.base import NORMS, Attack, distance, is_misclassified, largest_distance
+from lipcli.attacks.base import (
+    BUDGET_TOLERANCE,
+    NORMS,
+    Attack,
+    AttackAtBudget,
+    distance,
+    is_misclassified,
+    largest_distance,
+)
 
-__all__ = ["NORMS", "Attack", "distance", "is_misclassified", "largest_distance"]
+__all__ = [
+    "BUDGET_TOLERANCE", "NORMS", "Attack", "AttackAtBudget", "distance", "is_misclassified", "largest_distance",
+]

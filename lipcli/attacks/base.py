@@ -31,6 +31,33 @@ class Attack(ABC):
         """
 
 
+
+class AttackAtBudget(ABC):
+    """An attack that looks for an adversarial within a given distance ``eps`` of each image.
+
+    This is the kind AutoAttack is made of (APGD, FAB-T, Square); ``lipcli robust`` runs such attacks at the
+    user's eps. A class may be both an :class:`Attack` (a minimal distance per image, e.g. by searching eps)
+    and an ``AttackAtBudget``. :attr:`score_based` attacks use only the model's output scores, no gradients.
+    """
+
+    norms: tuple[str, ...] | None = None
+    decision_based: bool = False
+    score_based: bool = False
+
+    @abstractmethod
+    def run_at(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str, eps: torch.Tensor
+    ) -> torch.Tensor:
+        """Proposed adversarial inputs within ``eps[i]`` (float64 ``[B]``, in ``norm``) of each image.
+
+        Same contract as :meth:`Attack.run`: lipcli re-classifies every proposal and measures its distance;
+        one farther than ``eps[i]`` (beyond :data:`BUDGET_TOLERANCE`) counts as a failure.
+        """
+
+
+BUDGET_TOLERANCE = 1e-6
+"""Absolute slack on ``distance <= eps`` when checking a proposal: float32 rounding of ``x + delta`` only."""
+
 def distance(delta: torch.Tensor, norm: str) -> torch.Tensor:
     """Per-example ``||delta_i||`` in ``norm`` (``l2`` or ``linf``), in float64 so ties and bisections are exact."""
     flat = delta.flatten(1).double()
