@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -125,6 +126,11 @@ def test_data_lipschitz_command_on_digits(run: Callable[..., Any], tmp_path: Pat
     summary = json.loads((out / "summary.json").read_text())
     assert summary["median_distance"] == pytest.approx(float(nearest.sort().values[49]))
     assert (out / "curve.png").is_file()
+    texts = re.findall(r"<!-- (.*?) -->", (out / "curve.svg").read_text())  # matplotlib's texts, as comments
+    assert "distance to the nearest training image of another class (l2)" in texts
+    assert "digits · nearest training image of another class · 100 test images" in texts
+    ticks = [t for t in texts if re.fullmatch(r"[0-9.]+", t) and t not in {"0", "20", "40", "60", "80", "100"}]
+    assert ticks and not any("mathdefault" in t for t in texts)  # plain numbers, no 10^k
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -222,17 +222,20 @@ def test_report_tables_from_run_folders(tmp_path: Path) -> None:
 
     md = markdown(report)
     # best per column in bold (smaller errors and norms, larger medians); a column where all tie: none
-    assert "| small-cnn | j0 | 2 | 25.00 | 0.1 | 37.50 | 87.50 | 0.01 | 50.00 |" in md
-    assert "| small-cnn | j2-lip | 1 | **0.00** | **0.6** | **0.00** | **75.00** | **0.03** | 50.00 |" in md
-    assert "| small-cnn | j0 | 2 | 11 | 2 | **60** | 0.6 |" in md
-    assert "| small-cnn | j2-lip | 1 | **5** | **1** | 80 | 0.6 |" in md
+    # over seeds: mean ± sample std (n), e.g. l2 median 0.05, 0.15 -> 0.1 ± 0.0707 (2); one seed: the value alone
+    assert ("| small-cnn | j0 | 2 | 4 | 25.00 ± 0.00 (2) | 0.1 ± 0.0707 (2) | 37.50 ± 17.68 (2) | 87.50 ± 17.68 (2) "
+            "| 0.01 | 50.00 |") in md
+    assert "| small-cnn | j2-lip | 1 | 4 | **0.00** | **0.6** | **0.00** | **75.00** | **0.03** | 50.00 |" in md
+    assert "| small-cnn | j0 | 2 |  | 11 ± 1.41 (2) | 2 ± 0 (2) | **60 ± 14.1 (2)** | 0.6 ± 0.141 (2) |" in md
+    assert "| small-cnn | j2-lip | 1 |  | **5** | **1** | 80 | 0.6 |" in md
     assert "### synthetic: robustness" in md
-    assert "| small-cnn | j0 | 1 | 10.00 |  |  |  |  |  |" in md  # no curves: blanks
+    assert "| small-cnn | j0 | 1 |  | 10.00 |  |  |  |  |  |" in md  # no curves: blanks
     tex = latex(report)
     assert "\\textbf{0.6}" in tex and "\\% err" in tex and "j2-lip" in tex
     rows = csv_text(report).splitlines()
-    assert rows[0].startswith("dataset,model,defence,settings,seeds,error,l2_median") and len(rows) == 4
-    assert rows[3].split(",")[5:11] == ["0.1", "", "", "", "", ""]
+    assert rows[0].startswith("dataset,model,defence,settings,seeds,robustness_images") and len(rows) == 4
+    header = rows[0].split(",")
+    assert rows[3].split(",")[header.index("error"):header.index("l2_median") + 1] == ["0.1", "", "1", ""]
     written = write_report(report, tmp_path / "report")
     assert {p.name for p in written} >= {"report.md", "report.csv", "report.tex", "digits-l2.png", "digits-linf.svg"}
     assert not (tmp_path / "report" / "synthetic-l2.png").exists()  # no curves: no figure
@@ -254,7 +257,7 @@ def test_runs_differing_in_more_than_the_seed_are_separate_rows(tmp_path: Path) 
     rows = report_module.collect([tmp_path]).rows["digits"]
     assert sorted((r.settings, r.seeds, r.value("l2_median")) for r in rows) == [
         ("training.lr=0.05", [0], 0.9), ("training.lr=0.1", [0, 1], pytest.approx(0.3))]
-    assert "| small-cnn | j0 | training.lr=0.1 | 2 |" in report_module.markdown(report_module.collect([tmp_path]))
+    assert "| small-cnn | j0 | training.lr=0.1 | 2 | 2 |" in report_module.markdown(report_module.collect([tmp_path]))
 
 
 def test_report_command(run: Callable[..., Any], tmp_path: Path) -> None:

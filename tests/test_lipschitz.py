@@ -233,6 +233,12 @@ def test_stats_command_writes_files_and_one_row_per_model(run: Callable[..., Any
                  "--eps-l2", "0.1,0.5")
     assert result.exit_code == 0, result.output
     assert "digits-run" in result.stdout and "digits-tanh" in result.stdout and "max ‖∇ℓ‖₂" in result.stdout
+    # each heading says which statistic over the images it is (rich may wrap them in the output)
+    from lipcli.cli.lipschitz_cmd import _stats_table
+
+    assert [c.header for c in _stats_table([]).columns][3:] == [
+        "mean loss", "max ‖∇ℓ‖₂", "max ‖∇f‖₂,∞", "max ‖∇ℓ‖₁", "max ‖∇f‖₁,₁", "bound on max ‖∇ℓ‖₂",
+        "median certified r₂", "median estimated r₂"]
     summary = json.loads((out / "digits-tanh" / "stats.json").read_text())
     rows = (out / "digits-tanh" / "stats.csv").read_text().splitlines()
     assert len(rows) == 41 and rows[0].startswith("index,label,prediction,loss,margin,grad_loss_l2")

@@ -94,7 +94,10 @@ def add_to(app: typer.Typer) -> None:
         marked, as a rich table, Markdown, CSV and LaTeX, and the models' error curves on one plot per norm."""
         from lipcli.errors import LipcliError
         from lipcli.experiments.report import (
-            TABLES, best_rows, cell, collect, label_cells, label_headings, summary_json, write_report,
+            collect,
+            summary_json,
+            tables,
+            write_report,
         )
 
         collected = collect(folders)
@@ -106,16 +109,13 @@ def add_to(app: typer.Typer) -> None:
         if as_json:
             console.print_json(summary_json(collected))
             return
-        for dataset, rows in collected.rows.items():
-            for kind, columns in TABLES:
-                table = Table(title=f"{dataset}: {kind}", title_justify="left")
-                labels = label_headings(rows)
-                for heading in (*labels, *(c.heading for c in columns)):
-                    table.add_column(heading, justify="right" if heading == "seeds" or heading not in labels else "left")
-                best = {c.key: best_rows(rows, c) for c in columns}
-                for index, row in enumerate(rows):
-                    table.add_row(*label_cells(row, labels), *(
-                        f"[bold green]{cell(row.value(c.key), c)}[/]" if index in best[c.key]
-                        else cell(row.value(c.key), c) for c in columns))
-                console.out.print(table)
+        for found in tables(collected):
+            table = Table(title=f"{found.dataset}: {found.kind}", title_justify="left",
+                          caption=found.footnote and f"† {found.footnote}", caption_justify="left")
+            for heading in found.headings:
+                left = heading in found.labels and heading != "seeds"
+                table.add_column(heading, justify="left" if left else "right")
+            for index in range(len(found.rows)):
+                table.add_row(*found.cells(index, bold=lambda s: f"[bold green]{s}[/]"))
+            console.out.print(table)
         console.out.print(f"{collected.folders} run folders; written to {target}", highlight=False)

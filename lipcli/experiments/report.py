@@ -4,9 +4,16 @@ error curves of every model of a data set on one plot per norm (Figure 2).
 A run folder is any folder holding a ``config.toml`` (written by ``lipcli train``); its results are read
 from ``curve-l2/``, ``curve-linf/`` (``lipcli curve``'s files) and ``stats/stats.json`` (``lipcli stats``).
 The robustness columns are recomputed from each image's minimal distance in ``distances.csv``, so they
-are the paper's (error at l2 0.1 and 1.5, l-inf 8/255) whatever eps the curves were drawn with. Runs that
-differ only by seed are one row, averaged over the seeds present (``seeds`` says how many). A result that is
-missing is a blank, never an error.
+are the paper's (error at l2 0.1 and 1.5, l-inf 8/255) whatever eps the curves were drawn with. A result that
+is missing is a blank, never an error.
+
+Runs that differ only by seed are one row. Seeds are counted by value: two folders of one configuration and one
+seed hold one seed twice (a copied or re-run folder), and counting both would shrink the spread, so they are
+refused, naming both. A cell over several seeds reads ``mean ± std (n)``: the sample standard deviation (n - 1)
+over the n seeds that have the value; one seed prints the value alone. Seeds of a row measured on different test
+images (another limit, other images) are refused too: their mean is not an error rate of any image set. Rows of
+one table measured on different image sets are kept but marked (†, with a footnote) and not ranked against the
+others: the reference set is the one most rows share, and the ``images`` column gives each row's count.
 """
 
 from __future__ import annotations
@@ -15,16 +22,20 @@ import csv
 import io
 import json
 import math
+import statistics
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from lipcli.config.loader import build_stored, load_toml
 from lipcli.errors import LipcliError
 from lipcli.evaluation.curves import error_at, median_distance
-from lipcli.evaluation.results import DISTANCES_FILE, plot_curves
+from lipcli.evaluation.figures import Series, describe, draw
+from lipcli.evaluation.results import DISTANCES_FILE
 from lipcli.experiments.grid import identity_tree
 from lipcli.experiments.runner import PLAN_FILE
 from lipcli.files import write_text
@@ -59,26 +70,93 @@ STABILITY = (
 )
 """The columns of the paper's Tables 4 and 6 (maxima over the test images)."""
 
-PAPER_EPS = {"l2": (0.1, 1.5), "linf": (8 / 255,)}
-_EPS_KEYS = {"l2": ("l2_err_0.1", "l2_err_1.5"), "linf": ("linf_err_8/255",)}
+PAPER_EPS = {"l2": (("0.1", 0.1), ("1.5", 1.5)), "linf": (("8/255", 8 / 255),)}
+"""The paper's reporting points per norm, (as written, value): the ``<norm>_err_<as written>`` columns."""
+
+
+@dataclass(frozen=True)
+class Images:
+    """The test images a result was measured on: how many, and their labels in order where its CSV lists them
+    (results on the same images list the same labels; another limit or subset shows in one or the other)."""
+
+    count: int
+    labels: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Distances:
+    """A ``distances.csv`` as the report reads it: the minimum over attacks per image, the images, the attacks."""
+
+    minimum: torch.Tensor
+    images: Images
+    attacks: list[str]
+
+
+@dataclass
+class Run:
+    """One run folder's results: values by column key, the source of each (``l2``, ``linf`` or ``stats``), the
+    images each source measured, and per norm the distances and attacks."""
+
+    folder: Path
+    seed: int
+    values: dict[str, float] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    images: dict[str, Images] = field(default_factory=dict)
+    curves: dict[str, Distances] = field(default_factory=dict)
+
+    def measure(self, key: str, value: float, source: str) -> None:
+        """Record a value (NaN: not measured) and the source it came from."""
+        if not math.isnan(value):
+            self.values[key] = float(value)
+            self.sources[key] = source
+
+
+@dataclass(frozen=True)
+class Spread:
+    """A cell over seeds: the mean, the sample standard deviation (n - 1; None for one seed or an infinite value)
+    and the number of seeds that have the value."""
+
+    mean: float
+    std: float | None
+    n: int
 
 
 @dataclass
 class Row:
     """One configuration of one data set (architecture, defence, and ``settings``: whatever else differs
-    from the data set's other rows), averaged over its seeds."""
+    from the data set's other rows) and its runs, one per seed."""
 
     dataset: str
     arch: str
     defence: str
     settings: str = ""
-    seeds: list[int] = field(default_factory=list)
-    values: dict[str, list[float]] = field(default_factory=dict)
-    curves: dict[str, list[tuple[str, torch.Tensor]]] = field(default_factory=dict)
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return " ".join(filter(None, (self.arch, self.defence, self.settings)))
+
+    @property
+    def seeds(self) -> list[int]:
+        return [run.seed for run in self.runs]
+
+    def spread(self, key: str) -> Spread | None:
+        values = [run.values[key] for run in self.runs if key in run.values]
+        if not values:
+            return None
+        mean = statistics.fmean(values)
+        finite = len(values) > 1 and all(math.isfinite(v) for v in values)
+        return Spread(mean, statistics.stdev(values) if finite else None, len(values))
 
     def value(self, key: str) -> float | None:
-        found = self.values.get(key, [])
-        return sum(found) / len(found) if found else None
+        """The mean over seeds, or None when no seed has the value."""
+        found = self.spread(key)
+        return None if found is None else found.mean
+
+    def images(self, columns: tuple[Column, ...]) -> frozenset[Images]:
+        """The image sets behind the row's cells in these columns (empty when no source says)."""
+        return frozenset(run.images[run.sources[c.key]] for run in self.runs for c in columns
+                         if c.key in run.sources and run.sources[c.key] in run.images)
 
 
 @dataclass
@@ -97,7 +175,8 @@ def collect(folders: list[Path]) -> Report:
     """Every run folder below ``folders``, read into rows; unreadable configurations are an error naming them.
 
     Runs are one row when their configurations are equal but for the seed; what else distinguishes the rows
-    of a data set (a learning rate, a model option) becomes their ``settings``."""
+    of a data set (a learning rate, a model option) becomes their ``settings``. One seed in two folders, or
+    seeds of a row measured on different test images, are an error naming the folders."""
     run_folders = sorted({p.parent.resolve() for folder in folders for p in Path(folder).rglob(CONFIG_FILE)})
     rows: dict[str, Row] = {}
     leaves: dict[str, dict[str, Any]] = {}
@@ -118,8 +197,9 @@ def collect(folders: list[Path]) -> Report:
                 defence += "+tanh"
             rows[identity] = Row(config.data.dataset, config.model.arch, defence)
             leaves[identity] = flat
-        if _read_run(folder, rows[identity], f"s{config.training.seed}"):
-            rows[identity].seeds.append(config.training.seed)
+        run = _read_run(folder, config.training.seed)
+        if run is not None:
+            _add_run(rows[identity], run)
     by_dataset: dict[str, list[str]] = {}
     for identity, row in rows.items():
         by_dataset.setdefault(row.dataset, []).append(identity)
@@ -128,6 +208,8 @@ def collect(folders: list[Path]) -> Report:
         varying = sorted(k for k in keys if len({json.dumps(leaves[i].get(k), default=str) for i in identities}) > 1)
         for i in identities:
             rows[i].settings = ", ".join(f"{k}={_show(leaves[i].get(k))}" for k in varying)
+    for row in rows.values():
+        _check_images(row)
     ordered = {d: sorted((rows[i] for i in ids), key=lambda r: (r.arch, r.defence, r.settings))
                for d, ids in sorted(by_dataset.items())}
     return Report(ordered, len(run_folders))
@@ -160,59 +242,203 @@ def _show(value: Any) -> str:
     return "-" if value is None or value == {} else str(value)
 
 
-def _read_run(folder: Path, row: Row, seed_label: str) -> bool:
-    """Add one run's values (and curves) to its row, and say whether it had any; the clean error comes from the
-    first source present. A stats file that cannot be read counts as missing."""
-    found: dict[str, float] = {}
-    for norm in ("l2", "linf"):
-        distances = read_minimum(folder / f"curve-{norm}" / DISTANCES_FILE)
-        if distances is None:
+def _measured_best(folder: Path) -> bool:
+    """Whether a grid measured the run's ``best.pt``: without held-out images, only an older lipcli wrote one,
+    chosen on the test error."""
+    for plan in folder.glob(f"*/{PLAN_FILE}"):
+        try:
+            if json.loads(plan.read_text()).get("checkpoint") == "best":
+                return True
+        except (OSError, ValueError, AttributeError):
             continue
-        found.setdefault("error", error_at(distances, 0.0))
-        found[f"{norm}_median"] = median_distance(distances)
-        for key, eps in zip(_EPS_KEYS[norm], PAPER_EPS[norm], strict=True):
-            found[key] = error_at(distances, eps)
-        row.curves.setdefault(norm, []).append((seed_label, distances))
+    return False
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested configuration tables as dotted leaves (``model.options.width``)."""
+    items: list[tuple[str, Any]] = []
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            items += _flatten(value, f"{prefix}{key}.")
+        else:
+            items.append((f"{prefix}{key}", value))
+    return items
+
+
+def _show(value: Any) -> str:
+    return "-" if value is None or value == {} else str(value)
+
+
+def _add_run(row: Row, run: Run) -> None:
+    """A run joins its row unless the row has its seed already (see the module's docstring)."""
+    twin = next((other for other in row.runs if other.seed == run.seed), None)
+    if twin is not None:
+        raise LipcliError(f"{twin.folder} and {run.folder}: the same configuration and seed {run.seed}; two "
+                          "folders of one seed are not two seeds: report one of them")
+    row.runs.append(run)
+    row.runs.sort(key=lambda r: r.seed)
+
+
+def _check_images(row: Row) -> None:
+    """Refuse a row whose seeds were measured on different test images (per source)."""
+    for source in ("l2", "linf", "stats"):
+        measured = [(run, run.images[source]) for run in row.runs if source in run.images]
+        for run, images in measured[1:]:
+            first, reference = measured[0]
+            if images != reference:
+                other = " other" if images.count == reference.count else ""
+                raise LipcliError(
+                    f"{row.dataset} {row.label}: its seeds were measured on different test images ({source}: "
+                    f"{reference.count} images in {first.folder}, {images.count}{other} in {run.folder}); measure "
+                    "them on the same images (the same [evaluate] limit) or report them apart")
+
+
+def _read_run(folder: Path, seed: int) -> Run | None:
+    """One run's values (and curves), or None when it has none; the clean error comes from the first source
+    present. A stats file that cannot be read counts as missing."""
+    run = Run(folder, seed)
+    for norm, points in PAPER_EPS.items():
+        curve = read_distances(folder / f"curve-{norm}" / DISTANCES_FILE)
+        if curve is None:
+            continue
+        run.curves[norm], run.images[norm] = curve, curve.images
+        if "error" not in run.values:
+            run.measure("error", error_at(curve.minimum, 0.0), norm)
+        run.measure(f"{norm}_median", median_distance(curve.minimum), norm)
+        for text, eps in points:
+            run.measure(f"{norm}_err_{text}", error_at(curve.minimum, eps), norm)
     try:
         stats = json.loads((folder / "stats" / "stats.json").read_text())
-        found.update(grad_loss_l2=float(stats["grad_loss_l2"]["max"]), grad_loss_l1=float(stats["grad_loss_l1"]["max"]),
-                     jac_f_2inf=float(stats["jac_f_2inf_max"]), jac_f_11=float(stats["jac_f_11_max"]))
-        found.setdefault("error", float(stats["clean_error"]))
+        found = {"grad_loss_l2": float(stats["grad_loss_l2"]["max"]), "grad_loss_l1": float(stats["grad_loss_l1"]["max"]),
+                 "jac_f_2inf": float(stats["jac_f_2inf_max"]), "jac_f_11": float(stats["jac_f_11_max"])}
+        clean_error = float(stats["clean_error"])
     except (OSError, ValueError, KeyError, TypeError):
-        pass
+        return run if run.values else None
     for key, value in found.items():
-        if not math.isnan(value):
-            row.values.setdefault(key, []).append(float(value))
-    return bool(found)
+        run.measure(key, value, "stats")
+    if "error" not in run.values:
+        run.measure("error", clean_error, "stats")
+    images = _stats_images(folder / "stats", stats)
+    if images is not None:
+        run.images["stats"] = images
+    return run if run.values else None
 
 
-def read_minimum(path: Path) -> torch.Tensor | None:
-    """The ``min`` column of a ``distances.csv`` (float64, ``inf`` kept), or None when there is none."""
+def _stats_images(folder: Path, stats: dict[str, Any]) -> Images | None:
+    """The images ``lipcli stats`` measured: the labels of its stats.csv, else the count in stats.json."""
+    labels = _labels(folder / "stats.csv")
+    if labels is not None:
+        return Images(len(labels), labels)
+    return Images(int(stats["images"])) if isinstance(stats.get("images"), int) else None
+
+
+def _labels(path: Path) -> tuple[int, ...] | None:
     if not path.is_file():
         return None
     with open(path, newline="") as handle:
-        values = [float(r["min"]) for r in csv.DictReader(handle) if r.get("min") not in (None, "")]
-    return torch.tensor(values, dtype=torch.float64) if values else None
+        reader = csv.DictReader(handle)
+        labels = tuple(int(r["label"]) for r in reader) if "label" in (reader.fieldnames or []) else None
+    return labels or None
 
 
-def best_rows(rows: list[Row], column: Column) -> set[int]:
-    """Indices of the rows holding the column's best value (ties all marked; none when all rows are equal)."""
-    values = [(i, r.value(column.key)) for i, r in enumerate(rows) if r.value(column.key) is not None]
-    if len(values) < 2:
-        return set()
-    shown = [(i, float(cell(v, column))) for i, v in values]  # compare what is printed, not hidden digits
-    target = (max if column.larger_is_better else min)(v for _, v in shown)
-    best = {i for i, v in shown if v == target}
-    return best if len(best) < len(values) else set()
+def read_distances(path: Path) -> Distances | None:
+    """A ``distances.csv``: its ``min`` column (float64, ``inf`` kept), labels and attack columns; None when
+    there is no file or no minimum."""
+    if not path.is_file():
+        return None
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        records = [r for r in reader if r.get("min") not in (None, "")]
+        fields = reader.fieldnames or []
+    if not records:
+        return None
+    labels = tuple(int(r["label"]) for r in records) if "label" in fields else None
+    return Distances(torch.tensor([float(r["min"]) for r in records], dtype=torch.float64),
+                     Images(len(records), labels), [f for f in fields if f not in ("index", "label", "prediction", "min")])
 
 
-def cell(value: float | None, column: Column) -> str:
-    """A value as the tables print it: blank when missing, percentages with two decimals, else 3 digits."""
-    if value is None:
-        return ""
+def _number(value: float, column: Column) -> str:
+    """A value as the tables print it: percentages with two decimals, else 3 significant digits."""
     if math.isinf(value):
         return "inf"
     return f"{100 * value:.2f}" if column.percent else f"{value:.3g}"
+
+
+def cell(spread: Spread | None, column: Column, plus_minus: str = " ± ") -> str:
+    """``mean ± std (n)`` over several seeds, the value alone for one, blank when missing."""
+    if spread is None:
+        return ""
+    if spread.n == 1:
+        return _number(spread.mean, column)
+    std = "" if spread.std is None else f"{plus_minus}{_number(spread.std, column)}"
+    return f"{_number(spread.mean, column)}{std} ({spread.n})"
+
+
+def _counts(images: frozenset[Images]) -> list[int]:
+    return sorted({i.count for i in images}, reverse=True)
+
+
+@dataclass
+class Table:
+    """One table of one data set, ready to print: its rows, the rows measured on other test images than the
+    reference set (marked, not ranked), and per column the best rows among the others."""
+
+    dataset: str
+    kind: str
+    columns: tuple[Column, ...]
+    rows: list[Row]
+    reference: frozenset[Images]
+    other_images: set[int]
+    best: dict[str, set[int]]
+
+    @property
+    def labels(self) -> list[str]:
+        """The columns that name a row: model, defence, settings (only when some row has any), seeds."""
+        return ["model", "defence", *(["settings"] if any(r.settings for r in self.rows) else []), "seeds"]
+
+    @property
+    def headings(self) -> list[str]:
+        return [*self.labels, "images", *(c.heading for c in self.columns)]
+
+    def cells(self, index: int, *, bold: Callable[[str], str], plus_minus: str = " ± ", marker: str = "†") -> list[str]:
+        row = self.rows[index]
+        names = [row.arch, row.defence, *([row.settings] if "settings" in self.labels else []), str(len(row.runs))]
+        images = "/".join(map(str, _counts(row.images(self.columns))))
+        values = [cell(row.spread(c.key), c, plus_minus) for c in self.columns]
+        return [*names, images + (marker if index in self.other_images else ""),
+                *(bold(v) if index in self.best[c.key] else v for c, v in zip(self.columns, values))]
+
+    @property
+    def footnote(self) -> str | None:
+        if not self.other_images:
+            return None
+        counts = "/".join(map(str, _counts(self.reference)))
+        return (f"measured on other test images than the table's other rows ({counts} images): not ranked "
+                "against them")
+
+
+def tables(report: Report) -> list[Table]:
+    """Every data set's robustness and stability tables, in order."""
+    return [_table(dataset, kind, rows, columns) for dataset, rows in report.rows.items() for kind, columns in TABLES]
+
+
+def _table(dataset: str, kind: str, rows: list[Row], columns: tuple[Column, ...]) -> Table:
+    sets = [row.images(columns) for row in rows]
+    shared = Counter(s for s in sets if s)
+    reference = max(shared, key=lambda s: (shared[s], sum(i.count for i in s)), default=frozenset())
+    other = {i for i, s in enumerate(sets) if s and s != reference}
+    return Table(dataset, kind, columns, rows, reference, other, {c.key: _best(rows, c, other) for c in columns})
+
+
+def _best(rows: list[Row], column: Column, skip: set[int]) -> set[int]:
+    """Indices of the rows holding the column's best mean (ties all marked; none when all rows are equal)."""
+    shown = [(i, float(_number(s.mean, column))) for i, r in enumerate(rows)  # compare what is printed
+             if i not in skip and (s := r.spread(column.key)) is not None]
+    if len(shown) < 2:
+        return set()
+    target = (max if column.larger_is_better else min)(v for _, v in shown)
+    best = {i for i, v in shown if v == target}
+    return best if len(best) < len(shown) else set()
 
 
 TABLES = (("robustness", ROBUSTNESS), ("stability", STABILITY))
@@ -220,42 +446,20 @@ TABLES = (("robustness", ROBUSTNESS), ("stability", STABILITY))
 
 def markdown(report: Report) -> str:
     """Markdown tables per data set (robustness, then stability), the best value per column in bold."""
-    return _render(report, _markdown_table)
+    return "\n".join(_markdown_table(t) for t in tables(report))
 
 
 def latex(report: Report) -> str:
     """LaTeX ``tabular`` environments per data set and table, the best value per column in ``\\textbf``."""
-    return _render(report, _latex_table)
+    return "\n".join(_latex_table(t) for t in tables(report))
 
 
-def _render(report: Report, table: Callable[[str, str, list[Row], tuple[Column, ...]], str]) -> str:
-    parts = [table(dataset, kind, rows, columns) for dataset, rows in report.rows.items() for kind, columns in TABLES]
-    return "\n".join(parts)
-
-
-def label_headings(rows: list[Row]) -> list[str]:
-    """The columns that name a row: model, defence, settings (only when some row has any), seeds."""
-    return ["model", "defence", *(["settings"] if any(r.settings for r in rows) else []), "seeds"]
-
-
-def label_cells(row: Row, headings: list[str]) -> list[str]:
-    return [row.arch, row.defence, *([row.settings] if "settings" in headings else []), str(len(row.seeds))]
-
-
-def _cells(rows: list[Row], columns: tuple[Column, ...], mark: Callable[[str], str]) -> list[list[str]]:
-    best = {c.key: best_rows(rows, c) for c in columns}
-    headings = label_headings(rows)
-    return [
-        label_cells(row, headings)
-        + [mark(cell(row.value(c.key), c)) if i in best[c.key] else cell(row.value(c.key), c) for c in columns]
-        for i, row in enumerate(rows)
-    ]
-
-
-def _markdown_table(dataset: str, kind: str, rows: list[Row], columns: tuple[Column, ...]) -> str:
-    head = [*label_headings(rows), *(c.heading for c in columns)]
-    lines = [f"### {dataset}: {kind}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(r) + " |" for r in _cells(rows, columns, lambda s: f"**{s}**")]
+def _markdown_table(table: Table) -> str:
+    head = table.headings
+    lines = [f"### {table.dataset}: {table.kind}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(table.cells(i, bold=lambda s: f"**{s}**")) + " |" for i in range(len(table.rows))]
+    if table.footnote:
+        lines += ["", f"† {table.footnote}"]
     return "\n".join(lines) + "\n"
 
 
@@ -270,14 +474,18 @@ def escape(text: str) -> str:
     return text.translate(_LATEX_SPECIAL)
 
 
-def _latex_table(dataset: str, kind: str, rows: list[Row], columns: tuple[Column, ...]) -> str:
-    labels = label_headings(rows)
-    head = [*(escape(h) for h in labels), *(_LATEX_HEADINGS[c.key] for c in columns)]
-    lines = [f"% {dataset}: {kind}", "\\begin{tabular}{" + "l" * (len(labels) - 1) + "r" * (len(columns) + 1) + "}",
+def _latex_table(table: Table) -> str:
+    labels = len(table.labels)
+    head = [*(escape(h) for h in table.labels), "images", *(_LATEX_HEADINGS[c.key] for c in table.columns)]
+    lines = [f"% {table.dataset}: {table.kind}",
+             "\\begin{tabular}{" + "l" * (labels - 1) + "r" * (len(table.columns) + 2) + "}",
              "\\hline", " & ".join(head) + " \\\\", "\\hline"]
-    for cells in _cells(rows, columns, lambda s: f"\\textbf{{{s}}}"):
-        lines.append(" & ".join(escape(c) if i < len(labels) else c for i, c in enumerate(cells)) + " \\\\")
+    for index in range(len(table.rows)):
+        cells = table.cells(index, bold=lambda s: f"\\textbf{{{s}}}", plus_minus=" $\\pm$ ", marker="$^\\dagger$")
+        lines.append(" & ".join(escape(c) if i < labels else c for i, c in enumerate(cells)) + " \\\\")
     lines += ["\\hline", "\\end{tabular}"]
+    if table.footnote:
+        lines.append(f"\\par{{\\footnotesize $^\\dagger$ {escape(table.footnote)}}}")
     return "\n".join(lines) + "\n"
 
 
@@ -291,34 +499,69 @@ _LATEX_HEADINGS = {
 
 
 def csv_text(report: Report) -> str:
-    """One line per model and data set, every column, plain numbers (blank when missing; no marking)."""
+    """One line per model and data set: per table its image counts (``/`` between several) and whether they are
+    other images than the table's reference set (1, marked † in the tables); per column the mean, the sample
+    standard deviation and the number of seeds. Plain numbers, blank when missing, no bold."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    columns = [c for _, cs in TABLES for c in cs]
-    writer.writerow(["dataset", "model", "defence", "settings", "seeds", *(c.key for c in columns)])
-    for dataset, rows in report.rows.items():
-        for row in rows:
-            writer.writerow([dataset, row.arch, row.defence, row.settings, len(row.seeds),
-                             *("" if row.value(c.key) is None else repr(row.value(c.key)) for c in columns)])
+    keys = [k for _, columns in TABLES for c in columns for k in (c.key, f"{c.key}_std", f"{c.key}_n")]
+    kinds = [k for kind, _ in TABLES for k in (f"{kind}_images", f"{kind}_other_images")]
+    writer.writerow(["dataset", "model", "defence", "settings", "seeds", *kinds, *keys])
+    for dataset, _, record in _records(report):
+        writer.writerow([dataset, *map(_csv_value, record.values())])
     return buffer.getvalue()
 
 
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, list):
+        return "/".join(map(str, value))
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float):
+        return repr(value)
+    return "" if value is None else value
+
+
+def _records(report: Report) -> list[tuple[str, Row, dict[str, Any]]]:
+    """(data set, row, the row's fields as csv_text and summary_json give them) per row."""
+    by_dataset: dict[str, list[Table]] = {}
+    for table in tables(report):
+        by_dataset.setdefault(table.dataset, []).append(table)
+    records = []
+    for dataset, found in by_dataset.items():
+        for index, row in enumerate(found[0].rows):
+            record: dict[str, Any] = {"model": row.arch, "defence": row.defence, "settings": row.settings,
+                                      "seeds": len(row.runs)}
+            for table in found:
+                record[f"{table.kind}_images"] = _counts(row.images(table.columns))
+                record[f"{table.kind}_other_images"] = index in table.other_images
+            for table in found:
+                for c in table.columns:
+                    spread = row.spread(c.key)
+                    record[c.key] = None if spread is None else spread.mean
+                    record[f"{c.key}_std"] = None if spread is None else spread.std
+                    record[f"{c.key}_n"] = 0 if spread is None else spread.n
+            records.append((dataset, row, record))
+    return records
+
+
 def write_report(report: Report, out: Path) -> list[Path]:
-    """``report.md``, ``report.csv``, ``report.tex`` and the figures ``<dataset>-<norm>.png/.svg`` in ``out``."""
+    """``report.md``, ``report.csv``, ``report.tex`` and the figures ``<dataset>-<norm>.png/.svg`` in ``out``:
+    per configuration one colour, its seeds as thin lines under their mean, the paper's eps marked."""
     written = []
     for name, text in (("report.md", markdown(report)), ("report.csv", csv_text(report)), ("report.tex", latex(report))):
         write_text(out / name, text)
         written.append(out / name)
     for dataset, rows in report.rows.items():
-        for norm in ("l2", "linf"):
-            curves = [
-                (" ".join(filter(None, (row.arch, row.defence, row.settings)))
-                 + (f" {seed}" if len(row.curves[norm]) > 1 else ""), distances)
-                for row in rows for seed, distances in row.curves.get(norm, [])
-            ]
-            if curves:
-                stem = out / f"{_safe(dataset)}-{norm}"
-                written += plot_curves(stem, curves, norm, f"{dataset}: error curves ({norm})")
+        for norm, points in PAPER_EPS.items():
+            drawn = [(row, [run.curves[norm] for run in row.runs if norm in run.curves]) for row in rows]
+            drawn = [(row, curves) for row, curves in drawn if curves]
+            if not drawn:
+                continue
+            curves = [c for _, found in drawn for c in found]
+            title = describe([dataset], norm, [a for c in curves for a in c.attacks], [c.images.count for c in curves])
+            series = [Series(row.label, tuple(c.minimum for c in found)) for row, found in drawn]
+            written += draw(out / f"{_safe(dataset)}-{norm}", series, norm=norm, title=title, eps=points)
     return written
 
 
@@ -327,12 +570,9 @@ def _safe(text: str) -> str:
 
 
 def summary_json(report: Report) -> dict[str, Any]:
-    """The report as JSON: per data set, the rows with every column (None where missing)."""
-    columns = [c for _, cs in TABLES for c in cs]
-    return {
-        dataset: [{"model": r.arch, "defence": r.defence, "settings": r.settings, "seeds": r.seeds,
-                   **{c.key: r.value(c.key) if r.value(c.key) is None or math.isfinite(r.value(c.key)) else None
-                      for c in columns}}
-                  for r in rows]
-        for dataset, rows in report.rows.items()
-    }
+    """The report as JSON, the fields of csv_text per row (infinite values as None), the seeds listed."""
+    result: dict[str, Any] = {dataset: [] for dataset in report.rows}
+    for dataset, row, record in _records(report):
+        result[dataset].append({**{k: None if isinstance(v, float) and not math.isfinite(v) else v
+                                   for k, v in record.items()}, "seeds": row.seeds})
+    return result

@@ -14,7 +14,7 @@ import lipcli
 from lipcli.config.schema import DataConfig
 from lipcli.data.load import load_data
 from lipcli.data.types import ImageSet
-from lipcli.evaluation import results
+from lipcli.evaluation import figures, results
 from lipcli.evaluation.curves import DEFAULT_EPS, parse_eps
 from lipcli.evaluation.runner import AttackResult, RobustnessResult
 from lipcli.lipschitz.data import closest_pair, conflicting_duplicates, nearest_distinct
@@ -91,6 +91,8 @@ def _nearest_curve(
                                 dataset=dataset, device=str(device), lipcli_version=lipcli.__version__)
     results.write_distances(out / results.DISTANCES_FILE, result)
     results.write_summary(out / results.SUMMARY_FILE, summary)
-    results.plot_curves(out / results.CURVE_FILE, [(NEAREST, distances)], "l2",
-                        f"{dataset}: nearest training image of another class")
+    figures.draw(out / results.CURVE_FILE, [figures.Series(NEAREST, (distances,))], norm="l2",
+                 title=f"{dataset} · nearest training image of another class · {len(test)} test images",
+                 xlabel="distance to the nearest training image of another class (l2)",
+                 ylabel="% of test images within the distance")
     return {"images": len(test), "median_distance": summary["median_distance"], "seconds": seconds}
