@@ -209,7 +209,10 @@ def test_attacks_return_images_in_the_box_and_leave_the_model_in_eval(host: Plug
         attack = component.factory(**options)
         for norm in ("l2", "linf"):
             with frozen_eval(model):
-                proposals = attack.run(model, images, labels, norm)
+                if callable(getattr(attack, "run", None)):
+                    proposals = attack.run(model, images, labels, norm)
+                else:  # an attack at a budget only (square)
+                    proposals = attack.run_at(model, images, labels, norm, torch.full((6,), 0.3, dtype=torch.float64))
                 assert not model.training, f"{component.name} left the model in train mode"
             assert proposals.shape == images.shape
             assert proposals.min() >= 0 and proposals.max() <= 1, component.name
