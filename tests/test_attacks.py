@@ -118,6 +118,61 @@ def test_steps_solved_inside_the_box_skip_a_boundary_outside_it(host: PluginHost
     assert found("deepfool") == math.inf
 
 
+class LowScoreClosest(nn.Module):
+    """At x = (0.5, 0.5), label 0: classes 1 and 2 score highest but their boundaries are 0.25 and 0.5 away;
+    class 3 scores lowest and its boundary (x_1 = 0.6) is the closest, 0.1 away in l2 and l-inf."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first, second = x.flatten(1)[:, :1], x.flatten(1)[:, 1:2]
+        return torch.cat([torch.zeros_like(first), -0.1 + 0.4 * (first - 0.5), -0.2 + 0.4 * (0.5 - first),
+                          -5 + 50 * (second - 0.5)], dim=1)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_min_norm_finds_the_closest_boundary_of_a_low_scoring_class(host: PluginHost, norm: str) -> None:
+    """Walks towards the two highest-scoring classes end 0.25 away; screening every class finds 0.1."""
+    images = torch.tensor([0.5, 0.5]).view(1, 1, 1, 2)
+    labels = torch.zeros(1, dtype=torch.int64)
+    model = LowScoreClosest()
+
+    def found(**options: Any) -> float:
+        proposals = host.registry("attack").get("min-norm").factory(**options).run(model, images, labels, norm)
+        return float(measured_distances(model, images, labels, proposals, norm)[0])
+
+    assert 0.1 - 1e-6 <= found() <= 0.1 * 1.001
+    assert found(target_pool=2) >= 0.25 - 1e-6  # only the two highest-scoring classes: the far boundary
+
+
+def test_min_norm_polish_walks_from_a_far_boundary_point_to_the_closest(
+    host: PluginHost, affine: tuple[nn.Module, torch.Tensor, torch.Tensor]
+) -> None:
+    """Started on the closest class's boundary but off the shortest path (about 2 % farther), the polish rounds
+    come back to within 0.5 % of the exact l2 distance; bisection alone cannot (the start is on the boundary)."""
+    model, images, labels = affine
+    weight = model.linear.weight.detach()
+    truth = exact_distances(model, images, labels, "l2")
+    with torch.no_grad():
+        logits = model(images)
+    others = logits.scatter(1, labels[:, None], -torch.inf)
+    margins = (logits.gather(1, labels[:, None]) - logits) / (weight[labels][:, None] - weight[None]).norm(dim=2)
+    closest = margins.scatter(1, labels[:, None], torch.inf).argmin(1)
+    normal = (weight[closest] - weight[labels]).view(images.shape)
+    unit = normal / normal.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    tangent = torch.randn(images.shape, generator=torch.Generator().manual_seed(2))
+    tangent -= (tangent * unit).flatten(1).sum(1).view(-1, 1, 1, 1) * unit
+    tangent /= tangent.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    start = images + unit * truth.view(-1, 1, 1, 1).float() * 1.001 + tangent * 0.2 * truth.view(-1, 1, 1, 1).float()
+    usable = (start.flatten(1).min(1).values >= 0) & (start.flatten(1).max(1).values <= 1) & (others.argmax(1) >= 0)
+    attack = host.registry("attack").get("min-norm").factory(polish_rounds=8)
+    with frozen_eval(model):
+        before, _ = measured_distances(model, images, labels, start, "l2")
+        after, _ = measured_distances(model, images, labels, attack._polish(model, images, labels, "l2", start.clone()), "l2")
+    assert usable.sum() >= 20 and torch.isfinite(before[usable]).all()
+    assert (before[usable] / truth[usable]).min() > 1.015
+    assert (after <= before).all()  # a round only ever replaces the best point by a closer one
+    assert (after[usable] / truth[usable]).max() <= 1.005 and (after / truth).min() >= 1 - 1e-6
+
+
 def test_batched_deepfool_matches_torchattacks(host: PluginHost) -> None:
     """Same steps as torchattacks' per-image loop, so the same points, on a small nonlinear CNN."""
     torch.manual_seed(0)

@@ -13,19 +13,26 @@ in the spirit of FAB (Croce & Hein 2020):
    ``(1 - a)(p + eta delta_p) + a (x + eta delta_x)`` with ``a = min(|delta_p| / (|delta_p| + |delta_x|),
    alpha_max)``. An adversarial p is first pulled towards x by ``beta`` (using the same linearisation), so
    the iterate walks along the boundary towards the closest point instead of staying outside it.
-3. Targeted refinements: the same walk from x, ``target_steps`` times, towards each of the ``targets``
-   highest-scoring other classes in turn (one backward pass per step). The untargeted walk can settle on
-   one class's boundary; these find the closer boundary of another class when there is one.
-4. Finish: bisection on the segment from x to the best adversarial found.
+3. Targeted walks: the same walk from x towards one class. A short one (``screen_steps``) towards each of the
+   ``target_pool`` highest-scoring other classes; then the ``targets`` walks that got closest, per image,
+   continue to ``target_steps`` steps. The untargeted walk settles on one class's boundary, and the class
+   whose boundary is closest is often not among the highest-scoring ones: on 47 images of a tanh-head
+   Fashion-MNIST CNN, walks towards the two highest-scoring classes only left the median l2 distance 5.7 %
+   above the per-image best of the attacks tried (ALMA among them); screening every class, 0.5 %.
+4. Bisection on the segment from x to the best adversarial found.
+5. Polish, ``polish_rounds`` times: projected gradient ascent on the margin (``polish_steps`` steps) in a
+   ball a little smaller than the best distance, started from the best point scaled into it; a success is
+   bisected towards x and becomes the best. It corrects what linearisation misses where the model curves.
 
-Cost per image with the defaults: at most 20 start steps (2 backward passes each; most images need 3-5),
-40 refinement steps (2 each), 2 x 40 targeted steps (1 each) and 10 bisection forward passes: about 140
-forward and 180 backward passes, against DDN's 1000 of each at 1000 steps. On a Fashion-MNIST CNN it
-reaches a smaller median l2 distance than foolbox's DDN at 1000 steps in about a fifth of its time
-(``benchmarks/bench_attacks.py``).
+Cost per image with the defaults (10 classes): at most 20 start steps (2 backward passes each; most images
+need 3-5), 40 refinement steps (2 each), 9 x 8 screening and 2 x 32 targeted steps (1 each), 3 x 10 polish
+steps (1 each) and about 40 bisection forward passes: about 250 backward and 280 forward passes, against
+1000 of each for DDN, FMN or ALMA at 1000 steps (``benchmarks/bench_attacks.py`` measures both).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -51,6 +58,11 @@ class MinimumNorm(Attack):
         bisect_steps: int = 10,
         targets: int = 2,
         target_steps: int = 40,
+        target_pool: int = 9,
+        screen_steps: int = 8,
+        polish_rounds: int = 3,
+        polish_steps: int = 10,
+        polish_shrink: float = 0.01,
     ) -> None:
         if steps < 0 or candidates < 1 or start_steps < 1 or bisect_steps < 0:
             raise ValueError("steps and bisect_steps must be >= 0, candidates and start_steps >= 1")
@@ -59,23 +71,81 @@ class MinimumNorm(Attack):
         self.steps, self.candidates, self.start_steps = steps, candidates, start_steps
         self.overshoot, self.alpha_max, self.beta, self.eta = overshoot, alpha_max, beta, eta
         self.bisect_steps = bisect_steps
-        self.targets, self.target_steps = targets, target_steps
+        self.targets, self.target_steps, self.target_pool = targets, target_steps, target_pool
+        self.screen_steps = screen_steps
+        if target_pool < 1 or screen_steps < 0 or target_steps < 0:
+            raise ValueError("need target_pool >= 1, screen_steps >= 0, target_steps >= 0")
+        if polish_rounds < 0 or polish_steps < 1 or not 0 < polish_shrink < 1:
+            raise ValueError("need polish_rounds >= 0, polish_steps >= 1, 0 < polish_shrink < 1")
+        self.polish_rounds, self.polish_steps, self.polish_shrink = polish_rounds, polish_steps, polish_shrink
 
     def run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str) -> torch.Tensor:
         start = DeepFool(self.start_steps, self.overshoot, self.candidates, box=True).run(model, images, labels, norm)
         best = self._refine(model, images, labels, norm, start, self.candidates, self.steps)
         if self.targets:
-            with torch.no_grad():
-                others = model(images).scatter(1, labels[:, None], -torch.inf)
-            order = others.topk(min(self.targets, others.shape[1] - 1), dim=1).indices
-            best_distance = _distance_if_fooled(model, images, labels, best, norm)
-            for column in range(order.shape[1]):
-                found = self._refine(model, images, labels, norm, images, order[:, column : column + 1],
-                                     self.target_steps)
-                found_distance = _distance_if_fooled(model, images, labels, found, norm)
-                better = found_distance < best_distance
-                best[better], best_distance[better] = found[better], found_distance[better]
-        return segment_bisection(model, images, labels, best, self.bisect_steps)
+            best = self._targeted(model, images, labels, norm, best)
+        best = segment_bisection(model, images, labels, best, self.bisect_steps)
+        if self.polish_rounds:
+            best = self._polish(model, images, labels, norm, best)
+        return best
+
+    def _targeted(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str, best: torch.Tensor
+    ) -> torch.Tensor:
+        """Targeted walks: a short one towards each of the ``target_pool`` highest-scoring other classes, then
+        the ``targets`` walks that got closest continue to ``target_steps`` steps (per image, its own classes)."""
+        best_distance = _distance_if_fooled(model, images, labels, best, norm)
+
+        def keep(found: torch.Tensor) -> torch.Tensor:
+            found_distance = _distance_if_fooled(model, images, labels, found, norm)
+            better = found_distance < best_distance
+            best[better], best_distance[better] = found[better], found_distance[better]
+            return found_distance
+
+        with torch.no_grad():
+            others = model(images).scatter(1, labels[:, None], -torch.inf)
+        pool = others.topk(min(max(self.target_pool, self.targets), others.shape[1] - 1), dim=1).indices
+        screen = min(self.screen_steps, self.target_steps)
+        points, reached = [], []
+        for column in range(pool.shape[1]):
+            found = self._refine(model, images, labels, norm, images, pool[:, column : column + 1], screen)
+            points.append(found)
+            reached.append(keep(found))
+        order = torch.stack(reached, dim=1).argsort(dim=1, stable=True)[:, : self.targets]
+        points = torch.stack(points, dim=1)
+        rows = torch.arange(images.shape[0], device=images.device)
+        for column in range(order.shape[1]):
+            picked = order[:, column]
+            keep(self._refine(model, images, labels, norm, points[rows, picked], pool[rows, picked][:, None],
+                              self.target_steps - screen))
+        return best
+
+    def _polish(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str, best: torch.Tensor
+    ) -> torch.Tensor:
+        """Projected gradient ascent on the margin inside a ball a little smaller than the best distance.
+
+        Each round starts from the best point scaled into the ball of radius ``(1 - shrink) d_best``; a
+        success (a misclassified point in the ball) becomes the new best, bisected towards the image. The
+        shrink adapts per image: x1.5 after a success, /2 after a failure.
+        """
+        view = (-1,) + (1,) * (images.dim() - 1)
+        best_distance = _distance_if_fooled(model, images, labels, best, norm)
+        shrink = torch.full_like(best_distance, self.polish_shrink)
+        for _ in range(self.polish_rounds):
+            index = torch.isfinite(best_distance).nonzero().flatten()
+            if index.numel() == 0:
+                break
+            x, y = images[index], labels[index]
+            radius = best_distance[index] * (1 - shrink[index])
+            scale = (radius / best_distance[index]).to(images.dtype).view(view)
+            found = _pgd_margin(model, x, y, norm, x + scale * (best[index] - x), radius, self.polish_steps)
+            found = segment_bisection(model, x, y, found, self.bisect_steps)
+            measured = _distance_if_fooled(model, x, y, found, norm)
+            better = measured < best_distance[index]
+            best[index[better]], best_distance[index[better]] = found[better], measured[better]
+            shrink[index] = torch.where(better, (shrink[index] * 1.5).clamp(max=0.5), shrink[index] / 2)
+        return best
 
     def _refine(
         self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str, start: torch.Tensor,
@@ -144,3 +214,38 @@ def _distance_if_fooled(model: nn.Module, images: torch.Tensor, labels: torch.Te
                         norm: str) -> torch.Tensor:
     fooled = model(points).argmax(1) != labels
     return torch.where(fooled, distance(points - images, norm), torch.inf)
+
+
+def _pgd_margin(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str, start: torch.Tensor,
+    radius: torch.Tensor, steps: int,
+) -> torch.Tensor:
+    """Steepest ascent on the margin ``max_j z_j - z_label`` within ``radius`` (per image) and the box; returns
+    the first misclassified iterate per image, or the last iterate where none was."""
+    view = (-1,) + (1,) * (images.dim() - 1)
+    radius = radius.to(images.dtype).view(view)
+    point, found = start.clone(), start.clone()
+    done = torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
+    for step in range(steps + 1):
+        x = point.detach().requires_grad_(True)
+        logits = model(x)
+        fooled = (logits.argmax(1) != labels) & ~done
+        found[fooled], done = point[fooled], done | fooled
+        if step == steps or bool(done.all()):
+            break
+        own = logits.gather(1, labels[:, None]).squeeze(1)
+        margin = logits.scatter(1, labels[:, None], -torch.inf).amax(1) - own
+        (gradient,) = torch.autograd.grad(margin.sum(), x)
+        size = radius * (0.25 * (1 + math.cos(math.pi * step / steps)) / 2 + 0.01)
+        if norm == "l2":
+            step_ = gradient / gradient.flatten(1).norm(dim=1).clamp_min(1e-12).view(view)
+        else:
+            step_ = gradient.sign()
+        moved = point + size * step_ - images
+        if norm == "l2":
+            moved = moved * (radius / moved.flatten(1).norm(dim=1).clamp_min(1e-12).view(view)).clamp(max=1)
+        else:
+            moved = torch.maximum(torch.minimum(moved, radius), -radius)
+        point = torch.where(done.view(view), point, (images + moved).clamp(0, 1)).detach()
+    return torch.where(done.view(view), found, point)
+
