@@ -1,146 +1,226 @@
-"""Attack speed and strength side by side in one run, on one trained Fashion-MNIST CNN and 500 test images.
+"""Attack strength and speed side by side: lipcli's default against the strongest outside attacks.
 
-Targets (issue 4), printed as ratios:
+Targets (issue 15), printed per model and norm over the correctly classified images of the first ``--limit``
+test images:
 
-* lipcli's default l2 attack (``min-norm``) reaches a median distance no larger than foolbox's DDN at 1000
-  steps, in at most a quarter of its time;
-* the batched ``deepfool`` is at least 10x faster than torchattacks' ``DeepFool`` at equal distances.
+* the default's median distance within 0.3 % of the per-image best over every attack run (outside and lipcli's);
+* its AttackBench optimality (Cinà et al. 2024) at least that of the best single outside attack;
+* its time at most 1/4 of that best outside attack's.
 
-Every distance is measured by lipcli's accounting (eval mode, re-classified, in [0, 1], float64 norm) on the
-images the model classifies correctly; each attack gets the same images in batches of ``--batch``.
-foolbox is a benchmark-only dependency (``pip install foolbox``).
+Optimality: with ``A(attack) = mean_i min(d_i, d_max)`` (the area under the robust-accuracy-vs-eps curve up to
+``d_max``, the largest finite per-image best distance), ``1 - (A - A_best) / (d_max - A_best)``; 1 is the
+per-image best everywhere. Every distance is measured by lipcli's accounting (eval mode, re-classified, in
+[0, 1], float64 norm); a failure is +inf. The outside attacks (``outside_attacks.py``) are benchmark-only
+dependencies: ``pip install foolbox torchattacks tqdm && pip install --no-deps adv-lib``; adv_lib's import of
+``visdom`` is given an empty stand-in here.
 
-    python benchmarks/bench_attacks.py [CHECKPOINT] [--limit 500] [--batch 500] [--data-dir DIR]
-        [--only min-norm,ddn,deepfool,deepfool-torchattacks] [--save DIR] [--device cpu]
+    python benchmarks/bench_attacks.py [CHECKPOINT ...] [--norms l2,linf] [--limit 300] [--steps 1000]
+        [--only NAME,...] [--cache DIR] [--rerun NAME,...] [--device cpu] [--suite minimal|deepfool|decision]
 
-Without a checkpoint, a small CNN is trained for 3 epochs on Fashion-MNIST first (about 3 minutes on 2 cores).
+``--cache DIR`` keeps each attack's distances and seconds per (checkpoint, norm, limit) and reuses them;
+``--rerun`` runs the named attacks again anyway (``best-outside`` names the best single outside attack, so its
+time is measured in the same run as the default's). Without checkpoints, two small CNNs are trained on
+Fashion-MNIST first (undefended and ``j2-lip+tanh``, 2 epochs each; about 6 minutes on 2 cores).
+
+``--suite deepfool``: the batched ``deepfool`` against torchattacks' ``DeepFool`` (target: 10x faster at equal
+distances). ``--suite decision``: decision-based attacks at equal query budgets (``bench_decision_attacks.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
-from lipcli.config import resolve
-from lipcli.evaluation.accounting import measured_distances
-from lipcli.evaluation.curves import median_distance
-from lipcli.evaluation.targets import load_target
-from lipcli.gradients import frozen_eval
-from lipcli.plugins import PluginHost
+sys.modules.setdefault("visdom", types.ModuleType("visdom"))  # adv_lib imports it for plotting only
+
+from lipcli.config import resolve  # noqa: E402
+from lipcli.evaluation.accounting import measured_distances  # noqa: E402
+from lipcli.evaluation.curves import median_distance  # noqa: E402
+from lipcli.evaluation.seeding import seeded  # noqa: E402
+from lipcli.evaluation.targets import load_target  # noqa: E402
+from lipcli.gradients import frozen_eval  # noqa: E402
+from lipcli.plugins import PluginHost  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from outside_attacks import outside_attacks  # noqa: E402
 
 FASHION = "/usr/share/datasets/fashion-mnist"
+DEFAULT = "min-norm"
 Run = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def foolbox_ddn(steps: int) -> Run:
-    def run(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        import foolbox
-
-        wrapped = foolbox.PyTorchModel(model, bounds=(0, 1))
-        _, clipped, _ = foolbox.attacks.DDNAttack(steps=steps)(wrapped, images, labels, epsilons=None)
-        return clipped
-
-    return run
-
-
-def lipcli_attack(host: PluginHost, name: str) -> Run:
+def lipcli_attack(host: PluginHost, name: str, norm: str) -> Run:
     attack = host.registry("attack").get(name).factory()
-    return lambda model, images, labels: attack.run(model, images, labels, "l2")
+    return lambda model, images, labels: attack.run(model, images, labels, norm)
 
 
-def timed(run: Run, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int) -> tuple[torch.Tensor, float]:
-    """(float64 l2 distances by lipcli's accounting, seconds) of ``run`` over the images in batches."""
+def timed(name: str, run: Run, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str,
+          batch: int) -> tuple[torch.Tensor, float]:
+    """(float64 distances by lipcli's accounting, seconds) of ``run`` over the images in batches, seeded."""
     found, seconds = [], 0.0
-    for first in range(0, len(images), batch):
+    for number, first in enumerate(range(0, len(images), batch)):
         x, y = images[first : first + batch], labels[first : first + batch]
-        started = time.perf_counter()
-        proposals = run(model, x, y)
-        if proposals.is_cuda:
-            torch.cuda.synchronize()
-        seconds += time.perf_counter() - started
-        found.append(measured_distances(model, x, y, proposals.detach(), "l2")[0])
+        with seeded(0, name, number):
+            started = time.perf_counter()
+            proposals = run(model, x, y)
+            if proposals.is_cuda:
+                torch.cuda.synchronize()
+            seconds += time.perf_counter() - started
+        found.append(measured_distances(model, x, y, proposals.detach(), norm)[0])
     return torch.cat(found), seconds
 
 
-def checkpoint(path: str | None, data_dir: str) -> Path:
-    if path:
-        return Path(path)
+def optimality(distances: torch.Tensor, best: torch.Tensor) -> float:
+    """AttackBench's optimality of ``distances`` against the per-image ``best`` (see the module docstring)."""
+    finite = best[torch.isfinite(best)]
+    if finite.numel() == 0:
+        return float("nan")
+    d_max = float(finite.max())
+    area, area_best = distances.clamp(max=d_max).mean(), best.clamp(max=d_max).mean()
+    return float(1 - (area - area_best) / (d_max - area_best)) if d_max > area_best else 1.0
+
+
+def train_models(data_dir: str) -> list[Path]:
     import lipcli
 
-    folder = Path(tempfile.mkdtemp(prefix="bench-attacks-")) / "run"
-    print(f"training a small CNN on Fashion-MNIST for 3 epochs into {folder} ...", flush=True)
-    config = resolve(None, {}, [
-        "data.dataset='fashion-mnist'", f"data.data_dir={data_dir!r}", "model.arch='small-cnn'",
-        "training.epochs=3", "training.seed=0", f"output.dir={str(folder)!r}",
-    ])
-    return lipcli.train(config).run_dir / "best.pt"
+    root = Path(tempfile.mkdtemp(prefix="bench-attacks-"))
+    paths = []
+    for defence in ("j0", "j2-lip+tanh"):
+        print(f"training a small CNN ({defence}) on Fashion-MNIST for 2 epochs into {root} ...", flush=True)
+        config = resolve(None, {}, [
+            "data.dataset='fashion-mnist'", f"data.data_dir={data_dir!r}", "model.arch='small-cnn'",
+            f"defence.name={defence!r}", "training.epochs=2", "training.seed=0", f"output.dir={str(root / defence)!r}",
+        ])
+        paths.append(lipcli.train(config).run_dir / "best.pt")
+    return paths
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", nargs="?")
-    parser.add_argument("--limit", type=int, default=500)
-    parser.add_argument("--batch", type=int, default=500)
-    parser.add_argument("--data-dir", default=FASHION)
-    parser.add_argument("--only", default="min-norm,ddn,deepfool,deepfool-torchattacks")
-    parser.add_argument("--save", type=Path, help="write each attack's distances here (torch .pt files)")
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
-    torch.manual_seed(0)
+def file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
-    host = PluginHost()
-    target = load_target(checkpoint(args.checkpoint, args.data_dir), data_dir=Path(args.data_dir),
-                         limit=args.limit, device=torch.device(args.device), host=host)
+
+def minimal_suite(args: argparse.Namespace, host: PluginHost, path: Path) -> None:
+    target = load_target(path, data_dir=Path(args.data_dir), limit=args.limit, device=torch.device(args.device),
+                         host=host)
     images = target.test.as_float(target.test.images.to(args.device))
     labels = target.test.labels.to(args.device)
     model = target.model
     with torch.no_grad():
         correct = model(images).argmax(1) == labels
     images, labels = images[correct], labels[correct]
-    print(f"{target.label}: {len(target.test)} test images, {len(labels)} classified correctly and attacked")
+    print(f"\n== {path} ({target.label}): {len(target.test)} test images, {len(labels)} classified correctly")
+    rerun = set(args.rerun.split(",")) if args.rerun else set()
+    for norm in args.norms.split(","):
+        runs: dict[str, Run] = {DEFAULT: lipcli_attack(host, DEFAULT, norm), **outside_attacks(norm, args.steps)}
+        if args.only:
+            runs = {name: run for name, run in runs.items() if name in args.only.split(",") or name == DEFAULT}
+        results: dict[str, tuple[torch.Tensor, float, bool]] = {}
+        cache = args.cache / f"{file_hash(path)}-{norm}-{args.limit}" if args.cache else None
 
-    runs: dict[str, Run] = {
-        "min-norm": lipcli_attack(host, "min-norm"),
-        "ddn": foolbox_ddn(1000),
-        "deepfool": lipcli_attack(host, "deepfool"),
-        "deepfool-torchattacks": lipcli_attack(host, "deepfool-torchattacks"),
-    }
-    results: dict[str, tuple[torch.Tensor, float]] = {}
-    with frozen_eval(model):
-        for name in args.only.split(","):
-            distances, seconds = timed(runs[name], model, images, labels, args.batch)
-            results[name] = (distances, seconds)
-            print(f"{name:24s} median {median_distance(distances):.5f}  failures {int(distances.isinf().sum()):4d}  "
-                  f"{seconds:8.1f} s  {len(labels) / seconds:8.1f} images/s", flush=True)
-            if args.save:
-                args.save.mkdir(parents=True, exist_ok=True)
-                torch.save(distances, args.save / f"{name}.pt")
+        def measure(name: str) -> None:
+            stored = cache / f"{name}.pt" if cache else None
+            if stored and stored.exists() and name not in rerun:
+                saved = torch.load(stored, weights_only=True)
+                results[name] = (saved["distances"], float(saved["seconds"]), True)
+                return
+            with frozen_eval(model):
+                distances, seconds = timed(name, runs[name], model, images, labels, norm, args.batch)
+            results[name] = (distances.cpu(), seconds, False)
+            print(f"   ran {name}: {seconds:.1f} s, median {median_distance(distances):.5f}", flush=True)
+            if stored:
+                stored.parent.mkdir(parents=True, exist_ok=True)
+                torch.save({"distances": distances.cpu(), "seconds": torch.tensor(seconds)}, stored)
 
-    if {"min-norm", "ddn"} <= results.keys():
-        (ours, ours_s), (ddn, ddn_s) = results["min-norm"], results["ddn"]
-        ratio = median_distance(ours) / median_distance(ddn)
-        print(f"min-norm / DDN-1000: median distance ratio {ratio:.4f} (target <= 1), "
-              f"time ratio {ours_s / ddn_s:.3f} (target <= 0.25)")
-        per_image = (ours / ddn)[torch.isfinite(ours) & torch.isfinite(ddn)]
-        print(f"  per image min-norm / DDN: median {per_image.median():.4f}, share where min-norm is smaller "
-              f"{float((per_image < 1).double().mean()):.2f}")
-    if {"deepfool", "deepfool-torchattacks"} <= results.keys():
-        (ours, ours_s), (theirs, theirs_s) = results["deepfool"], results["deepfool-torchattacks"]
-        both = torch.isfinite(ours) & torch.isfinite(theirs)
-        gap = ((ours[both] - theirs[both]).abs() / theirs[both]).max() if both.any() else float("nan")
-        print(f"deepfool batched vs torchattacks: speed-up {theirs_s / ours_s:.1f}x (target >= 10), medians "
-              f"{median_distance(ours):.5f} vs {median_distance(theirs):.5f}, largest relative gap {float(gap):.2e} "
-              f"where both succeed")
-        # Both clip every step to [0, 1]; on saturated pixels the iterates creep up to the boundary from the
-        # inside, so whether the last one crossed it is decided by float rounding (batched vs one image).
-        print(f"  succeeded: both {int(both.sum())}, batched only {int((torch.isfinite(ours) & ~torch.isfinite(theirs)).sum())}, "
-              f"torchattacks only {int((~torch.isfinite(ours) & torch.isfinite(theirs)).sum())}")
+        for name in runs:
+            if name != DEFAULT:
+                measure(name)
+        outside = [name for name in results]
+        best_outside = _best_single(results, outside)
+        if "best-outside" in rerun and best_outside:
+            rerun.add(best_outside)
+            measure(best_outside)
+        measure(DEFAULT)
+        _print_norm(norm, results, best_outside, len(labels))
+
+
+def _best_single(results: dict[str, tuple[torch.Tensor, float, bool]], names: list[str]) -> str | None:
+    if not names:
+        return None
+    best = torch.stack([results[n][0] for n in names]).min(0).values
+    return max(names, key=lambda n: (optimality(results[n][0], best), -median_distance(results[n][0])))
+
+
+def _print_norm(norm: str, results: dict[str, tuple[torch.Tensor, float, bool]], best_outside: str | None,
+                count: int) -> None:
+    best = torch.stack([d for d, _, _ in results.values()]).min(0).values
+    reference = median_distance(best)
+    print(f"-- {norm}: per-image best over {len(results)} attacks, median {reference:.5f}")
+    print(f"   {'attack':22s} {'median':>9s} {'/best':>7s} {'optim.':>7s} {'fails':>5s} {'seconds':>9s} {'img/s':>7s}")
+    for name, (distances, seconds, cached) in sorted(results.items(), key=lambda item: -optimality(item[1][0], best)):
+        median = median_distance(distances)
+        print(f"   {name:22s} {median:9.5f} {median / reference:7.4f} {optimality(distances, best):7.4f} "
+              f"{int(distances.isinf().sum()):5d} {seconds:9.1f} {count / seconds:7.2f}{'  (cached)' if cached else ''}")
+    if best_outside and DEFAULT in results:
+        ours, ours_s, _ = results[DEFAULT]
+        theirs, theirs_s, cached = results[best_outside]
+        print(f"   {DEFAULT} vs the per-image best: median ratio {median_distance(ours) / reference:.4f} (target <= 1.003); "
+              f"optimality {optimality(ours, best):.4f} vs {best_outside}'s {optimality(theirs, best):.4f} (target >=); "
+              f"time ratio {ours_s / theirs_s:.3f} (target <= 0.25{', its time from the cache' if cached else ''})")
+
+
+def deepfool_suite(args: argparse.Namespace, host: PluginHost, path: Path) -> None:
+    target = load_target(path, data_dir=Path(args.data_dir), limit=args.limit, device=torch.device(args.device),
+                         host=host)
+    images = target.test.as_float(target.test.images.to(args.device))
+    labels = target.test.labels.to(args.device)
+    with torch.no_grad():
+        correct = target.model(images).argmax(1) == labels
+    images, labels = images[correct], labels[correct]
+    results = {}
+    with frozen_eval(target.model):
+        for name in ("deepfool", "deepfool-torchattacks"):
+            results[name] = timed(name, lipcli_attack(host, name, "l2"), target.model, images, labels, "l2",
+                                  args.batch)
+    (ours, ours_s), (theirs, theirs_s) = results["deepfool"], results["deepfool-torchattacks"]
+    both = torch.isfinite(ours) & torch.isfinite(theirs)
+    gap = ((ours[both] - theirs[both]).abs() / theirs[both]).max() if both.any() else float("nan")
+    print(f"{path}: deepfool batched vs torchattacks: speed-up {theirs_s / ours_s:.1f}x (target >= 10), medians "
+          f"{median_distance(ours):.5f} vs {median_distance(theirs):.5f}, largest relative gap {float(gap):.2e} "
+          f"where both succeed")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoints", nargs="*", type=Path)
+    parser.add_argument("--suite", choices=("minimal", "deepfool", "decision"), default="minimal")
+    parser.add_argument("--norms", default="l2,linf")
+    parser.add_argument("--limit", type=int, default=300)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=1000, help="iterations of the outside gradient attacks")
+    parser.add_argument("--only", help="run only these attacks (and the default)")
+    parser.add_argument("--cache", type=Path)
+    parser.add_argument("--rerun", help="attacks to run again even when cached (best-outside: the best one)")
+    parser.add_argument("--data-dir", default=FASHION)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    if args.suite == "decision":
+        from bench_decision_attacks import main as decision_main
+
+        sys.argv = [sys.argv[0]] + [str(p) for p in args.checkpoints]
+        decision_main()
+        return
+    host = PluginHost()
+    for path in args.checkpoints or train_models(args.data_dir):
+        (minimal_suite if args.suite == "minimal" else deepfool_suite)(args, host, path)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,9 @@ class Task:
 class Reporter:
     """Receives progress and per-epoch results; the default does nothing."""
 
-    def task(self, description: str, total: int | None) -> Task:
+    def task(self, description: str, total: int | None, *, unit: str = "", log_each: bool = False) -> Task:
+        """A bar of ``total`` units (``unit`` names them: "images"). ``log_each``: each advance is a long step
+        (an attack's batch) worth a line of its own where no bar can be drawn (a log file)."""
         return Task()
 
     def epoch(self, metrics: dict[str, Any]) -> None:

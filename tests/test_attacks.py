@@ -260,7 +260,10 @@ def test_attacks_return_images_in_the_box_and_leave_the_model_in_eval(host: Plug
     with torch.no_grad():
         labels = model(images).argmax(1)
     for component in host.registry("attack"):
-        options = {"steps": 20} if component.name in ("boundary", "cw", "min-norm") else {}
+        options = {"steps": 20} if component.name in ("boundary", "cw", "min-norm", "fab") else {}
+        options |= {"steps": 5} if component.name == "apgd-ce" else {}
+        options |= {"steps": 5, "targets": 2} if component.name in ("apgd-t", "fab-t") else {}
+        options |= {"queries": 200} if component.name in ("square", "hsja") else {}
         attack = component.factory(**options)
         for norm in ("l2", "linf"):
             with frozen_eval(model):

@@ -56,3 +56,23 @@ def test_a_gradient_free_attack_beats_overstated_distances_and_never_exact_ones(
     assert failed.beaten == 3 and failed.largest_gain == 1.0
     skipped = check(torch.zeros(len(data), dtype=torch.float64))  # nothing attacked (all misclassified)
     assert skipped.images == 0 and skipped.warning() is None
+
+
+def test_the_check_compares_with_gradient_attacks_only(host: PluginHost) -> None:
+    """A decision-based attack's distances are not the gradient attacks': exact ones there hide nothing."""
+    from types import SimpleNamespace
+
+    from lipcli.evaluation.evaluate import _masking_check
+    from lipcli.evaluation.runner import AttackResult, RobustnessResult
+
+    model, data = _affine()
+    exact = _exact(model, data, "linf")
+    attacks = {"pgd-linf": SimpleNamespace(), "boundary": SimpleNamespace(decision_based=True)}
+    result = RobustnessResult("linf", data.labels, data.labels, [
+        AttackResult("pgd-linf", 2 * exact, 1.0, 1), AttackResult("boundary", exact, 1.0, 1, decision_based=True)])
+    check = _masking_check(model, data, result, attacks, host, images=4, device=torch.device("cpu"), seed=0)
+    assert check is not None and check.images == 4 and check.beaten >= 3
+    assert _masking_check(model, data, result, attacks, host, images=0, device=torch.device("cpu"), seed=0) is None
+    only_blind = RobustnessResult("linf", data.labels, data.labels, result.attacks[1:])
+    assert _masking_check(model, data, only_blind, {"boundary": attacks["boundary"]}, host, images=4,
+                          device=torch.device("cpu"), seed=0) is None

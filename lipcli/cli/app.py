@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 import lipcli
-from lipcli.cli import config_cmd, console, experiment_cmd, lipschitz_cmd, plugins_cmd, robustness_cmd, train_cmd
+from lipcli.cli import config_cmd, console, experiment_cmd, lipschitz_cmd, plugins_cmd, robust_cmd, robustness_cmd, train_cmd
 from lipcli.errors import LipcliError
 from lipcli.plugins import PluginHost, get_host
 
@@ -72,6 +72,7 @@ def build_app(host: PluginHost | None = None) -> typer.Typer:
     config_cmd.add_to(app)
     train_cmd.add_to(app)
     robustness_cmd.add_to(app)
+    robust_cmd.add_to(app)
     lipschitz_cmd.add_to(app)
     experiment_cmd.add_to(app)
     host.add_commands(app)

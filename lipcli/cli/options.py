@@ -28,3 +28,11 @@ BatchSize = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="I
 Checkpoints = Annotated[
     list[Path], typer.Argument(help="Checkpoints written by lipcli train.", exists=True, dir_okay=False)
 ]
+Seed = Annotated[
+    Optional[int],
+    typer.Option(
+        "--seed", min=0,
+        help="Seed of the random draws of attacks (default 0): the same seed and batch size give identical results.",
+        show_default=False,
+    ),
+]

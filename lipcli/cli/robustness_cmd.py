@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from lipcli.cli import console
-from lipcli.cli.options import BatchSize, Checkpoints, DataDir, Device, Json, Limit, Quiet
+from lipcli.cli.options import BatchSize, Checkpoints, DataDir, Device, Json, Limit, Quiet, Seed
 from lipcli.cli.progress import RichReporter
 
 DEFAULT_ATTACK = "min-norm"
@@ -33,6 +33,17 @@ AttackOptions = Annotated[
     typer.Option("--attack-option", "-O", metavar="ATTACK.KEY=VALUE",
                  help="An attack parameter, e.g. -O pgd-l2.steps=40 (repeatable; value read as TOML)."),
 ]
+MaskingCheckImages = Annotated[
+    int,
+    typer.Option("--masking-check", min=0, metavar="IMAGES",
+                 help="Run the gradient-free Square attack just inside the gradient attacks' distances on this many "
+                      "images and warn if it wins (0: off)."),
+]
+SaveAdversarials = Annotated[
+    bool,
+    typer.Option("--save-adversarials",
+                 help="Also write adversarials.pt: per image the closest adversarial found, its distance and label."),
+]
 Checkpoint = Annotated[Path, typer.Argument(help="A checkpoint written by lipcli train.", exists=True, dir_okay=False)]
 
 
@@ -52,11 +63,12 @@ def _attack_options(items: list[str] | None) -> dict[str, dict[str, Any]]:
 def _run(
     ctx: typer.Context, paths: list[Path], *, norm: str, attack: list[str] | None, by: str, options: list[str] | None,
     limit: int | None, batch_size: int | None, eps: str | None, out: Path | None, data_dir: Path | None,
-    device: str, quiet: bool, default_out: Path,
+    device: str, quiet: bool, default_out: Path, seed: int | None, save_adversarials: bool, masking_check: int,
 ) -> list[Any]:
     from lipcli.device import select_device
     from lipcli.evaluation.curves import DEFAULT_EPS, parse_eps
     from lipcli.evaluation.evaluate import build_attacks, evaluate_checkpoints
+    from lipcli.evaluation.seeding import DEFAULT_SEED
 
     try:
         points = parse_eps(eps) if eps is not None else parse_eps(",".join(DEFAULT_EPS[norm]))
@@ -75,7 +87,8 @@ def _run(
         evaluations = evaluate_checkpoints(
             paths, norm=norm, attacks=attacks, eps=points, out=out or default_out, by=by, limit=limit,
             batch_size=batch_size, data_dir=data_dir, device=select_device(device, "--device"), host=host,
-            reporter=reporter,
+            reporter=reporter, seed=DEFAULT_SEED if seed is None else seed, save_adversarials=save_adversarials,
+            masking_check=masking_check,
         )
     for evaluation in evaluations:
         for warning in evaluation.summary["warnings"]:
@@ -105,19 +118,23 @@ def add_to(app: typer.Typer) -> None:
         data_dir: DataDir = None,
         device: Device = "auto",
         attack_option: AttackOptions = None,
+        seed: Seed = None,
+        save_adversarials: SaveAdversarials = False,
+        masking_check: MaskingCheckImages = 16,
         quiet: Quiet = False,
         as_json: Json = False,
     ) -> None:
         """Error curves: per test image the smallest adversarial distance found, and % error against distance.
 
         Writes distances.csv, summary.json and curve.png/.svg (default folder: curve-NORM beside the
-        checkpoint, or in the current folder for several checkpoints, drawn on one plot).
+        checkpoint, or in the current folder for several checkpoints, drawn on one plot). Random attacks draw
+        from --seed: the same seed and batch size give the same distances.
         """
         default_out = checkpoints[0].parent / f"curve-{norm}" if len(checkpoints) == 1 else Path(f"curve-{norm}")
         evaluations = _run(
             ctx, checkpoints, norm=norm, attack=attack, by="model", options=attack_option, limit=limit,
             batch_size=batch_size, eps=eps, out=out, data_dir=data_dir, device=device, quiet=quiet,
-            default_out=default_out,
+            default_out=default_out, seed=seed, save_adversarials=save_adversarials, masking_check=masking_check,
         )
         if as_json:
             console.print_json([e.summary for e in evaluations])
@@ -150,6 +167,9 @@ def add_to(app: typer.Typer) -> None:
         data_dir: DataDir = None,
         device: Device = "auto",
         attack_option: AttackOptions = None,
+        seed: Seed = None,
+        save_adversarials: SaveAdversarials = False,
+        masking_check: MaskingCheckImages = 16,
         quiet: Quiet = False,
         as_json: Json = False,
     ) -> None:
@@ -162,7 +182,7 @@ def add_to(app: typer.Typer) -> None:
         (evaluation,) = _run(
             ctx, [checkpoint], norm=norm, attack=attack, by="attack", options=attack_option, limit=limit,
             batch_size=batch_size, eps=eps, out=out, data_dir=data_dir, device=device, quiet=quiet,
-            default_out=default_out,
+            default_out=default_out, seed=seed, save_adversarials=save_adversarials, masking_check=masking_check,
         )
         s = evaluation.summary
         if as_json:

@@ -1,13 +1,18 @@
 """``lipcli curve`` and ``lipcli attack`` as engine calls: checkpoints in, result folders and summaries out.
 
 Per checkpoint: load the model and its test images, run the attacks (:func:`lipcli.evaluation.runner.attack_set`),
-write ``distances.csv`` and ``summary.json``; then draw the error curves, one per checkpoint (``by="model"``,
-the paper's Figure 2) or one per attack (``by="attack"``, Figure 1).
+write ``distances.csv`` and ``summary.json`` (and, asked for, ``adversarials.pt``); then draw the error curves,
+one per checkpoint (``by="model"``, the paper's Figure 2) or one per attack (``by="attack"``, Figure 1).
+
+``summary.json`` records what a rerun needs to give the same numbers: the seed, the batch size (a random
+attack's draws are per batch) and every attack's options with the factory's defaults filled in.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import inspect
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -15,14 +20,32 @@ import torch
 
 import lipcli
 from lipcli.attacks import NORMS, Attack
-from lipcli.components import call_factory
+from lipcli.components import call_factory, option_defaults
 from lipcli.distributed import barrier, current
 from lipcli.errors import ConfigError
-from lipcli.evaluation import results
+from lipcli.data.types import ImageSet
+from lipcli.evaluation import figures, results
+from lipcli.evaluation.masking import (
+    CHECK_ATTACK,
+    CHECK_IMAGES,
+    CHECK_QUERIES,
+    MaskingCheck,
+    gradient_free_check,
+)
 from lipcli.evaluation.runner import RobustnessResult, attack_set
+from lipcli.evaluation.seeding import DEFAULT_SEED
 from lipcli.evaluation.targets import load_target, output_folders
+from lipcli.gradients import frozen_eval
 from lipcli.plugins import PluginHost, get_host
 from lipcli.progress import Reporter
+from lipcli.registry import Component
+
+PROGRESS_BATCHES = 8
+"""Without ``--batch-size``, a test set is cut into at least this many batches (of at least
+:data:`SMALLEST_BATCH` images): progress, reported per batch, then moves every eighth of an attack, and
+torchrun's processes, which take whole batches, all get some. Smaller batches cost time only where a batch
+does not fill the device, that is on short runs (a small model, a few hundred images)."""
+SMALLEST_BATCH = 64
 
 
 @dataclass
@@ -35,26 +58,58 @@ class Evaluation:
     summary: dict[str, Any]
 
 
+class AttackSet(dict[str, Attack]):
+    """Attacks by name, as :func:`build_attacks` made them, with ``options``: per attack, the options its factory
+    was called with and the defaults of those it was not (values JSON cannot hold as their ``repr``)."""
+
+    def __init__(self, attacks: Mapping[str, Attack], options: Mapping[str, dict[str, Any]]) -> None:
+        super().__init__(attacks)
+        self.options = dict(options)
+
+
+def resolved_options(component: Component, given: Mapping[str, Any]) -> dict[str, Any]:
+    """``given`` with the defaults of the factory's other parameters: what the attack ran with, for any
+    plugin's factory (its signature is the one source of its defaults)."""
+    defaults = {k: v for k, v in option_defaults(component).items() if v is not inspect.Parameter.empty}
+    return {key: _json_value(value) for key, value in {**defaults, **given}.items()}
+
+
+def _json_value(value: Any) -> Any:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return repr(value)
+    return value
+
+
 def build_attacks(
     names: list[str], options: Mapping[str, Mapping[str, Any]], host: PluginHost
-) -> dict[str, Attack]:
+) -> AttackSet:
     """Attack objects by registered name; ``options[name]`` are passed to the factory (``attack.<name>.<key>``)."""
     registry = host.registry("attack")
     # Option keys name attacks as the user wrote them: resolve them like --attack names (any case).
     options = {registry.get(key).name if key in registry else key: value for key, value in options.items()}
     attacks: dict[str, Attack] = {}
+    resolved: dict[str, dict[str, Any]] = {}
     for name in names:
         component = registry.get(name)
         if component.name in attacks:
             raise ConfigError(f"attack {component.name!r} is given twice")
-        attack = call_factory(component, options.get(component.name, {}), f"attack.{component.name}")
+        given = options.get(component.name, {})
+        attack = call_factory(component, given, f"attack.{component.name}")
         if not callable(getattr(attack, "run", None)):
             raise ConfigError(f"attack {component.name!r}: its factory returned {type(attack).__name__}, no run()")
         attacks[component.name] = attack
+        resolved[component.name] = resolved_options(component, given)
     unknown = set(options) - set(attacks)
     if unknown:
         raise ConfigError(f"attack.{sorted(unknown)[0]}: options given for an attack that is not run")
-    return attacks
+    return AttackSet(attacks, resolved)
+
+
+def evaluation_batch_size(images: int, configured: int) -> int:
+    """The batch size when none is given: the configured one, cut to give :data:`PROGRESS_BATCHES` batches."""
+    return min(configured, max(SMALLEST_BATCH, -(-images // PROGRESS_BATCHES)))
 
 
 def evaluate_checkpoints(
@@ -71,9 +126,13 @@ def evaluate_checkpoints(
     device: torch.device,
     host: PluginHost | None = None,
     reporter: Reporter | None = None,
+    seed: int = DEFAULT_SEED,
+    save_adversarials: bool = False,
+    masking_check: int = CHECK_IMAGES,
 ) -> list[Evaluation]:
     """Attack every checkpoint and write its files under ``out`` (directly for one checkpoint, else one
-    sub-folder per checkpoint), then ``out/curve.png`` and ``.svg``."""
+    sub-folder per checkpoint), then ``out/curve.png`` and ``.svg``. ``attacks`` made by :func:`build_attacks`
+    have their options recorded in summary.json (others: null)."""
     if norm not in NORMS:
         raise ConfigError(f"norm: unknown norm {norm!r}; use one of {', '.join(NORMS)}")
     if by not in ("model", "attack"):
@@ -84,30 +143,45 @@ def evaluate_checkpoints(
     for path, (label, folder) in zip(paths, output_folders(paths, out)):
         target = load_target(path, data_dir=data_dir, limit=limit, device=device, host=host)
         reporter.info(f"{label}: {len(target.test)} test images of {target.info.name}, norm {norm}, on {device}")
+        size = batch_size or evaluation_batch_size(len(target.test), target.config.evaluation.batch_size)
         result = attack_set(
-            target.model, target.test, attacks, norm, batch_size=batch_size or target.config.evaluation.batch_size,
-            device=device, reporter=reporter,
+            target.model, target.test, attacks, norm, batch_size=size, device=device, reporter=reporter, seed=seed,
+            keep_adversarials=save_adversarials,
         )
+        check = _masking_check(target.model, target.test, result, attacks, host, images=masking_check,
+                               device=device, seed=seed)
+        if check and check.warning():
+            result.warnings.append(check.warning())
         summary = results.summarise(
-            result, eps, checkpoint=str(path), label=label, dataset=target.info.name,
-            device=str(device), lipcli_version=lipcli.__version__,
+            result, eps, getattr(attacks, "options", None), checkpoint=str(path), label=label,
+            dataset=target.info.name, device=str(device), lipcli_version=lipcli.__version__, seed=seed,
+            batch_size=size, masking_check=asdict(check) if check else None,
         )
         if current().main:  # every process holds the joined result; one writes it
             results.write_distances(folder / results.DISTANCES_FILE, result)
             results.write_summary(folder / results.SUMMARY_FILE, summary)
+            if save_adversarials:
+                results.write_adversarials(folder / results.ADVERSARIALS_FILE, result, seed)
         evaluations.append(Evaluation(label, folder, result, summary))
-    overall = None
-    if by == "model":
-        curves = [(e.label, e.result.minimum) for e in evaluations]
-        title = f"error curves ({', '.join(attacks)})"
-    else:
-        only = evaluations[0]
-        curves = [(a.name, a.distances) for a in only.result.attacks]
-        if len(curves) > 1:
-            overall = ("min over attacks", only.result.minimum)
-        title = f"attacks on {only.label}"
     if current().main:
-        results.plot_curves(out / results.CURVE_FILE, curves, norm, title, overall=overall)
+        figures.draw_evaluations(out / results.CURVE_FILE, [(e.label, e.result, e.summary) for e in evaluations],
+                                 by=by, eps=eps)
     barrier()  # the files exist for every process once this returns
     return evaluations
 
+
+def _masking_check(
+    model: torch.nn.Module, data: ImageSet, result: RobustnessResult, attacks: Mapping[str, Attack],
+    host: PluginHost, *, images: int, device: torch.device, seed: int,
+) -> MaskingCheck | None:
+    """The gradient-free check (:mod:`lipcli.evaluation.masking`) against the gradient attacks' per-image
+    minimum; None when disabled (``images = 0``) or when no gradient attack ran."""
+    blind = {name for name, attack in attacks.items()
+             if getattr(attack, "decision_based", False) or getattr(attack, "score_based", False)}
+    sighted = [a.distances for a in result.attacks if a.name not in blind]
+    if images <= 0 or not sighted:
+        return None
+    attack = host.registry("attack").get(CHECK_ATTACK).factory(queries=CHECK_QUERIES)
+    with frozen_eval(model):
+        return gradient_free_check(model, data, torch.stack(sighted).min(0).values, attack, CHECK_ATTACK,
+                                   result.norm, images=images, device=device, seed=seed)

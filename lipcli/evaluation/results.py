@@ -1,4 +1,5 @@
-"""The files ``lipcli curve`` and ``lipcli attack`` write: distances.csv, summary.json, curve.png/.svg.
+"""The files ``lipcli curve`` and ``lipcli attack`` write: distances.csv, summary.json, with
+``--save-adversarials`` adversarials.pt (the figure: :mod:`lipcli.evaluation.figures`).
 
 JSON has no infinity: a median that is +inf (fewer than half the images broken) is written as null, and
 ``failures`` counts the images no attack broke. In the CSV a failure is ``inf``.
@@ -10,17 +11,19 @@ import csv
 import io
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lipcli.evaluation.curves import curve_points, error_at, median_distance
+from lipcli.evaluation.curves import error_at, median_distance
 from lipcli.evaluation.runner import RobustnessResult
 from lipcli.files import atomic_write, write_text
 
 DISTANCES_FILE = "distances.csv"
 SUMMARY_FILE = "summary.json"
+ADVERSARIALS_FILE = "adversarials.pt"
 CURVE_FILE = "curve"
 
 
@@ -48,8 +51,14 @@ def write_per_image(
     write_text(path, buffer.getvalue())
 
 
-def summarise(result: RobustnessResult, eps: list[tuple[str, float]], **context: Any) -> dict[str, Any]:
-    """The summary of one model's evaluation: clean error, median, error at each eps, cost, per attack."""
+def summarise(
+    result: RobustnessResult,
+    eps: list[tuple[str, float]],
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    **context: Any,
+) -> dict[str, Any]:
+    """The summary of one model's evaluation: clean error, median, error at each eps, cost, per attack (with
+    ``options[name]``, the options its factory was called with, or null where they are not known)."""
     attacked = int((result.predictions == result.labels).sum())
 
     def curve_summary(distances: Any) -> dict[str, Any]:
@@ -70,6 +79,7 @@ def summarise(result: RobustnessResult, eps: list[tuple[str, float]], **context:
             "queries": attack.queries,
             "queries_per_image": attack.queries / attacked if attacked else 0.0,
             "outside_box": attack.outside_box,
+            "options": (options or {}).get(attack.name),
         }
     return {
         **context,
@@ -102,45 +112,19 @@ def write_summary(path: Path, summary: dict[str, Any] | list[Any]) -> None:
     write_text(path, json.dumps(summary, indent=2, allow_nan=False) + "\n")  # NaN or inf is a bug here
 
 
-def plot_curves(
-    stem: Path, curves: list[tuple[str, Any]], norm: str, title: str, overall: tuple[str, Any] | None = None
-) -> list[Path]:
-    """Error curves (fraction of images broken vs distance, log-scale distance axis) as PNG and SVG.
-
-    Each curve starts at its clean error (distance 0 is off a log axis, so the curve begins flat at the
-    left edge) and stops at its largest finite distance. ``overall`` (the minimum over attacks) is drawn
-    dashed on top, so the attack it coincides with stays visible beneath it.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
-    drawn = curves + ([overall] if overall else [])
-    finite = [x for _, distances in drawn for x in curve_points(distances)[0] if x > 0]
-    low = min(finite) / 2 if finite else 1e-3
-    high = max(finite) * 1.5 if finite else 1.0
-    figure, axes = pyplot.subplots(figsize=(6.4, 4.4))
-    for index, (label, distances) in enumerate(drawn):
-        xs, ys = curve_points(distances)
-        clean = error_at(distances, 0.0)
-        points_x = [low] + [x for x in xs if x > 0]
-        points_y = [clean * 100] + [y * 100 for x, y in zip(xs, ys) if x > 0]
-        style = {"color": "black", "linestyle": "--", "linewidth": 1.0} if index == len(curves) else {}
-        axes.step(points_x, points_y, where="post", label=label, **style)
-    axes.set_xscale("log")
-    axes.set_xlim(low, high)
-    axes.set_ylim(0, 100)
-    axes.set_xlabel(f"adversarial distance ({'l2' if norm == 'l2' else 'l-inf'})")
-    axes.set_ylabel("% error")
-    axes.set_title(title)
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend(loc="upper left", fontsize="small")
-    figure.tight_layout()
-    written = []
-    for suffix in (".png", ".svg"):
-        target = stem.with_suffix(suffix)
-        atomic_write(target, lambda handle, kind=suffix[1:]: figure.savefig(handle, format=kind, dpi=150))
-        written.append(target)
-    pyplot.close(figure)
-    return written
+def write_adversarials(path: Path, result: RobustnessResult, seed: int) -> None:
+    """``adversarials.pt``, a dict that loads with ``torch.load(path, weights_only=True)``, one row per row of
+    distances.csv: ``indices`` (test-set index), ``labels``, ``adversarials`` (float32, the input whose
+    distance is the ``min`` column: the clean image where the model misclassifies it, NaN where every attack
+    failed), ``distances`` (float64, the ``min`` column), ``norm`` and ``seed``."""
+    if result.adversarials is None:
+        raise ValueError("the attacks ran without keep_adversarials: there are no adversarials to write")
+    payload = {
+        "indices": torch.arange(result.labels.numel()),
+        "labels": result.labels,
+        "adversarials": result.adversarials,
+        "distances": result.minimum,
+        "norm": result.norm,
+        "seed": seed,
+    }
+    atomic_write(path, lambda handle: torch.save(payload, handle))

@@ -4,11 +4,14 @@ Batched throughout: each attack sees a batch of the correctly classified images 
 device, in eval mode with parameters frozen (no weight gradients are built). lipcli then measures what each
 attack returned (:mod:`lipcli.evaluation.accounting`). With several processes (torchrun) each takes every
 N-th batch, the same batches a single process would form, so the per-image results are the same; they are
-then joined on every process.
+then joined on every process. Each attack runs on each batch under a seed of its own
+(:func:`lipcli.evaluation.seeding.seeded`), so the results of random attacks depend on the seed and the
+batches only: not on the other attacks, nor on which process ran the batch.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -16,11 +19,12 @@ import torch
 from torch import nn
 
 from lipcli.attacks import Attack
-from lipcli.data.batches import iterate_batches, num_batches
+from lipcli.data.batches import iterate_batches
 from lipcli.data.types import ImageSet
 from lipcli.distributed import all_reduce, owned
 from lipcli.errors import DataError
 from lipcli.evaluation.accounting import QueryCounter, measured_distances
+from lipcli.evaluation.seeding import DEFAULT_SEED, seeded
 from lipcli.gradients import frozen_eval, input_gradient
 from lipcli.progress import Reporter
 
@@ -50,6 +54,9 @@ class RobustnessResult:
     attacks: list[AttackResult]
     zero_gradients: int = 0
     warnings: list[str] = field(default_factory=list)
+    adversarials: torch.Tensor | None = None
+    """With ``keep_adversarials``: per image (on the CPU), the input whose distance is :attr:`minimum`: the
+    image itself where the model misclassifies it, NaN where every attack failed."""
 
     @property
     def minimum(self) -> torch.Tensor:
@@ -76,38 +83,49 @@ def attack_set(
     batch_size: int,
     device: torch.device,
     reporter: Reporter | None = None,
+    seed: int = DEFAULT_SEED,
+    keep_adversarials: bool = False,
 ) -> RobustnessResult:
-    """Run every attack on every correctly classified image of ``data``; restores the model's mode."""
+    """Run every attack on every correctly classified image of ``data``; restores the model's mode.
+
+    ``keep_adversarials`` keeps each image's closest adversarial on the CPU (as large as the test set).
+    """
     if not attacks:
         raise ValueError("no attack given")
     if len(data) == 0:
         raise DataError("no test images to attack")
     reporter = reporter or Reporter()
-    batches = num_batches(len(data), batch_size)
     with frozen_eval(model):
         predictions, zero_gradients = _clean_pass(model, data, batch_size, device, reporter)
         correct = predictions == data.labels
+        closest = _Closest(data) if keep_adversarials else None
         results = []
-        for name, attack in attacks.items():
+        for position, (name, attack) in enumerate(attacks.items(), 1):
             counter = QueryCounter(model)
             distances = torch.zeros(len(data), dtype=torch.float64)
             outside = 0
             seconds = 0.0
-            with reporter.task(f"{name} ({norm})", batches) as task:
+            description = f"attack {position}/{len(attacks)} {name} ({norm})"
+            with reporter.task(description, int(correct.sum()), unit="images", log_each=True) as task:
                 for number, (images, labels) in enumerate(iterate_batches(data, batch_size, device)):
                     first = number * batch_size
-                    keep = correct[first : first + images.shape[0]].to(device)
+                    keep = correct[first : first + images.shape[0]]
                     if owned(number) and keep.any():
+                        chosen = keep.to(device)
+                        attacked, truth = images[chosen], labels[chosen]
                         _sync(device)
                         started = time.perf_counter()
-                        proposals = attack.run(counter, images[keep], labels[keep], norm).detach()
+                        with seeded(seed, name, number):
+                            proposals = attack.run(counter, attacked, truth, norm).detach()
                         _sync(device)
                         seconds += time.perf_counter() - started
-                        measured, bad = measured_distances(model, images[keep], labels[keep], proposals, norm)
+                        measured, bad = measured_distances(model, attacked, truth, proposals, norm)
                         outside += bad
-                        rows = torch.arange(first, first + images.shape[0])[keep.cpu()]
+                        rows = torch.arange(first, first + images.shape[0])[keep]
                         distances[rows] = measured.cpu()
-                    task.advance(1)
+                        if closest is not None:
+                            closest.offer(rows, distances[rows], proposals)
+                    task.advance(int(keep.sum()))
             # each process attacked its own batches: the rows it did not own are 0 there, so a sum joins them
             all_reduce(distances)
             queries, outside = (int(v) for v in all_reduce(torch.tensor([counter.queries, outside])).tolist())
@@ -117,7 +135,31 @@ def attack_set(
             ))
     result = RobustnessResult(norm, data.labels.clone(), predictions, results, zero_gradients)
     result.warnings = masking_warnings(result)
+    if closest is not None:
+        result.adversarials = closest.joined(data, correct, result.minimum)
     return result
+
+
+class _Closest:
+    """Per image, the proposal with the smallest measured distance so far, on the CPU."""
+
+    def __init__(self, data: ImageSet) -> None:
+        self.points = torch.zeros(data.images.shape, dtype=torch.float32)  # the dtype ImageSet.as_float gives
+        self.distances = torch.full((len(data),), math.inf, dtype=torch.float64)
+
+    def offer(self, rows: torch.Tensor, measured: torch.Tensor, proposals: torch.Tensor) -> None:
+        """Keep ``proposals[i]`` for image ``rows[i]`` where its distance ``measured[i]`` (CPU) is smaller."""
+        better = measured < self.distances[rows]
+        self.distances[rows[better]] = measured[better]
+        self.points[rows[better]] = proposals[better.to(proposals.device)].to(self.points.dtype).cpu()
+
+    def joined(self, data: ImageSet, correct: torch.Tensor, minimum: torch.Tensor) -> torch.Tensor:
+        """The points of every process (the rows a process did not attack are 0 there, so a sum joins them),
+        the clean image where it is misclassified (distance 0), NaN where ``minimum`` is a failure."""
+        points = all_reduce(self.points)
+        points[~correct] = data.as_float(data.images[~correct.to(data.images.device)]).cpu()
+        points[minimum.isinf()] = math.nan
+        return points
 
 
 def _clean_pass(
@@ -126,14 +168,14 @@ def _clean_pass(
     """(clean predictions ``[N]``, number of correctly classified images with a zero loss gradient)."""
     predictions = torch.zeros(len(data), dtype=torch.int64)
     zero = torch.zeros((), dtype=torch.int64)
-    with reporter.task("clean", num_batches(len(data), batch_size)) as task:
+    with reporter.task("clean", len(data), unit="images") as task:
         for number, (images, labels) in enumerate(iterate_batches(data, batch_size, device)):
             if owned(number):
                 _, logits, gradient = input_gradient(model, images, labels)
                 predicted = logits.detach().argmax(1)
                 predictions[number * batch_size : number * batch_size + images.shape[0]] = predicted.cpu()
                 zero += ((gradient.flatten(1) == 0).all(1) & (predicted == labels)).sum().cpu()
-            task.advance(1)
+            task.advance(images.shape[0])
     return all_reduce(predictions), int(all_reduce(zero))
 
 

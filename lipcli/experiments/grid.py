@@ -25,6 +25,8 @@ from lipcli.config.loader import load_toml, resolve_layers
 from lipcli.config.schema import ExperimentConfig
 from lipcli.errors import ConfigError
 from lipcli.evaluation.curves import DEFAULT_EPS, parse_eps
+from lipcli.evaluation.robust import VERSIONS
+from lipcli.evaluation.seeding import DEFAULT_SEED
 from lipcli.registry import did_you_mean
 
 NORMS = ("l2", "linf")
@@ -34,7 +36,8 @@ DEFAULT_ATTACK = "min-norm"
 @dataclass
 class EvaluationPlan:
     """``[evaluate]``: the norms to draw error curves in, with their attacks, eps and attack options, the
-    image limit, whether to measure Lipschitz statistics, and which checkpoint is measured."""
+    image limit, whether to measure Lipschitz statistics, and which checkpoint is measured; ``[evaluate.robust]``:
+    the eps per norm at which to measure robust accuracy (``lipcli robust``) and AutoAttack's version."""
 
     norms: list[str] = field(default_factory=lambda: list(NORMS))
     attacks: dict[str, list[str]] = field(default_factory=dict)
@@ -46,6 +49,10 @@ class EvaluationPlan:
     checkpoint: str = "last"
     """``last`` (the final model) or ``best`` (lowest validation error: runs need ``data.validation`` > 0).
     Neither is chosen on the test set."""
+    seed: int = DEFAULT_SEED
+    """The attacks' seed (``lipcli curve --seed``)."""
+    robust: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+    robust_version: str = "standard"
 
     def attacks_for(self, norm: str) -> list[str]:
         return self.attacks.get(norm, [DEFAULT_ATTACK])
@@ -64,9 +71,17 @@ class EvaluationPlan:
         common = {"checkpoint": self.checkpoint, "limit": self.limit}
         if stage == "stats":
             return {**common, "eps": {n: self.eps_for(n) for n in NORMS}}
+        if stage.startswith("robust-"):
+            norm = stage.removeprefix("robust-")
+            curve = self.stage_plan(f"curve-{norm}") if norm in self.norms else None  # its distances count too
+            return {**common, "version": self.robust_version, "attacks": list(VERSIONS[self.robust_version]),
+                    "eps": self.robust[norm], "seed": self.seed, "curve": curve}
         norm = stage.removeprefix("curve-")
         attacks = self.attacks_for(norm)
-        return {**common, "attacks": attacks, "attack_options": self.options_for(norm), "eps": self.eps_for(norm)}
+        plan = {**common, "attacks": attacks, "attack_options": self.options_for(norm), "eps": self.eps_for(norm)}
+        if self.seed != DEFAULT_SEED:  # recorded only when set, so curves measured before seeds existed stay current
+            plan["seed"] = self.seed
+        return plan
 
 
 @dataclass
@@ -153,7 +168,9 @@ def identity_tree(config: ExperimentConfig) -> dict[str, Any]:
     return tree
 
 
-_EVALUATE_KEYS = ("norms", "attacks", "eps", "attack_options", "limit", "batch_size", "stats", "checkpoint")
+_EVALUATE_KEYS = (
+    "norms", "attacks", "eps", "attack_options", "limit", "batch_size", "stats", "checkpoint", "seed", "robust",
+)
 
 
 def _evaluation(table: Any, path: Path) -> EvaluationPlan:
@@ -201,7 +218,35 @@ def _evaluation(table: Any, path: Path) -> EvaluationPlan:
         if table["checkpoint"] not in ("last", "best"):
             raise ConfigError(f"{path}: evaluate.checkpoint: expected 'last' or 'best', got {table['checkpoint']!r}")
         plan.checkpoint = table["checkpoint"]
+    if "seed" in table:
+        if not isinstance(table["seed"], int) or isinstance(table["seed"], bool) or table["seed"] < 0:
+            raise ConfigError(f"{path}: evaluate.seed: expected an integer >= 0, got {table['seed']!r}")
+        plan.seed = table["seed"]
+    if "robust" in table:
+        _robust(table["robust"], path, plan)
     return plan
+
+
+def _robust(table: Any, path: Path, plan: EvaluationPlan) -> None:
+    """``[evaluate.robust]``: ``l2`` / ``linf`` = eps (a list, or one comma-separated string), ``version``."""
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{path}: evaluate.robust: expected a table such as {{ linf = [\"8/255\"] }}")
+    for key, value in table.items():
+        if key == "version":
+            if value not in VERSIONS:
+                raise ConfigError(f"{path}: evaluate.robust.version: expected {' or '.join(VERSIONS)}, got {value!r}")
+            plan.robust_version = value
+        elif key in NORMS:
+            items = value if isinstance(value, list) else [value]
+            try:
+                points = parse_eps(",".join(str(item) for item in items))
+            except ValueError as exc:
+                raise ConfigError(f"{path}: evaluate.robust.{key}: {exc}") from None
+            if not points:
+                raise ConfigError(f"{path}: evaluate.robust.{key}: expected eps values, e.g. [\"8/255\"]")
+            plan.robust[key] = points
+        else:
+            raise ConfigError(f"{path}: unknown key 'evaluate.robust.{key}'.{did_you_mean(key, ['version', *NORMS])}")
 
 
 _NAMED = ("data.dataset", "model.arch", "defence.name", "model.tanh_head", "training.seed")

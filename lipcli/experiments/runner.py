@@ -6,6 +6,8 @@ A run's stages and what marks them done:
 * training: ``trained.json``, written once training has returned (an interrupted run has ``last.pt`` but no
   marker and is resumed from it; a run folder without ``last.pt`` starts over);
 * ``curve-<norm>/summary.json`` for each norm of ``[evaluate]``, as ``lipcli curve`` writes it;
+* ``robust-<norm>/summary.json`` for each norm of ``[evaluate.robust]``, as ``lipcli robust`` writes it (run after
+  the curves, whose minimal distances of the same norm it counts);
 * ``stats/stats.json``, as ``lipcli stats`` writes it.
 
 Beside each evaluation result, ``plan.json`` records the ``[evaluate]`` settings it was measured with
@@ -42,6 +44,7 @@ from lipcli.distributed import barrier, broadcast, current
 from lipcli.errors import ConfigError, LipcliError
 from lipcli.evaluation.evaluate import build_attacks, evaluate_checkpoints
 from lipcli.evaluation.results import SUMMARY_FILE
+from lipcli.evaluation.robust import VERSIONS, build_ensemble, evaluate_robust
 from lipcli.experiments.grid import EvaluationPlan, Grid, PlannedRun, identity_tree
 from lipcli.files import write_text
 from lipcli.lipschitz.measure import STATS_FILE, measure_checkpoints
@@ -84,7 +87,8 @@ def pending_stages(run: PlannedRun, plan: EvaluationPlan) -> list[str]:
     if not (folder / TRAINED).is_file() or (last is not None and _unfinished(last, run.config.training)):
         stages.append("resume" if last is not None else "train")
     measured = _trained_so_far(folder / (LAST if plan.checkpoint == "last" else BEST))
-    evaluations = [curve_folder(n) for n in plan.norms] + (["stats"] if plan.stats else [])
+    evaluations = [curve_folder(n) for n in plan.norms] + [f"robust-{n}" for n in plan.robust]
+    evaluations += ["stats"] if plan.stats else []
     for stage in evaluations:
         result = folder / _stage_folder(stage) / (STATS_FILE if stage == "stats" else SUMMARY_FILE)
         expected = _as_json(_measured_plan(plan, stage, measured))
@@ -145,6 +149,8 @@ def check_components(grid: Grid, host: PluginHost) -> None:
             raise ConfigError(f"{grid.path}: evaluate.attack_options.{name}: not an attack of evaluate.attacks")
     for norm in plan.norms:
         build_attacks(plan.attacks_for(norm), plan.options_for(norm), host)
+    if plan.robust:
+        build_ensemble(list(VERSIONS[plan.robust_version]), {}, host)
 
 
 def run_grid(
@@ -211,12 +217,21 @@ def _run_stages(
                 [checkpoint], out=out, eps={n: plan.eps_for(n) for n in ("l2", "linf")}, limit=plan.limit,
                 batch_size=plan.batch_size, device=target_device, host=host, reporter=reporter,
             )
+        elif stage.startswith("robust-"):
+            norm = stage.removeprefix("robust-")
+            attacks, options = build_ensemble(list(VERSIONS[plan.robust_version]), {}, host)
+            evaluate_robust(
+                [checkpoint], norm=norm, attacks=attacks, options=options, eps=plan.robust[norm], out=out,
+                version=plan.robust_version, seed=plan.seed,
+                curves=[folder / curve_folder(norm)] if norm in plan.norms else None, limit=plan.limit,
+                batch_size=plan.batch_size, device=target_device, host=host, reporter=reporter,
+            )
         else:
             norm = stage.removeprefix("curve-")
             evaluate_checkpoints(
                 [checkpoint], norm=norm, attacks=build_attacks(plan.attacks_for(norm), plan.options_for(norm), host),
                 eps=plan.eps_for(norm), out=out, limit=plan.limit, batch_size=plan.batch_size,
-                device=target_device, host=host, reporter=reporter,
+                device=target_device, host=host, reporter=reporter, seed=plan.seed,
             )
         if current().main:
             measured = _measured_plan(plan, stage, _trained_so_far(checkpoint))

@@ -2,7 +2,9 @@
 
 Minimum-norm: ``min-norm`` (the default of ``lipcli curve``), ``deepfool`` (batched), ``boundary``
 (decision-based). Fixed-budget, made minimal by a per-image search: ``gradient``, ``fgsm``, ``pgd-l2``,
-``pgd-linf``, ``cw``. ``deepfool-torchattacks`` is torchattacks' own per-image DeepFool, kept as a reference.
+``pgd-linf``, ``cw``. At a fixed budget (``lipcli robust``) and made minimal the same way: ``apgd-ce``, ``apgd-t``
+(AutoAttack's APGD); ``fab-t`` (also minimum-norm, like ``fab``) and ``square`` (score-based, at a budget
+only). ``deepfool-torchattacks`` is torchattacks' own per-image DeepFool, kept as a reference.
 """
 
 from __future__ import annotations
@@ -13,7 +15,18 @@ from lipcli.hookspecs import Register
 
 @hookimpl
 def register_attacks(register: Register) -> None:
-    from lipcli_attacks import boundary, budgeted, deepfool, min_norm
+    from functools import partial
+
+    from lipcli_attacks import (
+        apgd,
+        boundary,
+        budgeted,
+        deepfool,
+        fab,
+        hsja,
+        min_norm,
+        square,
+    )
 
     register("min-norm", min_norm.MinimumNorm,
              "Minimum-norm attack: box-aware DeepFool start, FAB-style refinement (l2, linf); the default")
@@ -22,8 +35,20 @@ def register_attacks(register: Register) -> None:
              "torchattacks' DeepFool as it is (one image at a time; slow reference, l2)")
     register("boundary", boundary.BoundaryAttack,
              "Decision-based Boundary attack (Brendel et al. 2018), labels only, batched (l2)")
+    register("hsja", hsja.HopSkipJump,
+             "Decision-based HopSkipJump (Chen et al. 2020), labels only, batched, a query budget per image (l2)")
     register("gradient", budgeted.GradientAttack, "One step along the l2-normalised loss gradient, size searched")
     register("fgsm", budgeted.FGSM, "torchattacks FGSM, size searched per image (linf)")
     register("pgd-l2", budgeted.PGDL2, "torchattacks PGDL2, budget searched per image (l2)")
     register("pgd-linf", budgeted.PGDLinf, "torchattacks PGD (iterative FGSM), budget searched per image (linf)")
     register("cw", budgeted.CarliniWagner, "torchattacks CW, constant c searched per image, no batch early stop (l2)")
+    register("apgd-ce", apgd.APGD,
+             "AutoAttack's APGD-CE (Croce & Hein 2020): step-size-free PGD on the cross-entropy (l2, linf)")
+    register("apgd-t", apgd.APGDT,
+             "AutoAttack's APGD-T: APGD on the targeted DLR loss, 9 highest other classes in turn (l2, linf)")
+    register("fab-t", fab.FAB,
+             "FAB-T (Croce & Hein 2020) as in AutoAttack: 9 target classes, 100 steps; minimum-norm or at eps (l2, linf)")
+    register("fab", partial(fab.FAB, targets=0),
+             "Untargeted FAB (Croce & Hein 2020): closest linearised boundary over all classes; minimum-norm or at eps")
+    register("square", square.SquareAttack,
+             "Square Attack (Andriushchenko et al. 2020), score-based (no gradients), 5000 queries; at eps (l2, linf)")

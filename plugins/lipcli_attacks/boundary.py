@@ -10,6 +10,12 @@ of the orthogonal proposals (target 20-50 %) and of the full proposals, as in th
 Queries per image: at most ``init_trials`` (noise draws) + ``init_bisect`` (blend bisection) + 2 per step
 (the orthogonal proposal and the full proposal are classified in one batch): 10,125 with the defaults
 (5,000 steps, the paper's budget). Every image of a batch runs every step.
+
+Randomness: the draws come from a generator of the images' device seeded with torch's current seed
+(``torch.initial_seed()``) plus the ``seed`` option. lipcli sets torch's seed for each (attack, batch) from
+``--seed`` (:mod:`lipcli.evaluation.seeding`), so ``--seed`` governs the attack and ``seed`` is an offset for
+trying other draws; called directly, two runs after the same ``torch.manual_seed`` draw alike, and the
+attack leaves torch's own generators untouched.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ class BoundaryAttack(Attack):
 
     @torch.no_grad()
     def run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str) -> torch.Tensor:
-        generator = torch.Generator(device=images.device).manual_seed(self.seed)
+        generator = torch.Generator(device=images.device).manual_seed((torch.initial_seed() + self.seed) % 2**64)
         adversarial, found = self._start(model, images, labels, generator)
         self._walk(model, images, labels, adversarial, found, generator)
         return adversarial

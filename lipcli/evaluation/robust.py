@@ -1,0 +1,449 @@
+"""``lipcli robust``: robust accuracy at fixed eps, the way AutoAttack and RobustBench count it.
+
+An image is robust at eps only if the model classifies it correctly and no attack of the ensemble finds an
+adversarial within eps. The attacks (:class:`lipcli.attacks.AttackAtBudget`, looked up by name: the standard
+ensemble is APGD-CE, APGD-T, FAB-T, Square) run in sequence, each on the images still robust after the ones
+before it; lipcli judges every proposal itself (eval mode, re-classified, in [0, 1], float64 distance at most
+``eps + BUDGET_TOLERANCE``). Minimal distances from ``lipcli curve`` (``distances.csv``) count too: an image whose
+distance is at most eps is broken before any attack runs.
+
+What the numbers mean, per eps:
+
+* ``robust_accuracy_after`` of attack k: AutoAttack's "robust accuracy after attack k", the share of all images
+  still robust after the curve distances and attacks 1..k, in sequence; the last one is the ensemble's, but for
+  ``carried`` images (below);
+* ``attacked`` / ``broken`` of attack k: how many images it was run on (those still robust when its turn came)
+  and how many of those it broke on its own; ``robust.csv`` names, per image, the attack that broke it;
+* eps are run in increasing order, each from scratch, so every per-attack number is AutoAttack's at that eps.
+  An image an attack broke at a smaller eps that the whole ensemble misses at a larger one is still broken
+  there (its adversarial lies within the larger eps too): ``robust.csv`` names it ``<attack>@<smaller eps>``
+  and ``robust_accuracy`` counts it as broken, so robust accuracy never grows with eps.
+
+Each attack call on a batch runs under :func:`lipcli.evaluation.seeding.seeded` with the attack's name and eps:
+two runs with the same seed are identical. With several processes (torchrun) each attacks every N-th batch, as
+:mod:`lipcli.evaluation.runner` does, and the results are joined on every process.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import lipcli
+from lipcli.attacks import BUDGET_TOLERANCE, NORMS, AttackAtBudget
+from lipcli.components import call_factory, option_defaults
+from lipcli.data.batches import iterate_batches, num_batches
+from lipcli.data.types import ImageSet
+from lipcli.distributed import all_reduce, barrier, current, owned
+from lipcli.errors import ConfigError, DataError
+from lipcli.evaluation.accounting import QueryCounter, measured_distances
+from lipcli.evaluation.results import DISTANCES_FILE, SUMMARY_FILE, write_summary
+from lipcli.evaluation.seeding import DEFAULT_SEED, seeded
+from lipcli.evaluation.targets import load_target, output_folders
+from lipcli.files import write_text
+from lipcli.gradients import frozen_eval
+from lipcli.plugins import PluginHost, get_host
+from lipcli.progress import Reporter
+from lipcli.registry import did_you_mean
+
+VERSIONS = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"), "fast": ("apgd-ce", "apgd-t")}
+"""AutoAttack's ensembles by name; each attack's defaults are AutoAttack's settings for it."""
+CUSTOM = "custom"
+"""The version recorded when ``--attack`` names the ensemble."""
+ROBUST_FILE = "robust.csv"
+
+ROBUST, MISCLASSIFIED, CURVE = "robust", "misclassified", "curve"
+"""Per-image outcomes besides the name of the attack that broke the image."""
+
+
+@dataclass
+class MemberResult:
+    """One attack of the ensemble at one eps (see the module docstring for what each number means)."""
+
+    name: str
+    attacked: int
+    broken: int
+    robust_accuracy_after: float
+    seconds: float
+    queries: int
+    outside_box: int
+
+
+@dataclass
+class EpsResult:
+    """The ensemble at one eps: per image, who broke it (:data:`ROBUST` where nobody did), and per attack."""
+
+    text: str
+    value: float
+    outcome: list[str]
+    members: list[MemberResult]
+
+    @property
+    def robust_accuracy(self) -> float:
+        return self.outcome.count(ROBUST) / len(self.outcome) if self.outcome else math.nan
+
+    def count(self, outcome: str) -> int:
+        return self.outcome.count(outcome)
+
+
+@dataclass
+class RobustResult:
+    """Every eps's result on the same images, in the order the user gave the eps."""
+
+    norm: str
+    labels: torch.Tensor
+    predictions: torch.Tensor
+    attacks: list[str]
+    per_eps: dict[str, EpsResult]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def clean_accuracy(self) -> float:
+        return float((self.predictions == self.labels).double().mean())
+
+
+@dataclass
+class KnownDistances:
+    """Minimal distances found earlier (``lipcli curve``), with the clean predictions they were found for."""
+
+    source: Path
+    distances: torch.Tensor
+    predictions: torch.Tensor
+
+
+def ensemble_names(version: str | None, attacks: list[str] | None) -> tuple[str, list[str]]:
+    """(version as recorded, attack names): ``--version`` picks AutoAttack's ensemble, ``--attack`` any."""
+    if version is not None and attacks:
+        raise ConfigError("give --version or --attack, not both")
+    if attacks:
+        return CUSTOM, list(attacks)
+    version = version or "standard"
+    if version not in VERSIONS:
+        raise ConfigError(f"version: unknown version {version!r}; use {' or '.join(VERSIONS)}."
+                          + did_you_mean(version, list(VERSIONS)))
+    return version, list(VERSIONS[version])
+
+
+def build_ensemble(
+    names: list[str], options: Mapping[str, Mapping[str, Any]], host: PluginHost
+) -> tuple[dict[str, AttackAtBudget], dict[str, dict[str, Any]]]:
+    """(attacks by registered name, each one's options with every default filled in), in the order given.
+
+    A registered attack that cannot run at a fixed eps (not an ``AttackAtBudget``) is refused, naming those
+    that can.
+    """
+    registry = host.registry("attack")
+    options = {registry.get(key).name if key in registry else key: value for key, value in options.items()}
+    attacks: dict[str, AttackAtBudget] = {}
+    resolved: dict[str, dict[str, Any]] = {}
+    for name in names:
+        component = registry.get(name)
+        if component.name in attacks:
+            raise ConfigError(f"attack {component.name!r} is given twice")
+        attack = call_factory(component, options.get(component.name, {}), f"attack.{component.name}")
+        if not isinstance(attack, AttackAtBudget):
+            able = [c.name for c in registry if isinstance(c.factory, type) and issubclass(c.factory, AttackAtBudget)]
+            raise ConfigError(f"attack {component.name!r} cannot run at a fixed eps (not an AttackAtBudget); "
+                              f"use one of {', '.join(able) or 'none registered'}")
+        attacks[component.name] = attack
+        resolved[component.name] = {**option_defaults(component), **options.get(component.name, {})}
+    unknown = set(options) - set(attacks)
+    if unknown:
+        raise ConfigError(f"attack.{min(unknown)}: options given for an attack that is not run")
+    return attacks, resolved
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def _predictions(model: nn.Module, data: ImageSet, batch_size: int, device: torch.device) -> torch.Tensor:
+    predictions = torch.zeros(len(data), dtype=torch.int64)
+    for number, (images, _) in enumerate(iterate_batches(data, batch_size, device)):
+        if owned(number):
+            predictions[number * batch_size : number * batch_size + images.shape[0]] = model(images).argmax(1).cpu()
+    return all_reduce(predictions)
+
+
+def robust_accuracy(
+    model: nn.Module,
+    data: ImageSet,
+    attacks: Mapping[str, AttackAtBudget],
+    norm: str,
+    eps: list[tuple[str, float]],
+    *,
+    batch_size: int,
+    device: torch.device,
+    seed: int = DEFAULT_SEED,
+    known: KnownDistances | None = None,
+    reporter: Reporter | None = None,
+) -> RobustResult:
+    """Run the ensemble ``attacks`` (in order) at each eps ``(as written, value)``; restores the model's mode."""
+    if norm not in NORMS:
+        raise ConfigError(f"norm: unknown norm {norm!r}; use one of {', '.join(NORMS)}")
+    if not attacks or not eps:
+        raise ValueError("need at least one attack and one eps")
+    values = [value for _, value in eps]
+    if len(set(values)) < len(values):
+        raise ConfigError(f"eps: a value is given twice in {', '.join(text for text, _ in eps)}")
+    if len(data) == 0:
+        raise DataError("no test images to attack")
+    reporter = reporter or Reporter()
+    batches = num_batches(len(data), batch_size)
+    results: dict[str, EpsResult] = {}
+    with frozen_eval(model):
+        predictions = _predictions(model, data, batch_size, device)
+        correct = predictions == data.labels
+        if known is not None and not torch.equal(known.predictions, predictions):
+            row = int((known.predictions != predictions).nonzero()[0])
+            raise DataError(f"{known.source}: image {row} was classified {int(known.predictions[row])} there and "
+                            f"{int(predictions[row])} now: not the same checkpoint (or device) as this evaluation")
+        previous: EpsResult | None = None
+        for text, value in sorted(eps, key=lambda point: point[1]):
+            broken_by = torch.full((len(data),), -1, dtype=torch.int64)  # -1: robust so far; else attack index
+            robust = correct.clone()
+            if known is not None:
+                robust &= ~(known.distances <= value)
+            members = []
+            for index, (name, attack) in enumerate(attacks.items()):
+                member, broke = _run_member(
+                    model, data, name, attack, norm, text, value, robust,
+                    batch_size=batch_size, batches=batches, device=device, seed=seed, reporter=reporter,
+                )
+                broken_by[broke] = index
+                robust &= ~broke
+                member.robust_accuracy_after = float(robust.double().mean())
+                members.append(member)
+            outcome = [
+                _outcome(ok, list(attacks), by, still)
+                for ok, by, still in zip(correct.tolist(), broken_by.tolist(), robust.tolist())
+            ]
+            if previous is not None:  # an adversarial within a smaller eps is one within this eps too
+                outcome = [
+                    (earlier if "@" in earlier else f"{earlier}@{previous.text}")
+                    if now == ROBUST and earlier not in (ROBUST, MISCLASSIFIED, CURVE) else now
+                    for now, earlier in zip(outcome, previous.outcome)
+                ]
+            previous = results[text] = EpsResult(text, value, outcome, members)
+    result = RobustResult(norm, data.labels.clone(), predictions, list(attacks), {t: results[t] for t, _ in eps})
+    result.warnings = masking_warnings(result, attacks)
+    return result
+
+
+def _outcome(correct: bool, names: list[str], broken_by: int, robust: bool) -> str:
+    if not correct:
+        return MISCLASSIFIED
+    if broken_by >= 0:
+        return names[broken_by]
+    return ROBUST if robust else CURVE
+
+
+def _run_member(
+    model: nn.Module, data: ImageSet, name: str, attack: AttackAtBudget, norm: str, text: str, value: float,
+    robust: torch.Tensor, *, batch_size: int, batches: int, device: torch.device, seed: int, reporter: Reporter,
+) -> tuple[MemberResult, torch.Tensor]:
+    """One attack on the images ``robust`` (bool ``[N]``) at eps ``value``: its result, and which it broke."""
+    counter = QueryCounter(model)
+    broke = torch.zeros(len(data), dtype=torch.bool)
+    seconds, outside = 0.0, 0
+    with reporter.task(f"{name} ({norm} {text})", batches) as task:
+        for number, (images, labels) in enumerate(iterate_batches(data, batch_size, device)):
+            first = number * batch_size
+            keep = robust[first : first + images.shape[0]].to(device)
+            if owned(number) and keep.any():
+                budget = torch.full((int(keep.sum()),), value, dtype=torch.float64, device=device)
+                _sync(device)
+                started = time.perf_counter()
+                with seeded(seed, f"{name}@{text}", number):
+                    proposals = attack.run_at(counter, images[keep], labels[keep], norm, budget).detach()
+                _sync(device)
+                seconds += time.perf_counter() - started
+                measured, bad = measured_distances(model, images[keep], labels[keep], proposals, norm)
+                outside += bad
+                rows = torch.arange(first, first + images.shape[0])[keep.cpu()]
+                broke[rows] = (measured <= value + BUDGET_TOLERANCE).cpu()
+            task.advance(1)
+    broke = all_reduce(broke.to(torch.int64)) > 0  # each process filled its own batches' rows
+    queries, outside = (int(v) for v in all_reduce(torch.tensor([counter.queries, outside])).tolist())
+    seconds = float(all_reduce(torch.tensor(seconds, dtype=torch.float64), "max"))
+    member = MemberResult(name, int(robust.sum()), int(broke.sum()), math.nan, seconds, queries, outside)
+    return member, broke
+
+
+def masking_warnings(result: RobustResult, attacks: Mapping[str, AttackAtBudget]) -> list[str]:
+    """A gradient-free attack that breaks images every gradient attack before it missed: a sign of masking."""
+    warnings = []
+    blind = {name for name, attack in attacks.items() if attack.score_based or attack.decision_based}
+    for point in result.per_eps.values():
+        sighted = []
+        for member in point.members:
+            if member.name in blind and sighted and member.broken:
+                warnings.append(
+                    f"possible gradient masking: {member.name} (no gradients) broke {member.broken} images at eps "
+                    f"{point.text} that {', '.join(sighted)} could not"
+                )
+            elif member.name not in blind:
+                sighted.append(member.name)
+    return warnings
+
+
+def read_curve(
+    path: Path, *, norm: str, checkpoint: Path, dataset: str, labels: torch.Tensor
+) -> KnownDistances:
+    """The ``min`` column of ``lipcli curve``'s ``distances.csv`` (``path`` or the folder holding it), checked to
+    describe the same checkpoint, data set, norm and first images as this evaluation; anything else is refused."""
+    csv_path = Path(path) / DISTANCES_FILE if Path(path).is_dir() else Path(path)
+    summary_path = csv_path.parent / SUMMARY_FILE
+    if not csv_path.is_file() or not summary_path.is_file():
+        raise DataError(f"{path}: expected lipcli curve's {DISTANCES_FILE} with its {SUMMARY_FILE} beside it")
+    try:
+        summaries = json.loads(summary_path.read_text())
+    except ValueError as exc:
+        raise DataError(f"{summary_path}: not JSON ({exc})") from None
+    summary = summaries[0] if isinstance(summaries, list) and summaries else summaries
+    if not isinstance(summary, dict):
+        raise DataError(f"{summary_path}: not a lipcli curve summary")
+    recorded = Path(str(summary.get("checkpoint", "")))
+    if not (recorded.is_file() and os.path.samefile(recorded, checkpoint)):
+        raise DataError(f"{csv_path}: measured on checkpoint {str(recorded)!r}, not {str(checkpoint)!r}")
+    for key, wanted in (("norm", norm), ("dataset", dataset)):
+        if summary.get(key) != wanted:
+            raise DataError(f"{csv_path}: measured with {key} {summary.get(key)!r}, not {wanted!r}")
+    with csv_path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    count = labels.numel()
+    if len(rows) < count or not rows or "min" not in rows[0]:
+        raise DataError(f"{csv_path}: {len(rows)} images with a 'min' column needed for {count}; run lipcli curve "
+                        f"on at least as many images (--limit)")
+    try:
+        indices = [int(row["index"]) for row in rows[:count]]
+        found = torch.tensor([int(row["label"]) for row in rows[:count]])
+        predictions = torch.tensor([int(row["prediction"]) for row in rows[:count]])
+        distances = torch.tensor([float(row["min"]) for row in rows[:count]], dtype=torch.float64)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{csv_path}: not a lipcli curve distances file ({exc})") from None
+    if indices != list(range(count)) or not torch.equal(found, labels.cpu()):
+        raise DataError(f"{csv_path}: its images are not this evaluation's (indices or labels differ)")
+    return KnownDistances(csv_path, distances, predictions)
+
+
+def summarise(result: RobustResult, options: Mapping[str, Mapping[str, Any]], **context: Any) -> dict[str, Any]:
+    """summary.json: what was run (context, every attack's options) and, per eps, the ensemble and each attack."""
+    per_eps = {}
+    for text, point in result.per_eps.items():
+        per_eps[text] = {
+            "value": point.value,
+            "robust_accuracy": point.robust_accuracy,
+            "robust": point.count(ROBUST),
+            "broken_by_curve": point.count(CURVE),
+            "carried": sum("@" in outcome for outcome in point.outcome),
+            "robust_accuracy_after": {m.name: m.robust_accuracy_after for m in point.members},
+            "attacks": {
+                m.name: {"attacked": m.attacked, "broken": m.broken, "seconds": m.seconds, "queries": m.queries,
+                         "outside_box": m.outside_box}
+                for m in point.members
+            },
+        }
+    members = [m for point in result.per_eps.values() for m in point.members]
+    return {
+        **context,
+        "norm": result.norm,
+        "eps": {text: point.value for text, point in result.per_eps.items()},
+        "attacks": result.attacks,
+        "options": {name: dict(options.get(name, {})) for name in result.attacks},
+        "images": int(result.labels.numel()),
+        "clean_accuracy": result.clean_accuracy,
+        "robust_accuracy": {text: point.robust_accuracy for text, point in result.per_eps.items()},
+        "per_eps": per_eps,
+        "meaning": "robust_accuracy_after[k]: share of all images still robust after the curve distances and "
+                   "attacks 1..k in sequence (AutoAttack's); attacks[k].broken: images attack k broke among the "
+                   "attacked ones still robust when its turn came",
+        "seconds": sum(m.seconds for m in members),
+        "queries": sum(m.queries for m in members),
+        "warnings": list(result.warnings),
+    }
+
+
+def write_outcomes(path: Path, result: RobustResult) -> None:
+    """robust.csv: index, label, prediction, then per eps (as written) ``robust``, ``misclassified``, ``curve``
+    or the attack that broke the image."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["index", "label", "prediction", *result.per_eps])
+    columns = [point.outcome for point in result.per_eps.values()]
+    for index, (label, prediction) in enumerate(zip(result.labels.tolist(), result.predictions.tolist())):
+        writer.writerow([index, label, prediction, *(column[index] for column in columns)])
+    write_text(path, buffer.getvalue())
+
+
+@dataclass
+class RobustEvaluation:
+    """One checkpoint's result: its label, the folder written, the result and its summary."""
+
+    label: str
+    folder: Path
+    result: RobustResult
+    summary: dict[str, Any]
+
+
+def evaluate_robust(
+    paths: list[Path],
+    *,
+    norm: str,
+    attacks: Mapping[str, AttackAtBudget],
+    options: Mapping[str, Mapping[str, Any]],
+    eps: list[tuple[str, float]],
+    out: Path,
+    version: str,
+    seed: int = DEFAULT_SEED,
+    curves: list[Path] | None = None,
+    limit: int | None = None,
+    batch_size: int | None = None,
+    data_dir: Path | None = None,
+    device: torch.device,
+    host: PluginHost | None = None,
+    reporter: Reporter | None = None,
+) -> list[RobustEvaluation]:
+    """Robust accuracy of every checkpoint; writes robust.csv and summary.json under ``out`` (directly for one
+    checkpoint, else one sub-folder each). ``curves``: one ``lipcli curve`` result per checkpoint, or none."""
+    if curves and len(curves) != len(paths):
+        raise ConfigError(f"curve: give one curve result per checkpoint ({len(paths)}), not {len(curves)}")
+    host = host or get_host()
+    reporter = reporter or Reporter()
+    evaluations = []
+    for number, (path, (label, folder)) in enumerate(zip(paths, output_folders(paths, out))):
+        target = load_target(path, data_dir=data_dir, limit=limit, device=device, host=host)
+        known = None
+        if curves:
+            known = read_curve(curves[number], norm=norm, checkpoint=Path(path), dataset=target.info.name,
+                               labels=target.test.labels)
+        reporter.info(f"{label}: {len(target.test)} test images of {target.info.name}, {norm} eps "
+                      f"{', '.join(text for text, _ in eps)}, {version} ({', '.join(attacks)}), on {device}")
+        result = robust_accuracy(
+            target.model, target.test, attacks, norm, eps, batch_size=batch_size or target.config.evaluation.batch_size,
+            device=device, seed=seed, known=known, reporter=reporter,
+        )
+        summary = summarise(
+            result, options, checkpoint=str(path), label=label, dataset=target.info.name, version=version,
+            seed=seed, curve=None if known is None else str(known.source),
+            device=str(device), lipcli_version=lipcli.__version__,
+        )
+        if current().main:
+            write_outcomes(folder / ROBUST_FILE, result)
+            write_summary(folder / SUMMARY_FILE, summary)
+        evaluations.append(RobustEvaluation(label, folder, result, summary))
+    barrier()
+    return evaluations
