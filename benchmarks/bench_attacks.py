@@ -15,7 +15,8 @@ dependencies: ``pip install foolbox torchattacks tqdm && pip install --no-deps a
 ``visdom`` is given an empty stand-in here.
 
     python benchmarks/bench_attacks.py [CHECKPOINT ...] [--norms l2,linf] [--limit 300] [--steps 1000]
-        [--only NAME,...] [--cache DIR] [--rerun NAME,...] [--device cpu] [--suite minimal|deepfool|decision]
+        [--only NAME,...] [--cache DIR] [--rerun NAME,...] [--default-options JSON] [--device cpu]
+        [--suite minimal|deepfool|decision]
 
 ``--cache DIR`` keeps each attack's distances and seconds per (checkpoint, norm, limit) and reuses them;
 ``--rerun`` runs the named attacks again anyway (``best-outside`` names the best single outside attack, so its
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import sys
 import tempfile
 import time
@@ -58,8 +60,8 @@ DEFAULT = "min-norm"
 Run = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def lipcli_attack(host: PluginHost, name: str, norm: str) -> Run:
-    attack = host.registry("attack").get(name).factory()
+def lipcli_attack(host: PluginHost, name: str, norm: str, **options: object) -> Run:
+    attack = host.registry("attack").get(name).factory(**options)
     return lambda model, images, labels: attack.run(model, images, labels, norm)
 
 
@@ -120,14 +122,15 @@ def minimal_suite(args: argparse.Namespace, host: PluginHost, path: Path) -> Non
     print(f"\n== {path} ({target.label}): {len(target.test)} test images, {len(labels)} classified correctly")
     rerun = set(args.rerun.split(",")) if args.rerun else set()
     for norm in args.norms.split(","):
-        runs: dict[str, Run] = {DEFAULT: lipcli_attack(host, DEFAULT, norm), **outside_attacks(norm, args.steps)}
+        runs: dict[str, Run] = {DEFAULT: lipcli_attack(host, DEFAULT, norm, **json.loads(args.default_options)),
+                                **outside_attacks(norm, args.steps)}
         if args.only:
             runs = {name: run for name, run in runs.items() if name in args.only.split(",") or name == DEFAULT}
         results: dict[str, tuple[torch.Tensor, float, bool]] = {}
         cache = args.cache / f"{file_hash(path)}-{norm}-{args.limit}" if args.cache else None
 
         def measure(name: str) -> None:
-            stored = cache / f"{name}.pt" if cache else None
+            stored = cache / f"{name}.pt" if cache and name != DEFAULT else None  # the default always runs
             if stored and stored.exists() and name not in rerun:
                 saved = torch.load(stored, weights_only=True)
                 results[name] = (saved["distances"], float(saved["seconds"]), True)
@@ -209,6 +212,7 @@ def main() -> None:
     parser.add_argument("--only", help="run only these attacks (and the default)")
     parser.add_argument("--cache", type=Path)
     parser.add_argument("--rerun", help="attacks to run again even when cached (best-outside: the best one)")
+    parser.add_argument("--default-options", default="{}", help="options of the default attack, as JSON")
     parser.add_argument("--data-dir", default=FASHION)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()

@@ -5,6 +5,8 @@ The content goes to a temporary file in the same folder, is fsynced, then rename
 
 from __future__ import annotations
 
+import hashlib
+
 import os
 import tempfile
 from pathlib import Path
@@ -44,3 +46,12 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def sha256(path: Path) -> str:
+    """The hex SHA-256 of a file's bytes: results name the exact checkpoint they measured, wherever it moved."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -127,3 +127,23 @@ def test_square_queries_within_its_budget_and_only_while_robust(host: PluginHost
     _, broken = _at_budget(host, "square", breakable, images, labels, norm, truth * 4, queries=budget)
     assert broken.all()
     assert breakable.queries - judged <= len(images) * (budget + 1) / 4, "fooled images went on querying"
+
+
+def test_square_l2_on_large_images_counts_every_adversarial_it_stops_on(host: PluginHost) -> None:
+    """On 3x224x224 inputs a perturbation rescaled to norm eps in float32 misses eps by ~5e-6 of it: lipcli's
+    rule (:func:`within_budget`) must accept what Square stops on, or the image would count as robust."""
+    from lipcli.attacks import within_budget
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 224 * 224, 10)).eval()
+    images = 0.2 + 0.6 * torch.rand(16, 3, 224, 224)
+    with torch.no_grad():
+        labels = model(images).argmax(1)
+    eps = torch.full((16,), 8.0, dtype=torch.float64)
+    torch.manual_seed(1)
+    proposals = host.registry("attack").get("square").factory(queries=60).run_at(model, images, labels, "l2", eps)
+    found, _ = measured_distances(model, images, labels, proposals, "l2")
+    with torch.no_grad():
+        fooled = model(proposals).argmax(1) != labels
+    assert fooled.sum() >= 2
+    assert within_budget(found[fooled], eps[fooled]).all() and torch.isfinite(found[fooled]).all()

@@ -299,6 +299,30 @@ def test_cli_refuses_a_curve_of_another_checkpoint(
     assert refused.exit_code == 1 and "measured on checkpoint" in refused.output, refused.output
 
 
+def test_a_curve_is_matched_by_the_checkpoint_bytes_not_its_path(
+    run: Callable[..., Any], checkpoint: Path, tanh_checkpoint: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A curve of ``m.pt`` run in folder A: from folder B, another model also called ``m.pt`` is refused and a
+    copy of the same bytes under another name is accepted (relative paths name different files in each)."""
+    import shutil
+
+    (tmp_path / "A").mkdir(), (tmp_path / "B").mkdir()
+    shutil.copy(checkpoint, tmp_path / "A" / "m.pt")
+    shutil.copy(tanh_checkpoint, tmp_path / "B" / "m.pt")
+    shutil.copy(checkpoint, tmp_path / "B" / "same.pt")
+    monkeypatch.chdir(tmp_path / "A")
+    curve = run("curve", "m.pt", "--norm", "linf", "--attack", "deepfool", "--limit", "8", "--device", "cpu",
+                "--quiet", "--masking-check", "0", "--out", "curve")
+    assert curve.exit_code == 0, curve.output
+    monkeypatch.chdir(tmp_path / "B")
+    common = ["--norm", "linf", "--eps", "0.1", "--limit", "8", "--version", "fast", "--curve", "../A/curve", "--quiet"]
+    other = run("robust", "m.pt", *common, "--out", "r1")
+    assert other.exit_code == 1 and "measured on checkpoint" in other.output, other.output
+    same = run("robust", "same.pt", *common, "--out", "r2")
+    assert same.exit_code == 0, same.output
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--version", "fastest"], "unknown version 'fastest'"),
     (["--attack", "apgd-cee"], "Did you mean 'apgd-ce'"),

@@ -13,8 +13,10 @@ from lipcli.attacks.base import (
     distance,
     is_misclassified,
     largest_distance,
+    within_budget,
 )
 
 __all__ = [
     "BUDGET_TOLERANCE", "NORMS", "Attack", "AttackAtBudget", "distance", "is_misclassified", "largest_distance",
+    "within_budget",
 ]

@@ -35,6 +35,7 @@ from lipcli.evaluation.masking import (
 from lipcli.evaluation.runner import RobustnessResult, attack_set
 from lipcli.evaluation.seeding import DEFAULT_SEED
 from lipcli.evaluation.targets import load_target, output_folders
+from lipcli.files import sha256
 from lipcli.gradients import frozen_eval
 from lipcli.plugins import PluginHost, get_host
 from lipcli.progress import Reporter
@@ -153,7 +154,8 @@ def evaluate_checkpoints(
         if check and check.warning():
             result.warnings.append(check.warning())
         summary = results.summarise(
-            result, eps, getattr(attacks, "options", None), checkpoint=str(path), label=label,
+            result, eps, getattr(attacks, "options", None), checkpoint=str(path), checkpoint_sha256=sha256(path),
+            label=label,
             dataset=target.info.name, device=str(device), lipcli_version=lipcli.__version__, seed=seed,
             batch_size=size, masking_check=asdict(check) if check else None,
         )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lipcli.attacks import BUDGET_TOLERANCE, AttackAtBudget, largest_distance
+from lipcli.attacks import AttackAtBudget, largest_distance, within_budget
 from lipcli.data.types import ImageSet
 from lipcli.evaluation.accounting import QueryCounter, measured_distances
 from lipcli.evaluation.seeding import seeded
@@ -78,6 +78,6 @@ def gradient_free_check(
     with seeded(seed, f"masking-check-{name}", 0):
         proposals = attack.run_at(counter, batch, labels, norm, bound.to(device)).detach()
     found = measured_distances(model, batch, labels, proposals, norm)[0].cpu()
-    beaten = found <= bound + BUDGET_TOLERANCE
+    beaten = within_budget(found, bound)
     gain = torch.where(beaten, 1 - found / sighted[chosen], 0.0)
     return MaskingCheck(name, chosen.numel(), counter.queries, int(beaten.sum()), float(gain.max()))

@@ -4,7 +4,7 @@ An image is robust at eps only if the model classifies it correctly and no attac
 adversarial within eps. The attacks (:class:`lipcli.attacks.AttackAtBudget`, looked up by name: the standard
 ensemble is APGD-CE, APGD-T, FAB-T, Square) run in sequence, each on the images still robust after the ones
 before it; lipcli judges every proposal itself (eval mode, re-classified, in [0, 1], float64 distance at most
-``eps + BUDGET_TOLERANCE``). Minimal distances from ``lipcli curve`` (``distances.csv``) count too: an image whose
+``eps`` up to float32 rounding, :func:`lipcli.attacks.within_budget`). Minimal distances from ``lipcli curve`` (``distances.csv``) count too: an image whose
 distance is at most eps is broken before any attack runs.
 
 What the numbers mean, per eps:
@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 import lipcli
-from lipcli.attacks import BUDGET_TOLERANCE, NORMS, AttackAtBudget
+from lipcli.attacks import NORMS, AttackAtBudget, within_budget
 from lipcli.components import call_factory, option_defaults
 from lipcli.data.batches import iterate_batches, num_batches
 from lipcli.data.types import ImageSet
@@ -51,7 +51,7 @@ from lipcli.evaluation.accounting import QueryCounter, measured_distances
 from lipcli.evaluation.results import DISTANCES_FILE, SUMMARY_FILE, write_summary
 from lipcli.evaluation.seeding import DEFAULT_SEED, seeded
 from lipcli.evaluation.targets import load_target, output_folders
-from lipcli.files import write_text
+from lipcli.files import sha256, write_text
 from lipcli.gradients import frozen_eval
 from lipcli.plugins import PluginHost, get_host
 from lipcli.progress import Reporter
@@ -274,7 +274,7 @@ def _run_member(
                 measured, bad = measured_distances(model, images[keep], labels[keep], proposals, norm)
                 outside += bad
                 rows = torch.arange(first, first + images.shape[0])[keep.cpu()]
-                broke[rows] = (measured <= value + BUDGET_TOLERANCE).cpu()
+                broke[rows] = within_budget(measured, value).cpu()
             task.advance(1)
     broke = all_reduce(broke.to(torch.int64)) > 0  # each process filled its own batches' rows
     queries, outside = (int(v) for v in all_reduce(torch.tensor([counter.queries, outside])).tolist())
@@ -317,7 +317,11 @@ def read_curve(
     if not isinstance(summary, dict):
         raise DataError(f"{summary_path}: not a lipcli curve summary")
     recorded = Path(str(summary.get("checkpoint", "")))
-    if not (recorded.is_file() and os.path.samefile(recorded, checkpoint)):
+    if "checkpoint_sha256" in summary:  # the checkpoint's bytes, wherever either command was run from
+        same = summary["checkpoint_sha256"] == sha256(checkpoint)
+    else:  # a curve from before checkpoints were hashed: its path as written, from the current folder
+        same = recorded.is_file() and os.path.samefile(recorded, checkpoint)
+    if not same:
         raise DataError(f"{csv_path}: measured on checkpoint {str(recorded)!r}, not {str(checkpoint)!r}")
     for key, wanted in (("norm", norm), ("dataset", dataset)):
         if summary.get(key) != wanted:
@@ -426,6 +430,7 @@ def evaluate_robust(
     evaluations = []
     for number, (path, (label, folder)) in enumerate(zip(paths, output_folders(paths, out))):
         target = load_target(path, data_dir=data_dir, limit=limit, device=device, host=host)
+        size = batch_size or target.config.evaluation.batch_size
         known = None
         if curves:
             known = read_curve(curves[number], norm=norm, checkpoint=Path(path), dataset=target.info.name,
@@ -433,12 +438,13 @@ def evaluate_robust(
         reporter.info(f"{label}: {len(target.test)} test images of {target.info.name}, {norm} eps "
                       f"{', '.join(text for text, _ in eps)}, {version} ({', '.join(attacks)}), on {device}")
         result = robust_accuracy(
-            target.model, target.test, attacks, norm, eps, batch_size=batch_size or target.config.evaluation.batch_size,
-            device=device, seed=seed, known=known, reporter=reporter,
+            target.model, target.test, attacks, norm, eps, batch_size=size, device=device, seed=seed, known=known,
+            reporter=reporter,
         )
         summary = summarise(
-            result, options, checkpoint=str(path), label=label, dataset=target.info.name, version=version,
-            seed=seed, curve=None if known is None else str(known.source),
+            result, options, checkpoint=str(path), checkpoint_sha256=sha256(path), label=label,
+            dataset=target.info.name, version=version, seed=seed, batch_size=size,
+            curve=None if known is None else str(known.source),
             device=str(device), lipcli_version=lipcli.__version__,
         )
         if current().main:

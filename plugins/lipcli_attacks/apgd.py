@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lipcli.attacks import BUDGET_TOLERANCE, NORMS, AttackAtBudget, distance
+from lipcli.attacks import NORMS, AttackAtBudget, distance, within_budget
 from lipcli.attacks.search import AttackAt
 from lipcli.gradients import at_least_float32, cross_entropy
 from lipcli_attacks.budgeted import BudgetSearch
@@ -141,7 +141,7 @@ def apgd(
         value, logits, gradient = _loss_and_gradient(
             model, state["point"], state["label"], loss, state.get("target")
         )
-        within = distance(state["point"].double() - state["image"].double(), norm) <= state["eps"] + BUDGET_TOLERANCE
+        within = within_budget(distance(state["point"].double() - state["image"].double(), norm), state["eps"])
         broken = (logits.argmax(1) != state["label"]) & within
         if broken.any():
             result[state["index"][broken]] = state["point"][broken]

@@ -31,7 +31,7 @@ import math
 import torch
 from torch import nn
 
-from lipcli.attacks import AttackAtBudget
+from lipcli.attacks import AttackAtBudget, distance, within_budget
 from lipcli.gradients import at_least_float32
 
 HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -69,7 +69,9 @@ class SquareAttack(AttackAtBudget):
         best = _stripes(images, radius) if norm == "linf" else _grid(images, radius)
         logits = model(best)
         best_margin = _margin(logits, labels)
-        active = (logits.argmax(1) == labels).nonzero().flatten()
+        budget = eps.to(images.device, torch.float64)
+        done = (logits.argmax(1) != labels) & within_budget(distance(best.double() - images.double(), norm), budget)
+        active = (~done).nonzero().flatten()
         for query in range(self.queries):
             if active.numel() == 0:
                 break
@@ -81,7 +83,10 @@ class SquareAttack(AttackAtBudget):
                 proposal = _l2_proposal(x, current, radius[active], side)
             logits = model(proposal)
             margin = _margin(logits, labels[active])
-            fooled = logits.argmax(1) != labels[active]
+            # lipcli's own rule decides when an image is done: a misclassified proposal rounded out of the
+            # ball would count as a failure, so the image keeps searching
+            inside = within_budget(distance(proposal.double() - x.double(), norm), budget[active])
+            fooled = (logits.argmax(1) != labels[active]) & inside
             kept = (margin < best_margin[active]) | fooled
             best[active[kept]] = proposal[kept]
             best_margin[active[kept]] = margin[kept]
