@@ -13,7 +13,8 @@ fault of the plugin):
   keeps the output shape;
 * attacks: in l2 and l-inf, one proposal per image, finite and in [0, 1], the images given left unchanged,
   the model left in eval mode; on an affine model lipcli's own accounting finds most proposals adversarial,
-  at a median distance within 10 times the exact minimal one;
+  at a median distance within 10 times the exact minimal one (an attack at a budget only, ``run_at``, is given
+  3 times that distance as eps and must stay within it);
 * data sets: splits of the declared shape, pixel values in [0, 1], labels in range, class names matching.
 """
 
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lipcli.attacks import AttackAtBudget, within_budget
 from lipcli.components import call_factory
 from lipcli.config.schema import DefenceConfig
 from lipcli.data.types import DatasetInfo, DataSplits
@@ -220,11 +222,17 @@ def _easy_case() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
 def _attack_proposals(component: Component, host: PluginHost) -> None:
     model, images, labels = _easy_case()
     attack = call_factory(component, {}, f"attack.{component.name}")
-    _require(callable(getattr(attack, "run", None)), "the factory returned no object with a run() method")
+    minimal = callable(getattr(attack, "run", None))
+    _require(minimal or isinstance(attack, AttackAtBudget),
+             "the factory returned no object with a run() method (nor an AttackAtBudget with run_at())")
     for norm in ("l2", "linf"):
         given = images.clone()
+        eps = 3 * _minimal_distances(model, images, labels, norm)  # an attack at a budget gets room to succeed
         with frozen_eval(model):
-            proposals = attack.run(model, given, labels.clone(), norm)
+            if minimal:
+                proposals = attack.run(model, given, labels.clone(), norm)
+            else:
+                proposals = attack.run_at(model, given, labels.clone(), norm, eps)
             _require(not model.training, f"{norm}: the model was left in train mode")
         _require(torch.equal(given, images), f"{norm}: the attack changed the images it was given")
         _require(isinstance(proposals, torch.Tensor) and tuple(proposals.shape) == tuple(images.shape),
@@ -233,6 +241,8 @@ def _attack_proposals(component: Component, host: PluginHost) -> None:
         _require(bool(torch.isfinite(proposals).all()) and 0 <= float(proposals.min()) and float(proposals.max()) <= 1,
                  f"{norm}: proposals are not finite values in [0, 1]")
         distances, _ = measured_distances(model, images, labels, proposals.detach(), norm)
+        if not minimal:
+            distances = torch.where(within_budget(distances, eps), distances, torch.inf)
         found = int(torch.isfinite(distances).sum())
         _require(found * 2 >= len(images), f"{norm}: only {found} of {len(images)} proposals are adversarial on an "
                                            f"easy model")

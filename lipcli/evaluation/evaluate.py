@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import torch
 
 import lipcli
-from lipcli.attacks import NORMS, Attack
+from lipcli.attacks import NORMS, Attack, AttackAtBudget
 from lipcli.components import call_factory, option_defaults
 from lipcli.distributed import barrier, current
 from lipcli.errors import ConfigError
@@ -84,9 +84,13 @@ def _json_value(value: Any) -> Any:
 
 
 def build_attacks(
-    names: list[str], options: Mapping[str, Mapping[str, Any]], host: PluginHost
+    names: list[str], options: Mapping[str, Mapping[str, Any]], host: PluginHost, *, at_budget: bool = False
 ) -> AttackSet:
-    """Attack objects by registered name; ``options[name]`` are passed to the factory (``attack.<name>.<key>``)."""
+    """Attack objects by registered name; ``options[name]`` are passed to the factory (``attack.<name>.<key>``).
+
+    ``at_budget``: every attack must run at a fixed eps (an :class:`AttackAtBudget`, for ``lipcli robust``);
+    one that cannot is refused, naming those that can.
+    """
     registry = host.registry("attack")
     # Option keys name attacks as the user wrote them: resolve them like --attack names (any case).
     options = {registry.get(key).name if key in registry else key: value for key, value in options.items()}
@@ -98,7 +102,11 @@ def build_attacks(
             raise ConfigError(f"attack {component.name!r} is given twice")
         given = options.get(component.name, {})
         attack = call_factory(component, given, f"attack.{component.name}")
-        if not callable(getattr(attack, "run", None)):
+        if at_budget and not isinstance(attack, AttackAtBudget):
+            able = [c.name for c in registry if isinstance(c.factory, type) and issubclass(c.factory, AttackAtBudget)]
+            raise ConfigError(f"attack {component.name!r} cannot run at a fixed eps (not an AttackAtBudget); "
+                              f"use one of {', '.join(able) or 'none registered'}")
+        if not at_budget and not callable(getattr(attack, "run", None)):
             raise ConfigError(f"attack {component.name!r}: its factory returned {type(attack).__name__}, no run()")
         attacks[component.name] = attack
         resolved[component.name] = resolved_options(component, given)

@@ -42,12 +42,12 @@ from torch import nn
 
 import lipcli
 from lipcli.attacks import NORMS, AttackAtBudget, within_budget
-from lipcli.components import call_factory, option_defaults
 from lipcli.data.batches import iterate_batches, num_batches
 from lipcli.data.types import ImageSet
 from lipcli.distributed import all_reduce, barrier, current, owned
 from lipcli.errors import ConfigError, DataError
 from lipcli.evaluation.accounting import QueryCounter, measured_distances
+from lipcli.evaluation.evaluate import build_attacks
 from lipcli.evaluation.results import DISTANCES_FILE, SUMMARY_FILE, write_summary
 from lipcli.evaluation.seeding import DEFAULT_SEED, seeded
 from lipcli.evaluation.targets import load_target, output_folders
@@ -138,30 +138,10 @@ def ensemble_names(version: str | None, attacks: list[str] | None) -> tuple[str,
 def build_ensemble(
     names: list[str], options: Mapping[str, Mapping[str, Any]], host: PluginHost
 ) -> tuple[dict[str, AttackAtBudget], dict[str, dict[str, Any]]]:
-    """(attacks by registered name, each one's options with every default filled in), in the order given.
-
-    A registered attack that cannot run at a fixed eps (not an ``AttackAtBudget``) is refused, naming those
-    that can.
-    """
-    registry = host.registry("attack")
-    options = {registry.get(key).name if key in registry else key: value for key, value in options.items()}
-    attacks: dict[str, AttackAtBudget] = {}
-    resolved: dict[str, dict[str, Any]] = {}
-    for name in names:
-        component = registry.get(name)
-        if component.name in attacks:
-            raise ConfigError(f"attack {component.name!r} is given twice")
-        attack = call_factory(component, options.get(component.name, {}), f"attack.{component.name}")
-        if not isinstance(attack, AttackAtBudget):
-            able = [c.name for c in registry if isinstance(c.factory, type) and issubclass(c.factory, AttackAtBudget)]
-            raise ConfigError(f"attack {component.name!r} cannot run at a fixed eps (not an AttackAtBudget); "
-                              f"use one of {', '.join(able) or 'none registered'}")
-        attacks[component.name] = attack
-        resolved[component.name] = {**option_defaults(component), **options.get(component.name, {})}
-    unknown = set(options) - set(attacks)
-    if unknown:
-        raise ConfigError(f"attack.{min(unknown)}: options given for an attack that is not run")
-    return attacks, resolved
+    """(attacks by registered name, each one's options with every default filled in), in the order given; an
+    attack that cannot run at a fixed eps is refused (:func:`lipcli.evaluation.evaluate.build_attacks`)."""
+    attacks = build_attacks(names, options, host, at_budget=True)
+    return dict(attacks), attacks.options
 
 
 def _sync(device: torch.device) -> None:

@@ -242,33 +242,6 @@ def _show(value: Any) -> str:
     return "-" if value is None or value == {} else str(value)
 
 
-def _measured_best(folder: Path) -> bool:
-    """Whether a grid measured the run's ``best.pt``: without held-out images, only an older lipcli wrote one,
-    chosen on the test error."""
-    for plan in folder.glob(f"*/{PLAN_FILE}"):
-        try:
-            if json.loads(plan.read_text()).get("checkpoint") == "best":
-                return True
-        except (OSError, ValueError, AttributeError):
-            continue
-    return False
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """Nested configuration tables as dotted leaves (``model.options.width``)."""
-    items: list[tuple[str, Any]] = []
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            items += _flatten(value, f"{prefix}{key}.")
-        else:
-            items.append((f"{prefix}{key}", value))
-    return items
-
-
-def _show(value: Any) -> str:
-    return "-" if value is None or value == {} else str(value)
-
-
 def _add_run(row: Row, run: Run) -> None:
     """A run joins its row unless the row has its seed already (see the module's docstring)."""
     twin = next((other for other in row.runs if other.seed == run.seed), None)
