@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import math
+import types
+import typing
 from typing import Any, Mapping
 
 from lipcli.errors import ConfigError
@@ -29,6 +32,74 @@ def check_options(component: Component, options: Mapping[str, Any], dotted: str,
     for name in accepted:
         if parameters[name].default is inspect.Parameter.empty and name not in options:
             raise ConfigError(f"{dotted}.{name}: required by {component.name!r}, and not set")
+    kinds = option_kinds(component)
+    for key, value in options.items():
+        problem = _type_problem(value, kinds.get(key))
+        if problem:
+            raise ConfigError(f"{dotted}.{key}: {problem}, got {value!r}")
+
+
+_SIMPLE = (bool, int, float, str)
+
+
+def option_kinds(component: Component) -> dict[str, tuple[type, ...]]:
+    """Per option, the simple types (bool, int, float, str, and NoneType where None is allowed) its value
+    must have, from the factory's annotations (an unannotated option: a number where its default is one, else
+    its default's type); options of other or unresolvable types are absent (not checked). The factory's
+    signature is the one description of its options, for any plugin."""
+    factory = component.factory
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return {}
+    try:
+        hints = typing.get_type_hints(factory.__init__ if isinstance(factory, type) else factory)
+    except Exception:  # noqa: BLE001 - an annotation that does not resolve: fall back on the defaults
+        hints = {}
+    kinds = {}
+    for name, parameter in parameters.items():
+        if name in hints:
+            kind = _annotation_kinds(hints[name])
+        elif parameter.annotation is inspect.Parameter.empty and type(parameter.default) in _SIMPLE:
+            kind = (int, float) if type(parameter.default) in (int, float) else (type(parameter.default),)
+        else:  # an annotation that did not resolve: nothing to check it against
+            kind = None
+        if kind:
+            kinds[name] = kind
+    return kinds
+
+
+def _annotation_kinds(annotation: Any) -> tuple[type, ...] | None:
+    """The simple types an annotation allows, or None where it allows anything else too."""
+    members = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (
+        annotation,)
+    if typing.get_origin(annotation) is typing.Literal:
+        return tuple({type(v) for v in typing.get_args(annotation)})
+    kinds = tuple(m for m in members if m in _SIMPLE or m is type(None))
+    return kinds if len(kinds) == len(members) else None
+
+
+def _type_problem(value: Any, kinds: tuple[type, ...] | None) -> str | None:
+    """Why ``value`` cannot be given where ``kinds`` are expected (TOML's types: bool is not a number, a float
+    is not an integer, numbers are finite), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "expected a finite number"
+    if kinds is None or (value is None and type(None) in kinds):
+        return None
+    if isinstance(value, bool):
+        return None if bool in kinds else f"expected {_names(kinds)}"
+    if isinstance(value, int) and (int in kinds or float in kinds):
+        return None
+    if isinstance(value, float) and float in kinds:
+        return None
+    if isinstance(value, str) and str in kinds:
+        return None
+    return f"expected {_names(kinds)}"
+
+
+def _names(kinds: tuple[type, ...]) -> str:
+    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "nothing"}
+    return " or ".join(words[k] for k in kinds if k is not type(None) and not (k is int and float in kinds))
 
 
 def call_factory(component: Component, options: Mapping[str, Any], dotted: str, **fixed: Any) -> Any:

@@ -31,3 +31,7 @@ class DataError(LipcliError):
 
 class CheckpointError(LipcliError):
     """A checkpoint cannot be written or is unsafe or malformed to load."""
+
+
+class LipcliWarning(UserWarning):
+    """Something the user asked for is ignored or looks wrong, but the run can go on (shown as one line)."""

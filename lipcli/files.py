@@ -10,24 +10,37 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+from collections.abc import Mapping
 from typing import IO, Callable
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Create or replace ``path`` with what ``write(binary_file)`` writes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    atomic_write_many({Path(path): write})
+
+
+def atomic_write_many(files: Mapping[Path, Callable[[IO[bytes]], None]]) -> None:
+    """Create or replace several files: every one is written in full and fsynced before the first replaces its
+    old version, so a failed write (a full disk) leaves all the old files, never some old and some new."""
+    written: list[tuple[str, Path]] = []
     try:
-        with os.fdopen(handle, "wb") as tmp:
-            write(tmp)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
+        for path, write in files.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            written.append((tmp_name, path))
+            with os.fdopen(handle, "wb") as tmp:
+                write(tmp)
+                tmp.flush()
+                os.fsync(tmp.fileno())
+        for tmp_name, path in written:
+            os.replace(tmp_name, path)
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        for tmp_name, _ in written:
+            Path(tmp_name).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    for folder in {path.parent for _, path in written}:
+        _fsync_dir(folder)
 
 
 def write_text(path: Path, text: str) -> None:

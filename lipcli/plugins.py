@@ -98,7 +98,13 @@ class PluginHost:
         """Load every plugin of the ``lipcli`` entry-point group that the environment allows."""
         only = _names_from_env(environ.get(ENV_LOAD))
         blocked = _names_from_env(environ.get(ENV_BLOCK)) or set()
-        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        points = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+        installed = {_norm(ep.name) for ep in points} | {_norm(ep.dist.name) for ep in points if ep.dist is not None}
+        for variable, names in ((ENV_LOAD, only or set()), (ENV_BLOCK, blocked)):
+            for name in sorted(names - installed):
+                warnings.warn(f"{variable} names {name!r}, which is no installed plugin."
+                              + did_you_mean(name, sorted(installed)), PluginWarning, stacklevel=2)
+        for ep in points:
             dist = ep.dist.name if ep.dist is not None else None
             version = ep.dist.version if ep.dist is not None else None
             names = {_norm(ep.name)} | ({_norm(dist)} if dist else set())
@@ -167,7 +173,8 @@ class PluginHost:
         if kind not in KINDS:
             raise ValueError(f"unknown component kind {kind!r}; known: {', '.join(KINDS)}")
         if kind not in self._registries:
-            registry = Registry(kind)
+            absent = [f"{p.name} ({p.status})" for p in self.plugins() if p.status != "loaded"]
+            registry = Registry(kind, f" Plugins not loaded: {', '.join(absent)}." if absent else "")
             for plugin_name, components in self._collect(KINDS[kind]):
                 for component in components:
                     registry.add(Component(plugin=plugin_name, **component))

@@ -48,8 +48,10 @@ def did_you_mean(name: str, candidates: list[str]) -> str:
 class Registry:
     """The components of one kind ("architecture", "dataset", ...)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, missing: str = "") -> None:
         self.kind = kind
+        self.missing = missing
+        """Appended to unknown-name errors: which plugins were not loaded, and why (blocked, failed)."""
         self._items: dict[str, Component] = {}
 
     def add(self, component: Component) -> None:
@@ -71,7 +73,7 @@ class Registry:
             return self._items[_key(name)]
         except KeyError:
             raise UnknownNameError(
-                f"unknown {self.kind} {name!r}." + did_you_mean(name, self.names())
+                f"unknown {self.kind} {name!r}." + did_you_mean(name, self.names()) + self.missing
             ) from None
 
     def __contains__(self, name: str) -> bool:

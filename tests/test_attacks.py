@@ -80,6 +80,7 @@ def test_attack_distances_match_the_closed_form(
 ) -> None:
     model, images, labels = affine
     attack = host.registry("attack").get(name).factory()
+    torch.manual_seed(0)  # as the engine seeds each batch: random attacks draw the same whatever ran before
     with frozen_eval(model):
         proposals = attack.run(model, images, labels, norm)
         found, _ = measured_distances(model, images, labels, proposals, norm)
@@ -140,7 +141,7 @@ def test_min_norm_finds_the_closest_boundary_of_a_low_scoring_class(host: Plugin
         return float(measured_distances(model, images, labels, proposals, norm)[0])
 
     assert 0.1 - 1e-6 <= found() <= 0.1 * 1.001
-    assert found(target_pool=2) >= 0.25 - 1e-6  # only the two highest-scoring classes: the far boundary
+    assert found(target_pool=2, linf_rounds=0) >= 0.25 - 1e-6  # only the two highest-scoring classes: the far one
 
 
 def test_min_norm_polish_walks_from_a_far_boundary_point_to_the_closest(
@@ -165,7 +166,7 @@ def test_min_norm_polish_walks_from_a_far_boundary_point_to_the_closest(
     attack = host.registry("attack").get("min-norm").factory(polish_rounds=8)
     with frozen_eval(model):
         before, _ = measured_distances(model, images, labels, start, "l2")
-        after, _ = measured_distances(model, images, labels, attack._polish(model, images, labels, "l2", start.clone()), "l2")
+        after, _ = measured_distances(model, images, labels, attack._polish_margin(model, images, labels, "l2", start.clone()), "l2")
     assert usable.sum() >= 20 and torch.isfinite(before[usable]).all()
     assert (before[usable] / truth[usable]).min() > 1.015
     assert (after <= before).all()  # a round only ever replaces the best point by a closer one
@@ -279,3 +280,38 @@ def test_distance_is_float64_and_exact() -> None:
     delta = torch.tensor([[3.0, -4.0], [0.0, 0.0]])
     assert distance(delta, "l2").tolist() == [5.0, 0.0] and distance(delta, "l2").dtype == torch.float64
     assert distance(delta, "linf").tolist() == [4.0, 0.0]
+
+
+def test_min_norm_linf_rounds_bring_a_far_adversarial_to_the_closest_boundary(
+    host: PluginHost, affine: tuple[nn.Module, torch.Tensor, torch.Tensor]
+) -> None:
+    """Step 6 (l-inf): from adversarials 30 % (median; up to 70 %) farther than the exact distance, on a direction
+    off the shortest one (so bisection towards x alone stops short), three APGD-T rounds end within 1 % (median)
+    and 5 % (every image) of the exact distance."""
+    model, images, labels = affine
+    truth = exact_distances(model, images, labels, "linf")
+    weight = model.linear.weight.detach()
+    with torch.no_grad():
+        logits = model(images)
+    dual = (weight[labels][:, None] - weight[None]).abs().sum(dim=2)
+    closest = ((logits.gather(1, labels[:, None]) - logits) / dual).scatter(1, labels[:, None], torch.inf).argmin(1)
+    direction = (weight[closest] - weight[labels]).sign().view(images.shape)
+    noise = torch.rand(images.shape, generator=torch.Generator().manual_seed(3)) < 0.1  # 10 % of pixels flipped
+    direction = torch.where(noise, -direction, direction)
+    scale = truth.view(-1, 1, 1, 1).float()
+    start = images + direction * scale
+    while True:  # out along the perturbed direction until the model is fooled
+        with torch.no_grad():
+            fooled = model(start.clamp(0, 1)).argmax(1) != labels
+        if fooled.all():
+            break
+        start = torch.where(fooled.view(-1, 1, 1, 1), start, start + direction * 0.1 * scale)
+    start = start.clamp(0, 1)
+    attack = host.registry("attack").get("min-norm").factory()
+    with frozen_eval(model):
+        before, _ = measured_distances(model, images, labels, start, "linf")
+        after, _ = measured_distances(model, images, labels,
+                                      attack._polish_targeted(model, images, labels, "linf", start.clone()), "linf")
+    assert (before / truth).min() > 1.05  # the start is well off the closest point
+    assert (after <= before).all() and (after / truth).min() >= 1 - 1e-6
+    assert (after / truth).median() <= 1.01 and (after / truth).max() <= 1.05  # from 1.3 and 1.7

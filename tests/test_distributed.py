@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 import torch
 import torch.multiprocessing as mp
-
 from distributed_worker import host, steps_config, train_steps
+
 from lipcli.checkpoint import load_checkpoint
 from lipcli.data.batches import shard
+from lipcli.results_folder import LOCK_FILE as LOCK
 from lipcli.training.trainer import train
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
@@ -108,7 +109,7 @@ def test_torchrun_training_writes_one_run(tmp_path: Path) -> None:
     done = torchrun("train", "--dataset", "digits", "--epochs", "1", "--out", tmp_path / "run", "--device", "cpu",
                     "--set", "model.options={width=8}", "--json")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["best.pt", "config.toml", "last.pt",
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name != LOCK) == ["best.pt", "config.toml", "last.pt",
                                                                      "metrics.jsonl"]
     assert json.loads(done.stdout)["final_epoch"] == 1  # rank 0 alone printed its result (one JSON document)
     assert "batch 128 = 2 processes x 64" in done.stderr

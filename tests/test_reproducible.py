@@ -126,7 +126,7 @@ def test_same_seed_same_distances_file(run: Callable[..., Any], checkpoint: Path
     assert curve("c", "--seed", "8") != first
     assert curve("d") == curve("e", "--seed", "0")  # 0 is the default
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
-    assert summary["seed"] == 7 and summary["batch_size"] == 8
+    assert summary["settings"]["seed"] == 7 and summary["settings"]["batch_size"] == 8
     assert summary["per_attack"]["boundary"]["options"] == {
         "steps": 15, "spherical_step": 0.01, "source_step": 0.01, "step_adaptation": 1.5, "adapt_every": 10,
         "init_trials": 20, "init_bisect": 25, "seed": 0,
@@ -171,7 +171,7 @@ def test_a_log_line_per_finished_batch_where_stderr_is_no_terminal(
                  *BOUNDARY[:2], "-O", "boundary.steps=2", "--out", tmp_path / "c")
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "c" / "summary.json").read_text())
-    assert summary["batch_size"] == 64  # 130 images: at least 8 batches of at least 64 images: 3 batches
+    assert summary["settings"]["batch_size"] == 64  # 130 images: at least 8 batches of at least 64 images: 3 batches
     pattern = r"attack (\d)/2 (\S+) \(l2\): (\d+)/(\d+) images, [\d.]+ s, ETA [\d.]+ s"
     lines = [re.fullmatch(pattern, line) for line in result.stderr.splitlines() if line.startswith("attack ")]
     assert all(lines) and len(lines) == 6

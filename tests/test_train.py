@@ -16,6 +16,7 @@ from lipcli.checkpoint import load_checkpoint
 from lipcli.config import build
 from lipcli.errors import LipcliError
 from lipcli.plugins import PluginHost
+from lipcli.results_folder import LOCK_FILE as LOCK
 from lipcli.training.defence import Perturbation, StepLoss, plain_loss
 from lipcli.training.optim import build_optimizer
 from lipcli.training.trainer import TrainingDiverged, train
@@ -30,7 +31,7 @@ def test_training_learns_and_writes_the_run_folder(tmp_path: Path, host: PluginH
     cfg = tiny_config(tmp_path, "training.epochs=4")
     result = train(cfg, host=host)
     run = result.run_dir
-    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.toml", "last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in run.iterdir() if p.name != LOCK) == ["best.pt", "config.toml", "last.pt", "metrics.jsonl"]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
     assert rows[-1]["test_error"] < 0.1 < rows[0]["loss"]  # synthetic prototypes are easy to learn

@@ -16,10 +16,16 @@ from lipcli.checkpoint import load_checkpoint
 from lipcli.config import resolve
 from lipcli.data.load import load_data
 from lipcli.data.types import ImageSet
-from lipcli.data.validation import class_quotas, hold_out, split_indices, validation_size
+from lipcli.data.validation import (
+    class_quotas,
+    hold_out,
+    split_indices,
+    validation_size,
+)
 from lipcli.errors import ConfigError
 from lipcli.experiments.grid import load_grid
 from lipcli.plugins import PluginHost
+from lipcli.results_folder import LOCK_FILE as LOCK
 from lipcli.training import trainer
 from lipcli.training.defence import Perturbation, StepLoss, plain_loss
 
@@ -165,7 +171,7 @@ def test_without_held_out_images_there_is_no_best_pt(
     tmp_path: Path, host: PluginHost, tiny_config: Callable[..., Any], run: Callable[..., Any]
 ) -> None:
     result = trainer.train(tiny_config(tmp_path, "data.validation=0"), host=host)
-    assert sorted(p.name for p in result.run_dir.iterdir()) == ["config.toml", "last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in result.run_dir.iterdir() if p.name != LOCK) == ["config.toml", "last.pt", "metrics.jsonl"]
     rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["val_error"] for r in rows] == [None, None] and all(r["test_error"] is not None for r in rows)
     assert result.best_val_error is None and result.steps == 2 * 8  # all 256 images: 8 steps per epoch

@@ -20,10 +20,30 @@ from lipcli.errors import LipcliError
 from lipcli.plugins import PluginHost, get_host
 
 VERBOSE_KEY = "lipcli.verbose"
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
 class LipcliGroup(TyperGroup):
-    """Turns domain errors raised anywhere below into a one-line message and an exit code."""
+    """Turns domain errors raised anywhere below into a one-line message and an exit code; usage errors too
+    (Click's own are a framed block): the message, then the help hint on a second line."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except _CLICK_ERROR as exc:  # the Click Typer bundles (or the installed one, for older Typer)
+            if not exc.format_message().strip():  # no arguments: the help was printed, nothing else to say
+                sys.exit(exc.exit_code)
+            console.error(exc.format_message())
+            usage = getattr(exc, "ctx", None)
+            if usage is not None:
+                console.err.print(f"Try '{usage.command_path} --help' for help.", highlight=False)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            console.error("aborted")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: typer.Context) -> Any:
         try:
@@ -36,6 +56,12 @@ class LipcliGroup(TyperGroup):
         except KeyboardInterrupt:
             console.error("interrupted")
             raise typer.Exit(130) from None
+        except OSError as exc:  # a full disk, a vanished folder: what failed, in one line (files are atomic)
+            if ctx.meta.get(VERBOSE_KEY):
+                console.err.print_exception()
+            where = f"{exc.filename}: " if exc.filename else ""
+            console.error(f"{where}{exc.strerror or exc}")
+            raise typer.Exit(1) from None
 
 
 def _version(value: bool) -> None:

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from lipcli.cli import console
-from lipcli.cli.options import BatchSize, Checkpoints, DataDir, Device, Json, Limit, Quiet
+from lipcli.cli.options import BatchSize, Checkpoints, DataDir, Device, Json, Limit, Overwrite, Quiet
 from lipcli.cli.progress import RichReporter
 
 Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for the files written.", file_okay=False)]
@@ -72,6 +72,7 @@ def add_to(app: typer.Typer) -> None:
         device: Device = "auto",
         eps_l2: Annotated[Optional[str], typer.Option("--eps-l2", help="l2 attack sizes for Lemma 2.2, e.g. 0.1,1.5.")] = None,
         eps_linf: Annotated[Optional[str], typer.Option("--eps-linf", help="l-inf attack sizes, e.g. 8/255.")] = None,
+        overwrite: Overwrite = False,
         quiet: Quiet = False,
         as_json: Json = False,
     ) -> None:
@@ -88,7 +89,7 @@ def add_to(app: typer.Typer) -> None:
         with RichReporter(quiet=quiet) as reporter:
             measured = measure_checkpoints(
                 checkpoints, out=out or default_out, eps=eps, limit=limit, batch_size=batch_size, data_dir=data_dir,
-                device=select_device(device, "--device"), host=ctx.obj, reporter=reporter,
+                device=select_device(device, "--device"), host=ctx.obj, reporter=reporter, overwrite=overwrite,
             )
         for m in measured:
             if m.summary["bound"]["unavailable"]:
@@ -112,6 +113,7 @@ def add_to(app: typer.Typer) -> None:
         curve: Annotated[bool, typer.Option("--curve/--no-curve", help="Also the nearest-neighbour curve.")] = True,
         out: Out = None,
         device: Device = "auto",
+        overwrite: Overwrite = False,
         quiet: Quiet = False,
         as_json: Json = False,
     ) -> None:
@@ -132,7 +134,8 @@ def add_to(app: typer.Typer) -> None:
         folder = out or Path(f"data-lipschitz-{config.data.dataset}")
         with RichReporter(quiet=quiet) as reporter:
             report = measure(config.data, split=split, out=folder, limit=limit, curve=curve,
-                             device=select_device(device, "--device"), host=ctx.obj, reporter=reporter)
+                             device=select_device(device, "--device"), host=ctx.obj, reporter=reporter,
+                             overwrite=overwrite)
         if as_json:
             console.print_json(report)
             return

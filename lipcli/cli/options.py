@@ -36,3 +36,7 @@ Seed = Annotated[
         show_default=False,
     ),
 ]
+Overwrite = Annotated[
+    bool,
+    typer.Option("--overwrite", help="Replace results of other settings in the output folder (refused without it)."),
+]

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from lipcli.cli import console
-from lipcli.cli.options import BatchSize, Checkpoints, DataDir, Device, Json, Limit, Quiet, Seed
+from lipcli.cli.options import BatchSize, Checkpoints, DataDir, Device, Json, Limit, Overwrite, Quiet, Seed
 from lipcli.cli.progress import RichReporter
 from lipcli.cli.robustness_cmd import AttackOptions, Attacks, Norm, _attack_options, _percent
 
@@ -34,7 +34,7 @@ Out = Annotated[
 def _run(
     ctx: typer.Context, paths: list[Path], *, norm: str, eps: str, version: str | None, attack: list[str] | None,
     curve: list[Path] | None, options: list[str] | None, limit: int | None, batch_size: int | None,
-    data_dir: Path | None, device: str, seed: int | None, out: Path, quiet: bool,
+    data_dir: Path | None, device: str, seed: int | None, out: Path, quiet: bool, overwrite: bool,
 ) -> list[Any]:
     from lipcli.device import select_device
     from lipcli.evaluation.curves import parse_eps
@@ -54,7 +54,7 @@ def _run(
             paths, norm=norm, attacks=attacks, options=resolved, eps=points, out=out, version=recorded,
             seed=DEFAULT_SEED if seed is None else seed,
             curves=curve, limit=limit, batch_size=batch_size, data_dir=data_dir,
-            device=select_device(device, "--device"), host=ctx.obj, reporter=reporter,
+            device=select_device(device, "--device"), host=ctx.obj, reporter=reporter, overwrite=overwrite,
         )
     for evaluation in evaluations:
         for warning in evaluation.summary["warnings"]:
@@ -79,6 +79,7 @@ def add_to(app: typer.Typer) -> None:
         seed: Seed = None,
         out: Out = None,
         attack_option: AttackOptions = None,
+        overwrite: Overwrite = False,
         quiet: Quiet = False,
         as_json: Json = False,
     ) -> None:
@@ -92,7 +93,7 @@ def add_to(app: typer.Typer) -> None:
         evaluations = _run(
             ctx, checkpoints, norm=norm, eps=eps, version=version, attack=attack, curve=curve,
             options=attack_option, limit=limit, batch_size=batch_size, data_dir=data_dir, device=device, seed=seed,
-            out=out or default_out, quiet=quiet,
+            out=out or default_out, quiet=quiet, overwrite=overwrite,
         )
         if as_json:
             console.print_json([e.summary for e in evaluations])

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from lipcli.cli import console
-from lipcli.cli.options import BatchSize, Checkpoints, DataDir, Device, Json, Limit, Quiet, Seed
+from lipcli.cli.options import BatchSize, Checkpoints, DataDir, Device, Json, Limit, Overwrite, Quiet, Seed
 from lipcli.cli.progress import RichReporter
 
 DEFAULT_ATTACK = "min-norm"
@@ -52,7 +52,7 @@ def _attack_options(items: list[str] | None) -> dict[str, dict[str, Any]]:
 
     options: dict[str, dict[str, Any]] = {}
     for item in items or []:
-        dotted, value = parse_override(item)
+        dotted, value = parse_override(item, "--attack-option", "ATTACK.KEY=VALUE")
         name, _, key = dotted.rpartition(".")
         if not name or not key:
             raise typer.BadParameter(f"{item!r}: expected ATTACK.KEY=VALUE", param_hint="--attack-option")
@@ -64,6 +64,7 @@ def _run(
     ctx: typer.Context, paths: list[Path], *, norm: str, attack: list[str] | None, by: str, options: list[str] | None,
     limit: int | None, batch_size: int | None, eps: str | None, out: Path | None, data_dir: Path | None,
     device: str, quiet: bool, default_out: Path, seed: int | None, save_adversarials: bool, masking_check: int,
+    overwrite: bool,
 ) -> list[Any]:
     from lipcli.device import select_device
     from lipcli.evaluation.curves import DEFAULT_EPS, parse_eps
@@ -88,7 +89,7 @@ def _run(
             paths, norm=norm, attacks=attacks, eps=points, out=out or default_out, by=by, limit=limit,
             batch_size=batch_size, data_dir=data_dir, device=select_device(device, "--device"), host=host,
             reporter=reporter, seed=DEFAULT_SEED if seed is None else seed, save_adversarials=save_adversarials,
-            masking_check=masking_check,
+            masking_check=masking_check, overwrite=overwrite,
         )
     for evaluation in evaluations:
         for warning in evaluation.summary["warnings"]:
@@ -121,6 +122,7 @@ def add_to(app: typer.Typer) -> None:
         seed: Seed = None,
         save_adversarials: SaveAdversarials = False,
         masking_check: MaskingCheckImages = 16,
+        overwrite: Overwrite = False,
         quiet: Quiet = False,
         as_json: Json = False,
     ) -> None:
@@ -135,6 +137,7 @@ def add_to(app: typer.Typer) -> None:
             ctx, checkpoints, norm=norm, attack=attack, by="model", options=attack_option, limit=limit,
             batch_size=batch_size, eps=eps, out=out, data_dir=data_dir, device=device, quiet=quiet,
             default_out=default_out, seed=seed, save_adversarials=save_adversarials, masking_check=masking_check,
+            overwrite=overwrite,
         )
         if as_json:
             console.print_json([e.summary for e in evaluations])
@@ -170,6 +173,7 @@ def add_to(app: typer.Typer) -> None:
         seed: Seed = None,
         save_adversarials: SaveAdversarials = False,
         masking_check: MaskingCheckImages = 16,
+        overwrite: Overwrite = False,
         quiet: Quiet = False,
         as_json: Json = False,
     ) -> None:
@@ -183,6 +187,7 @@ def add_to(app: typer.Typer) -> None:
             ctx, [checkpoint], norm=norm, attack=attack, by="attack", options=attack_option, limit=limit,
             batch_size=batch_size, eps=eps, out=out, data_dir=data_dir, device=device, quiet=quiet,
             default_out=default_out, seed=seed, save_adversarials=save_adversarials, masking_check=masking_check,
+            overwrite=overwrite,
         )
         s = evaluation.summary
         if as_json:

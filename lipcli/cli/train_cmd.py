@@ -37,7 +37,7 @@ def add_to(app: typer.Typer) -> None:
         train_limit: Annotated[
             Optional[int], typer.Option("--train-limit", help="Use only the first N training images.")
         ] = None,
-        out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (default: a new one under runs/).")] = None,
+        out: Annotated[Optional[str], typer.Option("--out", "-o", help="Run folder (default: a new one under runs/).")] = None,
         overrides: SetOverrides = None,
         resume: Annotated[
             Optional[Path],
@@ -58,7 +58,7 @@ def add_to(app: typer.Typer) -> None:
             "data.train_limit": train_limit, "model.arch": arch, "model.tanh_head": tanh_head,
             "defence.name": defence, "training.epochs": epochs, "training.batch_size": batch_size,
             "training.lr": lr, "training.seed": seed, "training.device": device, "training.max_steps": max_steps,
-            "output.dir": str(out) if out else None,
+            "output.dir": out,
         }
         if resume is not None:
             given = [k for k, v in flags.items() if v is not None and k not in ("training.device", "training.epochs")]

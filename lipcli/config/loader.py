@@ -49,12 +49,13 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
 
 
-def parse_override(text: str) -> tuple[str, Any]:
-    """Split ``section.key=value``; the value is read as a TOML value, else taken as a bare string."""
+def parse_override(text: str, option: str = "--set", form: str = "section.key=value") -> tuple[str, Any]:
+    """Split ``section.key=value``; the value is read as a TOML value, else taken as a bare string. Errors
+    name the command-line ``option`` the text came from and the ``form`` it takes."""
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError(f"--set {text!r}: expected section.key=value")
+        raise ConfigError(f"{option} {text!r}: expected {form}")
     raw = raw.strip()
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
@@ -256,8 +257,8 @@ def _check(hint: Any, value: Any, source: str, dotted: str) -> Any:
         raise ConfigError(f"{source}: {dotted}: expected {_TYPE_NAMES[hint]}, got {_show(value)}")
     if hint is float:
         value = float(value)
-        if math.isnan(value):
-            raise ConfigError(f"{source}: {dotted}: expected a number, got nan")
+        if not math.isfinite(value):
+            raise ConfigError(f"{source}: {dotted}: expected a finite number, got {value}")
     return value
 
 

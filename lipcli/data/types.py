@@ -6,6 +6,7 @@ slicing tensors: no per-sample Python work on the training path, and augmentatio
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import torch
@@ -72,6 +73,15 @@ class ImageSet:
         if images.dtype == torch.uint8:
             return images.to(torch.float32).div_(255.0)
         return images.to(torch.float32)
+
+    def sha256(self) -> str:
+        """The hex SHA-256 of the images' and labels' bytes: results record exactly which images they measured,
+        wherever the files were read from."""
+        digest = hashlib.sha256()
+        for tensor in (self.images, self.labels):
+            digest.update(str((tuple(tensor.shape), tensor.dtype)).encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
 
     def subset(self, limit: int | None) -> "ImageSet":
         """The first ``limit`` images (all when None)."""

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import inspect
 import json
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
-import lipcli
 from lipcli.attacks import NORMS, Attack, AttackAtBudget
 from lipcli.components import call_factory, option_defaults
 from lipcli.distributed import barrier, current
@@ -34,12 +34,20 @@ from lipcli.evaluation.masking import (
 )
 from lipcli.evaluation.runner import RobustnessResult, attack_set
 from lipcli.evaluation.seeding import DEFAULT_SEED
-from lipcli.evaluation.targets import load_target, output_folders
-from lipcli.files import sha256
+from lipcli.evaluation.journal import Journal
+from lipcli.evaluation.targets import load_targets, target_settings
 from lipcli.gradients import frozen_eval
 from lipcli.plugins import PluginHost, get_host
 from lipcli.progress import Reporter
 from lipcli.registry import Component
+from lipcli.results_folder import Layout, claim, provenance, resume_settings
+
+LAYOUT = Layout(results.SUMMARY_FILE, (results.DISTANCES_FILE, results.ADVERSARIALS_FILE,
+                                       *(f"{results.CURVE_FILE}.{kind}" for kind in ("png", "svg"))))
+"""What ``lipcli curve`` and ``lipcli attack`` write in a result folder."""
+FIGURE_FILE = "figure.json"
+FIGURE_LAYOUT = Layout(FIGURE_FILE, tuple(f"{results.CURVE_FILE}.{kind}" for kind in ("png", "svg")))
+"""The figure of several checkpoints in the folder above theirs, with the settings it was drawn from."""
 
 PROGRESS_BATCHES = 8
 """Without ``--batch-size``, a test set is cut into at least this many batches (of at least
@@ -138,45 +146,72 @@ def evaluate_checkpoints(
     seed: int = DEFAULT_SEED,
     save_adversarials: bool = False,
     masking_check: int = CHECK_IMAGES,
+    overwrite: bool = False,
 ) -> list[Evaluation]:
     """Attack every checkpoint and write its files under ``out`` (directly for one checkpoint, else one
     sub-folder per checkpoint), then ``out/curve.png`` and ``.svg``. ``attacks`` made by :func:`build_attacks`
-    have their options recorded in summary.json (others: null)."""
+    have their options recorded in summary.json (others: null).
+
+    Every folder is checked before any attack runs (:func:`lipcli.results_folder.claim`): one holding results
+    of other settings is refused unless ``overwrite``; partial results of the same settings are resumed.
+    """
     if norm not in NORMS:
         raise ConfigError(f"norm: unknown norm {norm!r}; use one of {', '.join(NORMS)}")
     if by not in ("model", "attack"):
         raise ValueError(f"by must be 'model' or 'attack', not {by!r}")
     host = host or get_host()
     reporter = reporter or Reporter()
-    evaluations = []
-    for path, (label, folder) in zip(paths, output_folders(paths, out)):
-        target = load_target(path, data_dir=data_dir, limit=limit, device=device, host=host)
-        reporter.info(f"{label}: {len(target.test)} test images of {target.info.name}, norm {norm}, on {device}")
+    options = getattr(attacks, "options", None) or {}
+    planned = []
+    for label, folder, target in load_targets(paths, out, data_dir=data_dir, limit=limit, device=device, host=host):
         size = batch_size or evaluation_batch_size(len(target.test), target.config.evaluation.batch_size)
-        result = attack_set(
-            target.model, target.test, attacks, norm, batch_size=size, device=device, reporter=reporter, seed=seed,
-            keep_adversarials=save_adversarials,
-        )
-        check = _masking_check(target.model, target.test, result, attacks, host, images=masking_check,
-                               device=device, seed=seed)
-        if check and check.warning():
-            result.warnings.append(check.warning())
-        summary = results.summarise(
-            result, eps, getattr(attacks, "options", None), checkpoint=str(path), checkpoint_sha256=sha256(path),
-            label=label,
-            dataset=target.info.name, device=str(device), lipcli_version=lipcli.__version__, seed=seed,
-            batch_size=size, masking_check=asdict(check) if check else None,
-        )
-        if current().main:  # every process holds the joined result; one writes it
-            results.write_distances(folder / results.DISTANCES_FILE, result)
-            results.write_summary(folder / results.SUMMARY_FILE, summary)
-            if save_adversarials:
-                results.write_adversarials(folder / results.ADVERSARIALS_FILE, result, seed)
-        evaluations.append(Evaluation(label, folder, result, summary))
-    if current().main:
-        figures.draw_evaluations(out / results.CURVE_FILE, [(e.label, e.result, e.summary) for e in evaluations],
-                                 by=by, eps=eps)
-    barrier()  # the files exist for every process once this returns
+        settings = {
+            **target_settings(target), "norm": norm, "attacks": {name: options.get(name) for name in attacks},
+            "seed": seed, "batch_size": size,
+        }
+        planned.append((label, folder, target, size, settings))
+    evaluations = []
+    with ExitStack() as held:
+        if len(planned) > 1:  # the figure of several checkpoints, in ``out`` itself
+            figure = {"norm": norm, "checkpoints": {label: s["checkpoint_sha256"] for label, _, _, _, s in planned}}
+            held.enter_context(claim({out: figure}, FIGURE_LAYOUT, overwrite=overwrite))
+        held.enter_context(claim({folder: settings for _, folder, _, _, settings in planned}, LAYOUT,
+                                 overwrite=overwrite, partial=resume_settings(device)))
+        for label, folder, target, size, settings in planned:
+            reporter.info(f"{label}: {len(target.test)} test images of {target.info.name}, norm {norm}, on {device}")
+            journal = Journal(folder)
+            result = attack_set(
+                target.model, target.test, attacks, norm, batch_size=size, device=device, reporter=reporter,
+                seed=seed, keep_adversarials=save_adversarials, journal=journal,
+            )
+            if journal.resumed:
+                reporter.info(f"{label}: resumed {journal.resumed} attack batches measured by an interrupted run "
+                              f"in {folder}")
+            check = _masking_check(target.model, target.test, result, attacks, host, images=masking_check,
+                                   device=device, seed=seed)
+            if check and check.warning():
+                result.warnings.append(check.warning())
+            summary = results.summarise(
+                result, eps, options, settings=settings, checkpoint=str(target.path), label=label, dataset=target.info.name,
+                data_dir=target.config.data.data_dir if data_dir is None else str(data_dir), limit=limit,
+                **provenance(device), masking_check=asdict(check) if check else None,
+            )
+            barrier()  # every process has written its partial results before they are removed
+            if current().main:  # every process holds the joined result; one writes it
+                results.write_distances(folder / results.DISTANCES_FILE, result)
+                if save_adversarials:
+                    results.write_adversarials(folder / results.ADVERSARIALS_FILE, result, seed)
+                else:  # an earlier run's points are not this run's
+                    (folder / results.ADVERSARIALS_FILE).unlink(missing_ok=True)
+                results.write_summary(folder / results.SUMMARY_FILE, summary)  # last: it marks the folder complete
+                journal.finish()
+            evaluations.append(Evaluation(label, folder, result, summary))
+        if current().main:
+            figures.draw_evaluations(out / results.CURVE_FILE,
+                                     [(e.label, e.result, e.summary) for e in evaluations], by=by, eps=eps)
+            if len(planned) > 1:
+                results.write_summary(out / FIGURE_FILE, {"settings": figure})
+        barrier()  # the files exist for every process once this returns
     return evaluations
 
 

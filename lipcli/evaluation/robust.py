@@ -40,7 +40,6 @@ from typing import Any
 import torch
 from torch import nn
 
-import lipcli
 from lipcli.attacks import NORMS, AttackAtBudget, within_budget
 from lipcli.data.batches import iterate_batches, num_batches
 from lipcli.data.types import ImageSet
@@ -50,18 +49,21 @@ from lipcli.evaluation.accounting import QueryCounter, measured_distances
 from lipcli.evaluation.evaluate import build_attacks
 from lipcli.evaluation.results import DISTANCES_FILE, SUMMARY_FILE, write_summary
 from lipcli.evaluation.seeding import DEFAULT_SEED, seeded
-from lipcli.evaluation.targets import load_target, output_folders
+from lipcli.evaluation.targets import load_targets, target_settings
 from lipcli.files import sha256, write_text
 from lipcli.gradients import frozen_eval
 from lipcli.plugins import PluginHost, get_host
 from lipcli.progress import Reporter
 from lipcli.registry import did_you_mean
+from lipcli.results_folder import Layout, claim, provenance
 
 VERSIONS = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"), "fast": ("apgd-ce", "apgd-t")}
 """AutoAttack's ensembles by name; each attack's defaults are AutoAttack's settings for it."""
 CUSTOM = "custom"
 """The version recorded when ``--attack`` names the ensemble."""
 ROBUST_FILE = "robust.csv"
+LAYOUT = Layout(SUMMARY_FILE, (ROBUST_FILE,))
+"""What ``lipcli robust`` writes in a result folder."""
 
 ROBUST, MISCLASSIFIED, CURVE = "robust", "misclassified", "curve"
 """Per-image outcomes besides the name of the attack that broke the image."""
@@ -297,8 +299,10 @@ def read_curve(
     if not isinstance(summary, dict):
         raise DataError(f"{summary_path}: not a lipcli curve summary")
     recorded = Path(str(summary.get("checkpoint", "")))
-    if "checkpoint_sha256" in summary:  # the checkpoint's bytes, wherever either command was run from
-        same = summary["checkpoint_sha256"] == sha256(checkpoint)
+    settings = summary.get("settings") if isinstance(summary.get("settings"), dict) else {}
+    hashed = settings.get("checkpoint_sha256", summary.get("checkpoint_sha256"))
+    if hashed:  # the checkpoint's bytes, wherever either command was run from
+        same = hashed == sha256(checkpoint)
     else:  # a curve from before checkpoints were hashed: its path as written, from the current folder
         same = recorded.is_file() and os.path.samefile(recorded, checkpoint)
     if not same:
@@ -400,36 +404,47 @@ def evaluate_robust(
     device: torch.device,
     host: PluginHost | None = None,
     reporter: Reporter | None = None,
+    overwrite: bool = False,
 ) -> list[RobustEvaluation]:
     """Robust accuracy of every checkpoint; writes robust.csv and summary.json under ``out`` (directly for one
-    checkpoint, else one sub-folder each). ``curves``: one ``lipcli curve`` result per checkpoint, or none."""
+    checkpoint, else one sub-folder each). ``curves``: one ``lipcli curve`` result per checkpoint, or none.
+    A folder holding results of other settings is refused before any work unless ``overwrite``."""
     if curves and len(curves) != len(paths):
         raise ConfigError(f"curve: give one curve result per checkpoint ({len(paths)}), not {len(curves)}")
     host = host or get_host()
     reporter = reporter or Reporter()
-    evaluations = []
-    for number, (path, (label, folder)) in enumerate(zip(paths, output_folders(paths, out))):
-        target = load_target(path, data_dir=data_dir, limit=limit, device=device, host=host)
+    planned = load_targets(paths, out, data_dir=data_dir, limit=limit, device=device, host=host)
+    knowns, settings = [], {}
+    for number, (label, folder, target) in enumerate(planned):
         size = batch_size or target.config.evaluation.batch_size
         known = None
         if curves:
-            known = read_curve(curves[number], norm=norm, checkpoint=Path(path), dataset=target.info.name,
+            known = read_curve(curves[number], norm=norm, checkpoint=target.path, dataset=target.info.name,
                                labels=target.test.labels)
-        reporter.info(f"{label}: {len(target.test)} test images of {target.info.name}, {norm} eps "
-                      f"{', '.join(text for text, _ in eps)}, {version} ({', '.join(attacks)}), on {device}")
-        result = robust_accuracy(
-            target.model, target.test, attacks, norm, eps, batch_size=size, device=device, seed=seed, known=known,
-            reporter=reporter,
-        )
-        summary = summarise(
-            result, options, checkpoint=str(path), checkpoint_sha256=sha256(path), label=label,
-            dataset=target.info.name, version=version, seed=seed, batch_size=size,
-            curve=None if known is None else str(known.source),
-            device=str(device), lipcli_version=lipcli.__version__,
-        )
-        if current().main:
-            write_outcomes(folder / ROBUST_FILE, result)
-            write_summary(folder / SUMMARY_FILE, summary)
-        evaluations.append(RobustEvaluation(label, folder, result, summary))
+        knowns.append((size, known))
+        settings[folder] = {
+            **target_settings(target), "norm": norm, "eps": dict(eps), "version": version,
+            "attacks": {name: dict(options.get(name, {})) for name in attacks}, "seed": seed, "batch_size": size,
+            "curve_sha256": None if known is None else sha256(known.source),
+        }
+    evaluations = []
+    with claim(settings, LAYOUT, overwrite=overwrite):
+        for (label, folder, target), (size, known) in zip(planned, knowns):
+            reporter.info(f"{label}: {len(target.test)} test images of {target.info.name}, {norm} eps "
+                          f"{', '.join(text for text, _ in eps)}, {version} ({', '.join(attacks)}), on {device}")
+            result = robust_accuracy(
+                target.model, target.test, attacks, norm, eps, batch_size=size, device=device, seed=seed,
+                known=known, reporter=reporter,
+            )
+            summary = summarise(
+                result, options, settings=settings[folder], checkpoint=str(target.path), label=label,
+                dataset=target.info.name, version=version, curve=None if known is None else str(known.source),
+                data_dir=target.config.data.data_dir if data_dir is None else str(data_dir), limit=limit,
+                **provenance(device),
+            )
+            if current().main:
+                write_outcomes(folder / ROBUST_FILE, result)
+                write_summary(folder / SUMMARY_FILE, summary)
+            evaluations.append(RobustEvaluation(label, folder, result, summary))
     barrier()
     return evaluations

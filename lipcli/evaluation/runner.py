@@ -24,6 +24,7 @@ from lipcli.data.types import ImageSet
 from lipcli.distributed import all_reduce, owned
 from lipcli.errors import DataError
 from lipcli.evaluation.accounting import QueryCounter, measured_distances
+from lipcli.evaluation.journal import BatchRecord, Journal
 from lipcli.evaluation.seeding import DEFAULT_SEED, seeded
 from lipcli.gradients import frozen_eval, input_gradient
 from lipcli.progress import Reporter
@@ -85,10 +86,13 @@ def attack_set(
     reporter: Reporter | None = None,
     seed: int = DEFAULT_SEED,
     keep_adversarials: bool = False,
+    journal: Journal | None = None,
 ) -> RobustnessResult:
     """Run every attack on every correctly classified image of ``data``; restores the model's mode.
 
     ``keep_adversarials`` keeps each image's closest adversarial on the CPU (as large as the test set).
+    ``journal``: each (attack, batch) result is written there as soon as it is measured, and one found there
+    (an interrupted run of the same settings) is taken instead of attacking that batch again.
     """
     if not attacks:
         raise ValueError("no attack given")
@@ -103,7 +107,7 @@ def attack_set(
         for position, (name, attack) in enumerate(attacks.items(), 1):
             counter = QueryCounter(model)
             distances = torch.zeros(len(data), dtype=torch.float64)
-            outside = 0
+            outside = queries = 0
             seconds = 0.0
             description = f"attack {position}/{len(attacks)} {name} ({norm})"
             with reporter.task(description, int(correct.sum()), unit="images", log_each=True) as task:
@@ -113,22 +117,23 @@ def attack_set(
                     if owned(number) and keep.any():
                         chosen = keep.to(device)
                         attacked, truth = images[chosen], labels[chosen]
-                        _sync(device)
-                        started = time.perf_counter()
-                        with seeded(seed, name, number):
-                            proposals = attack.run(counter, attacked, truth, norm).detach()
-                        _sync(device)
-                        seconds += time.perf_counter() - started
-                        measured, bad = measured_distances(model, attacked, truth, proposals, norm)
-                        outside += bad
                         rows = torch.arange(first, first + images.shape[0])[keep]
-                        distances[rows] = measured.cpu()
-                        if closest is not None:
-                            closest.offer(rows, distances[rows], proposals)
+                        record = journal.load(name, number, rows, need_proposals=keep_adversarials) if journal else None
+                        if record is None:
+                            record = _attack_batch(model, counter, attack, attacked, truth, norm, device, rows,
+                                                   seed=seed, name=name, number=number, keep=keep_adversarials)
+                            if journal:
+                                journal.save(name, number, record)
+                        seconds += record.seconds
+                        queries += record.queries
+                        outside += record.outside_box
+                        distances[rows] = record.distances
+                        if closest is not None and record.proposals is not None:
+                            closest.offer(rows, distances[rows], record.proposals)
                     task.advance(int(keep.sum()))
             # each process attacked its own batches: the rows it did not own are 0 there, so a sum joins them
             all_reduce(distances)
-            queries, outside = (int(v) for v in all_reduce(torch.tensor([counter.queries, outside])).tolist())
+            queries, outside = (int(v) for v in all_reduce(torch.tensor([queries, outside])).tolist())
             seconds = float(all_reduce(torch.tensor(seconds, dtype=torch.float64), "max"))  # the slowest process
             results.append(AttackResult(
                 name, distances, seconds, queries, outside, getattr(attack, "decision_based", False)
@@ -138,6 +143,22 @@ def attack_set(
     if closest is not None:
         result.adversarials = closest.joined(data, correct, result.minimum)
     return result
+
+
+def _attack_batch(
+    model: nn.Module, counter: QueryCounter, attack: Attack, images: torch.Tensor, labels: torch.Tensor, norm: str,
+    device: torch.device, rows: torch.Tensor, *, seed: int, name: str, number: int, keep: bool,
+) -> BatchRecord:
+    """One attack on one batch of correctly classified images, timed, its proposals measured by lipcli."""
+    before = counter.queries
+    _sync(device)
+    started = time.perf_counter()
+    with seeded(seed, name, number):
+        proposals = attack.run(counter, images, labels, norm).detach()
+    _sync(device)
+    seconds = time.perf_counter() - started
+    measured, outside = measured_distances(model, images, labels, proposals, norm)
+    return BatchRecord(rows, measured.cpu(), seconds, counter.queries - before, outside, proposals if keep else None)
 
 
 class _Closest:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -13,6 +14,8 @@ from torch import nn
 from lipcli.config import ExperimentConfig
 from lipcli.data.load import load_data
 from lipcli.data.types import DatasetInfo, ImageSet
+from lipcli.errors import DataError
+from lipcli.files import sha256
 from lipcli.models.loading import restore
 from lipcli.plugins import PluginHost
 from lipcli.training.run_dir import CONFIG_FILE
@@ -36,8 +39,34 @@ def load_target(
     """The checkpoint's model on ``device`` (eval mode) and the first ``limit`` test images (all if None)."""
     model, config, info = restore(path, device, host)
     data_config = config.data if data_dir is None else dataclasses.replace(config.data, data_dir=str(data_dir))
-    test = load_data(data_config, host).test.subset(limit)
+    splits = load_data(data_config, host)
+    found, trained = splits.info, info
+    if (found.input_shape, found.num_classes) != (trained.input_shape, trained.num_classes):
+        raise DataError(
+            f"{path}: the data read{f' from {data_dir}' if data_dir else ''} has images of shape "
+            f"{list(found.input_shape)} in {found.num_classes} classes; the model was trained on "
+            f"{list(trained.input_shape)} in {trained.num_classes} classes"
+        )
+    test = splits.test.subset(limit)
     return Target(Path(path), run_label(Path(path)), model, config, info, test)
+
+
+def load_targets(
+    paths: list[Path], out: Path, *, data_dir: Path | None, limit: int | None, device: torch.device,
+    host: PluginHost | None = None,
+) -> list[tuple[str, Path, Target]]:
+    """(label, output folder, target) per checkpoint, all loaded before any work, so that every folder can be
+    checked (:func:`lipcli.results_folder.claim`) before the first attack runs."""
+    return [(label, folder, load_target(path, data_dir=data_dir, limit=limit, device=device, host=host))
+            for path, (label, folder) in zip(paths, output_folders(paths, out))]
+
+
+def target_settings(target: Target) -> dict[str, Any]:
+    """What any result measured on ``target`` depends on: the checkpoint's bytes and the exact images."""
+    return {
+        "checkpoint_sha256": sha256(target.path), "dataset": target.info.name, "images": len(target.test),
+        "images_sha256": target.test.sha256(),
+    }
 
 
 def run_label(path: Path) -> str:

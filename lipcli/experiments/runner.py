@@ -10,7 +10,9 @@ A run's stages and what marks them done:
   the curves, whose minimal distances of the same norm it counts);
 * ``stats/stats.json``, as ``lipcli stats`` writes it.
 
-Beside each evaluation result, ``plan.json`` records the ``[evaluate]`` settings it was measured with
+Each result says itself which checkpoint (by content hash) and how many images it measured (its summary's
+``settings``, :mod:`lipcli.results_folder`): one that does not match is pending, whatever else the folder
+holds. Beside each evaluation result, ``plan.json`` records the ``[evaluate]`` settings it was measured with
 (checkpoint, image limit, attacks and their options, eps) and the step of the checkpoint it measured; a
 stage whose settings changed, or whose checkpoint has trained on since (``lipcli train --resume RUN
 --epochs N``), is run again, and any training makes every evaluation stage pending. A run whose ``last.pt``
@@ -46,19 +48,19 @@ from lipcli.evaluation.evaluate import build_attacks, evaluate_checkpoints
 from lipcli.evaluation.results import SUMMARY_FILE
 from lipcli.evaluation.robust import VERSIONS, build_ensemble, evaluate_robust
 from lipcli.experiments.grid import EvaluationPlan, Grid, PlannedRun, identity_tree
-from lipcli.files import write_text
+from lipcli.files import sha256, write_text
 from lipcli.lipschitz.measure import STATS_FILE, measure_checkpoints
 from lipcli.plugins import PluginHost, get_host
 from lipcli.progress import Reporter
+from lipcli.results_folder import SETTINGS_KEY
 from lipcli.training import trainer
 from lipcli.training.defence import build_defence
-from lipcli.training.run_dir import BEST, CONFIG_FILE, LAST
+from lipcli.training.run_dir import BEST, CONFIG_FILE, ERROR_FILE, LAST
 
 TRAINED = "trained.json"
 STATS_FOLDER = "stats"
 PLAN_FILE = "plan.json"
 """Beside each evaluation result: the ``[evaluate]`` settings it was measured with."""
-ERROR_FILE = "error.txt"
 
 
 def curve_folder(norm: str) -> str:
@@ -86,15 +88,40 @@ def pending_stages(run: PlannedRun, plan: EvaluationPlan) -> list[str]:
     last = _trained_so_far(folder / LAST)
     if not (folder / TRAINED).is_file() or (last is not None and _unfinished(last, run.config.training)):
         stages.append("resume" if last is not None else "train")
-    measured = _trained_so_far(folder / (LAST if plan.checkpoint == "last" else BEST))
+    checkpoint = folder / (LAST if plan.checkpoint == "last" else BEST)
+    measured = _trained_so_far(checkpoint)
     evaluations = [curve_folder(n) for n in plan.norms] + [f"robust-{n}" for n in plan.robust]
     evaluations += ["stats"] if plan.stats else []
+    checkpoint_hash = sha256(checkpoint) if measured is not None else None
     for stage in evaluations:
         result = folder / _stage_folder(stage) / (STATS_FILE if stage == "stats" else SUMMARY_FILE)
         expected = _as_json(_measured_plan(plan, stage, measured))
-        if stages[:1] in (["train"], ["resume"]) or not result.is_file() or _recorded_plan(folder, stage) != expected:
+        if (stages[:1] in (["train"], ["resume"]) or not _describes(result, checkpoint_hash, plan, stage)
+                or _recorded_plan(folder, stage) != expected):
             stages.append(stage)
     return stages
+
+
+def _describes(result: Path, checkpoint_hash: str | None, plan: EvaluationPlan, stage: str) -> bool:
+    """Whether the result file itself says it measured this checkpoint (by hash), on the planned images, with
+    the planned attacks and seed: a result another command wrote into the folder since (``lipcli curve
+    RUN/last.pt --limit 10 --overwrite``) is stale whatever ``plan.json`` says. A summary from before results
+    recorded their settings is judged by ``plan.json`` (and its checkpoint hash, where it has one)."""
+    try:
+        summary = json.loads(result.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(summary, dict):
+        return False
+    settings = summary.get(SETTINGS_KEY)
+    if not isinstance(settings, dict):
+        return summary.get("checkpoint_sha256", checkpoint_hash) == checkpoint_hash
+    if settings.get("checkpoint_sha256") != checkpoint_hash or summary.get("limit") != plan.limit:
+        return False
+    if stage.startswith("curve-"):
+        planned = {name.lower() for name in plan.attacks_for(stage.removeprefix("curve-"))}
+        return {name.lower() for name in settings.get("attacks", {})} == planned and settings.get("seed") == plan.seed
+    return True
 
 
 def _trained_so_far(checkpoint: Path) -> tuple[int, int] | None:
@@ -215,7 +242,7 @@ def _run_stages(
         if stage == "stats":
             measure_checkpoints(
                 [checkpoint], out=out, eps={n: plan.eps_for(n) for n in ("l2", "linf")}, limit=plan.limit,
-                batch_size=plan.batch_size, device=target_device, host=host, reporter=reporter,
+                batch_size=plan.batch_size, device=target_device, host=host, reporter=reporter, overwrite=True,
             )
         elif stage.startswith("robust-"):
             norm = stage.removeprefix("robust-")
@@ -224,14 +251,14 @@ def _run_stages(
                 [checkpoint], norm=norm, attacks=attacks, options=options, eps=plan.robust[norm], out=out,
                 version=plan.robust_version, seed=plan.seed,
                 curves=[folder / curve_folder(norm)] if norm in plan.norms else None, limit=plan.limit,
-                batch_size=plan.batch_size, device=target_device, host=host, reporter=reporter,
+                batch_size=plan.batch_size, device=target_device, host=host, reporter=reporter, overwrite=True,
             )
         else:
             norm = stage.removeprefix("curve-")
             evaluate_checkpoints(
                 [checkpoint], norm=norm, attacks=build_attacks(plan.attacks_for(norm), plan.options_for(norm), host),
                 eps=plan.eps_for(norm), out=out, limit=plan.limit, batch_size=plan.batch_size,
-                device=target_device, host=host, reporter=reporter, seed=plan.seed,
+                device=target_device, host=host, reporter=reporter, seed=plan.seed, overwrite=True,
             )
         if current().main:
             measured = _measured_plan(plan, stage, _trained_so_far(checkpoint))

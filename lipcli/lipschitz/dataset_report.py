@@ -10,20 +10,22 @@ from typing import Any
 
 import torch
 
-import lipcli
 from lipcli.config.schema import DataConfig
 from lipcli.data.load import load_data
-from lipcli.data.types import ImageSet
+from lipcli.data.types import DataSplits, ImageSet
 from lipcli.evaluation import figures, results
 from lipcli.evaluation.curves import DEFAULT_EPS, parse_eps
 from lipcli.evaluation.runner import AttackResult, RobustnessResult
 from lipcli.lipschitz.data import closest_pair, conflicting_duplicates, nearest_distinct
 from lipcli.plugins import PluginHost
 from lipcli.progress import Reporter
+from lipcli.results_folder import Layout, claim, provenance
 
 REPORT_FILE = "data-lipschitz.json"
 NEAREST = "nearest-distinct"
 """The name of the nearest-neighbour "attack" in distances.csv and summary.json."""
+LAYOUT = Layout(REPORT_FILE, (results.DISTANCES_FILE, results.SUMMARY_FILE,
+                              *(f"{results.CURVE_FILE}.{kind}" for kind in ("png", "svg"))))
 
 
 def drop_conflicts(data: ImageSet) -> tuple[ImageSet, torch.Tensor, torch.Tensor]:
@@ -46,11 +48,28 @@ def data_lipschitz(
     device: torch.device,
     host: PluginHost | None = None,
     reporter: Reporter | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Measure, write ``out/data-lipschitz.json`` (and the curve files when ``curve``), return the report."""
+    """Measure, write ``out/data-lipschitz.json`` (and the curve files when ``curve``), return the report.
+    A folder holding results of other settings is refused before any work unless ``overwrite``."""
     reporter = reporter or Reporter()
     splits = load_data(config, host)
     data = splits.train if split == "train" else splits.test
+    test = splits.test.subset(limit)
+    settings = {
+        "dataset": splits.info.name, "split": split, "images": len(data), "images_sha256": data.sha256(),
+        "curve": {"images": len(test), "images_sha256": test.sha256()} if curve else None,
+    }
+    with claim({out: settings}, LAYOUT, overwrite=overwrite):
+        return _measure(splits, data, test, settings, out=out, curve=curve, chunk=chunk, device=device,
+                        reporter=reporter, data_dir=config.data_dir)
+
+
+def _measure(
+    splits: DataSplits, data: ImageSet, test: ImageSet, settings: dict[str, Any], *, out: Path, curve: bool,
+    chunk: int, device: torch.device, reporter: Reporter, data_dir: str | None,
+) -> dict[str, Any]:
+    split = settings["split"]
     reporter.info(f"{splits.info.name} {split}: {len(data)} images, on {device}")
     started = time.perf_counter()
     kept, dropped, original = drop_conflicts(data)
@@ -58,18 +77,19 @@ def data_lipschitz(
     seconds = time.perf_counter() - started
     first, second = (int(original[pair.first]), int(original[pair.second])) if pair.first >= 0 else (None, None)
     report: dict[str, Any] = {
-        "dataset": splits.info.name, "split": split, "images": len(data), "lipcli_version": lipcli.__version__,
+        "settings": settings, "dataset": splits.info.name, "split": split, "images": len(data),
+        "data_dir": data_dir, **provenance(device),
         "dropped_duplicates": {"count": int(dropped.numel()), "indices": dropped.tolist()},
         "min_distance": pair.distance if first is not None else None,
         "lipschitz_2inf": pair.lipschitz if first is not None else None,
         "pair": None if first is None else {
             "indices": [first, second], "labels": [int(data.labels[first]), int(data.labels[second])],
         },
-        "seconds": seconds, "device": str(device),
+        "seconds": seconds,
     }
     if curve:
         report["nearest_distinct"] = _nearest_curve(
-            splits.test.subset(limit), drop_conflicts(splits.train)[0], out,
+            test, drop_conflicts(splits.train)[0], out,
             chunk=chunk, device=device, reporter=reporter, dataset=splits.info.name,
         )
     results.write_summary(out / REPORT_FILE, report)
@@ -87,8 +107,7 @@ def _nearest_curve(
     result = RobustnessResult("l2", test.labels.clone(), test.labels.clone(),
                               [AttackResult(NEAREST, distances, seconds, queries=0)])
     eps = parse_eps(",".join(DEFAULT_EPS["l2"]))
-    summary = results.summarise(result, eps, label=f"{dataset} {NEAREST}",
-                                dataset=dataset, device=str(device), lipcli_version=lipcli.__version__)
+    summary = results.summarise(result, eps, label=f"{dataset} {NEAREST}", dataset=dataset, **provenance(device))
     results.write_distances(out / results.DISTANCES_FILE, result)
     results.write_summary(out / results.SUMMARY_FILE, summary)
     figures.draw(out / results.CURVE_FILE, [figures.Series(NEAREST, (distances,))], norm="l2",

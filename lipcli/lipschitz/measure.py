@@ -8,16 +8,17 @@ from typing import Any
 
 import torch
 
-import lipcli
 from lipcli.distributed import barrier, current
 from lipcli.evaluation.results import write_per_image, write_summary
-from lipcli.evaluation.targets import load_target, output_folders
+from lipcli.evaluation.targets import load_targets, target_settings
 from lipcli.lipschitz.statistics import model_statistics
 from lipcli.plugins import PluginHost, get_host
 from lipcli.progress import Reporter
+from lipcli.results_folder import Layout, claim, provenance
 
 STATS_FILE = "stats.json"
 STATS_CSV = "stats.csv"
+LAYOUT = Layout(STATS_FILE, (STATS_CSV,))
 
 
 @dataclass
@@ -40,26 +41,33 @@ def measure_checkpoints(
     device: torch.device,
     host: PluginHost | None = None,
     reporter: Reporter | None = None,
+    overwrite: bool = False,
 ) -> list[Measured]:
     """Measure every checkpoint on its test images and write its files under ``out`` (directly for one
-    checkpoint, else one sub-folder per checkpoint)."""
+    checkpoint, else one sub-folder per checkpoint); a folder holding results of other settings is refused
+    before any work unless ``overwrite``."""
     host = host or get_host()
     reporter = reporter or Reporter()
+    planned = load_targets(paths, out, data_dir=data_dir, limit=limit, device=device, host=host)
+    settings = {folder: {**target_settings(target), "eps": {norm: dict(points) for norm, points in eps.items()}}
+                for _, folder, target in planned}
     measured = []
-    for path, (label, folder) in zip(paths, output_folders(paths, out)):
-        target = load_target(path, data_dir=data_dir, limit=limit, device=device, host=host)
-        reporter.info(f"{label}: {len(target.test)} test images of {target.info.name}, on {device}")
-        statistics = model_statistics(
-            target.model, target.test, target.info, eps=eps,
-            batch_size=batch_size or target.config.evaluation.batch_size, device=device, reporter=reporter,
-        )
-        summary = {
-            "checkpoint": str(path), "label": label, "dataset": target.info.name, "device": str(device),
-            "lipcli_version": lipcli.__version__, **statistics.summary,
-        }
-        if current().main:  # every process holds the joined statistics; one writes them
-            write_per_image(folder / STATS_CSV, statistics.labels, statistics.predictions, statistics.per_image)
-            write_summary(folder / STATS_FILE, summary)
-        measured.append(Measured(label, folder, summary))
-    barrier()
+    with claim(settings, LAYOUT, overwrite=overwrite):
+        for label, folder, target in planned:
+            reporter.info(f"{label}: {len(target.test)} test images of {target.info.name}, on {device}")
+            statistics = model_statistics(
+                target.model, target.test, target.info, eps=eps,
+                batch_size=batch_size or target.config.evaluation.batch_size, device=device, reporter=reporter,
+            )
+            summary = {
+                "settings": settings[folder], "checkpoint": str(target.path), "label": label,
+                "dataset": target.info.name, "limit": limit,
+                "data_dir": target.config.data.data_dir if data_dir is None else str(data_dir),
+                **provenance(device), **statistics.summary,
+            }
+            if current().main:  # every process holds the joined statistics; one writes them
+                write_per_image(folder / STATS_CSV, statistics.labels, statistics.predictions, statistics.per_image)
+                write_summary(folder / STATS_FILE, summary)
+            measured.append(Measured(label, folder, summary))
+        barrier()
     return measured

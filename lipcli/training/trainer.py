@@ -13,10 +13,12 @@ images held out by ``data.validation`` (see :mod:`lipcli.data.validation`); the 
 from __future__ import annotations
 
 import contextlib
+from contextlib import ExitStack
 import json
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -25,7 +27,7 @@ import torch
 from torch import nn
 
 import lipcli
-from lipcli.checkpoint import load_checkpoint, save_checkpoint
+from lipcli.checkpoint import load_checkpoint, save_checkpoint, save_checkpoints
 from lipcli.config import build_stored, dumps
 from lipcli.config.schema import ExperimentConfig, TrainingConfig
 from lipcli.data.augment import Augmentation
@@ -35,11 +37,12 @@ from lipcli.data.types import DatasetInfo
 from lipcli.data.validation import hold_out
 from lipcli.device import select_device
 from lipcli.distributed import all_reduce, barrier, broadcast, current
-from lipcli.errors import CheckpointError, ConfigError, LipcliError
+from lipcli.errors import CheckpointError, ConfigError, LipcliError, LipcliWarning
 from lipcli.files import write_text
 from lipcli.models.build import build_model
 from lipcli.plugins import PluginHost, get_host
 from lipcli.progress import Reporter
+from lipcli.results_folder import locked, locked_everywhere
 from lipcli.training import run_dir as runs
 from lipcli.training.defence import build_defence
 from lipcli.training.evaluate import evaluate
@@ -108,6 +111,11 @@ def resume(
     and the earlier plan is kept in ``training.earlier_plans`` for the epochs it covered.
     """
     run_dir = Path(run_dir)
+    if not (run_dir / runs.LAST).exists() and runs.is_run_folder(run_dir):
+        raise LipcliError(
+            f"{run_dir}: the run was interrupted before its first epoch ended, so there is nothing to resume; start "
+            f"it again with lipcli train --config {run_dir / runs.CONFIG_FILE} --out {run_dir}"
+        )
     payload = load_checkpoint(run_dir / runs.LAST)
     config = build_stored(payload["config"])
     if device is not None:
@@ -140,7 +148,14 @@ class _Run:
         self.config, self.host, self.reporter = config, host, reporter
 
     def fit(self, checkpoint: dict[str, Any] | None, run_dir: Path | None) -> TrainResult:
-        """Train from scratch into a new folder (no checkpoint), or on from ``checkpoint`` in ``run_dir``."""
+        """Train from scratch into a new folder (no checkpoint), or on from ``checkpoint`` in ``run_dir``; the
+        main process holds the run folder's lock throughout, so two runs never write one folder."""
+        with ExitStack() as self._held:
+            if run_dir is not None:
+                self._held.enter_context(locked_everywhere(run_dir))
+            return self._fit(checkpoint, run_dir)
+
+    def _fit(self, checkpoint: dict[str, Any] | None, run_dir: Path | None) -> TrainResult:
         config, tc = self.config, self.config.training
         device = select_device(tc.device)
         group = current()
@@ -163,6 +178,9 @@ class _Run:
                     f"training.batch_size: {len(train_set)} training images make no global batch of "
                     f"{tc.batch_size}; with several processes a short last batch is left out"
                 )
+            if len(train_set) < tc.batch_size and group.main:
+                warnings.warn(f"training.batch_size: {tc.batch_size} is more than the {len(train_set)} training "
+                              "images; every epoch is one step", LipcliWarning, stacklevel=2)
             defence = build_defence(config.defence, self.host)
             model = build_model(config, data.info, self.host, defence).to(device)
             if tc.channels_last:
@@ -175,7 +193,7 @@ class _Run:
                 run resumed on another number of processes (other steps per epoch) stays on schedule."""
                 return learning_rate((epoch - 1) * per_epoch + index, per_epoch, tc)
 
-            result = TrainResult(run_dir if run_dir is not None else _shared_run_dir(config))
+            result = TrainResult(run_dir if run_dir is not None else _shared_run_dir(config, self._held))
             start_epoch = 1
             if checkpoint is not None:
                 start_epoch = self._restore(checkpoint, model, optimizer, result, device)
@@ -308,16 +326,23 @@ class _Run:
             result.best_val_error = error
         if not current().main:
             return
-        with open(result.run_dir / runs.METRICS_FILE, "a") as handle:
-            handle.write(json.dumps(row) + "\n")
         payload = {
             "lipcli_version": lipcli.__version__, "config": self.config.to_dict(), "dataset": info.to_dict(),
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": row["epoch"],
             "step": result.steps, "metrics": row, "best_val_error": result.best_val_error, "rng": _rng_state(),
         }
-        if improved:  # best first: a crash between the two never leaves last.pt ahead of best.pt
-            save_checkpoint(result.run_dir / runs.BEST, payload)
-        save_checkpoint(result.run_dir / runs.LAST, payload)
+        try:
+            with open(result.run_dir / runs.METRICS_FILE, "a") as handle:  # rows past last.pt are dropped on resume
+                handle.write(json.dumps(row) + "\n")
+            # both files are written in full before either replaces the old one: a full disk leaves both old
+            names = ((runs.BEST,) if improved else ()) + (runs.LAST,)
+            save_checkpoints({result.run_dir / name: payload for name in names})
+        except OSError as exc:
+            kept = result.run_dir / runs.LAST
+            then = (f"{kept} still holds epoch {row['epoch'] - 1}; free space, then lipcli train --resume "
+                    f"{result.run_dir}") if kept.exists() else "no epoch was saved; free space and start the run again"
+            raise LipcliError(f"cannot write epoch {row['epoch']}'s checkpoint in {result.run_dir}: "
+                              f"{exc.strerror or exc}; {then}") from None
         self.reporter.epoch(row)
 
     def _restore(
@@ -367,15 +392,18 @@ class _Run:
         tree["training"]["epochs"] = self.config.training.epochs
         tree["training"]["earlier_plans"] = self.config.training.earlier_plans
         save_checkpoint(run_dir / runs.LAST, {**checkpoint, "config": tree})
-        write_text(run_dir / runs.CONFIG_FILE, dumps(tree))
+        write_text(run_dir / runs.CONFIG_FILE, runs.CONFIG_HEADER + dumps(tree))
 
 
-def _shared_run_dir(config: ExperimentConfig) -> Path:
-    """The new run folder, created by the main process; every process gets its path (or its error)."""
+def _shared_run_dir(config: ExperimentConfig, held: ExitStack) -> Path:
+    """The new run folder, created (and locked, in ``held``) by the main process; every process gets its path
+    (or its error)."""
     made: tuple[str, str] | None = None
     if current().main:
         try:
-            made = ("ok", str(runs.prepare_run_dir(config)))
+            folder = runs.run_folder(config)
+            held.enter_context(locked(folder))
+            made = ("ok", str(runs.prepare_run_dir(config, folder)))
         except LipcliError as exc:
             made = ("error", str(exc))
     status, value = broadcast(made)

@@ -23,6 +23,12 @@ in the spirit of FAB (Croce & Hein 2020):
 5. Polish, ``polish_rounds`` times: projected gradient ascent on the margin (``polish_steps`` steps) in a
    ball a little smaller than the best distance, started from the best point scaled into it; a success is
    bisected towards x and becomes the best. It corrects what linearisation misses where the model curves.
+6. In l-inf only, ``linf_rounds`` more rounds of the same kind with APGD-T (the targeted DLR loss, towards the
+   ``linf_targets`` highest-scoring other classes, ``linf_steps`` steps each; :mod:`lipcli_attacks.apgd`)
+   at a budget ``linf_shrink`` below the best distance: on 262 images of an undefended Fashion-MNIST CNN the
+   median l-inf distance without it was 1.3 % above the per-image best of seven outside attacks (adv_lib's
+   APGD-T, APGD, FAB, FMN; torchattacks' APGD, FAB), because in l-inf the closest adversarial is often
+   reached by a loss other than the margin the walks follow; with it, 0.1 % on the first 120 of them.
 
 Cost per image with the defaults (10 classes): at most 20 start steps (2 backward passes each; most images
 need 3-5), 10 refinement steps (2 each), 9 x 6 screening and 2 x 24 targeted steps (1 each), 2 x 10 polish
@@ -36,6 +42,7 @@ refinement is short because the targeted walks do most of the work: 40 steps gav
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -43,6 +50,7 @@ from torch import nn
 from lipcli.attacks import Attack, distance
 from lipcli.attacks.projection import box_projection
 from lipcli.gradients import margin_gradients
+from lipcli_attacks.apgd import APGDT
 from lipcli_attacks.deepfool import DeepFool, closest_in_box
 
 
@@ -66,6 +74,10 @@ class MinimumNorm(Attack):
         polish_rounds: int = 2,
         polish_steps: int = 10,
         polish_shrink: float = 0.01,
+        linf_rounds: int = 3,
+        linf_steps: int = 20,
+        linf_targets: int = 3,
+        linf_shrink: float = 0.02,
     ) -> None:
         if steps < 0 or candidates < 1 or start_steps < 1 or bisect_steps < 0:
             raise ValueError("steps and bisect_steps must be >= 0, candidates and start_steps >= 1")
@@ -81,6 +93,10 @@ class MinimumNorm(Attack):
         if polish_rounds < 0 or polish_steps < 1 or not 0 < polish_shrink < 1:
             raise ValueError("need polish_rounds >= 0, polish_steps >= 1, 0 < polish_shrink < 1")
         self.polish_rounds, self.polish_steps, self.polish_shrink = polish_rounds, polish_steps, polish_shrink
+        if linf_rounds < 0 or linf_steps < 1 or linf_targets < 1 or not 0 < linf_shrink < 1:
+            raise ValueError("need linf_rounds >= 0, linf_steps >= 1, linf_targets >= 1, 0 < linf_shrink < 1")
+        self.linf_rounds, self.linf_shrink = linf_rounds, linf_shrink
+        self._budgeted = APGDT(linf_steps, linf_targets, random_start=False)
 
     def run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str) -> torch.Tensor:
         start = DeepFool(self.start_steps, self.overshoot, self.candidates, box=True).run(model, images, labels, norm)
@@ -88,9 +104,25 @@ class MinimumNorm(Attack):
         if self.targets:
             best = self._targeted(model, images, labels, norm, best)
         best = segment_bisection(model, images, labels, best, self.bisect_steps)
-        if self.polish_rounds:
-            best = self._polish(model, images, labels, norm, best)
+        best = self._polish_margin(model, images, labels, norm, best)
+        if norm == "linf":
+            best = self._polish_targeted(model, images, labels, norm, best)
         return best
+
+    def _polish_margin(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str, best: torch.Tensor
+    ) -> torch.Tensor:
+        """Step 5: ``polish_rounds`` rounds of margin ascent just inside the best distance."""
+        return self._polish(model, images, labels, norm, best, self.polish_rounds, self.polish_shrink,
+                            lambda x, y, start, radius: _pgd_margin(model, x, y, norm, start, radius,
+                                                                    self.polish_steps))
+
+    def _polish_targeted(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str, best: torch.Tensor
+    ) -> torch.Tensor:
+        """Step 6: ``linf_rounds`` rounds of APGD-T just inside the best distance."""
+        return self._polish(model, images, labels, norm, best, self.linf_rounds, self.linf_shrink,
+                            lambda x, y, start, radius: self._budgeted.run_at(model, x, y, norm, radius))
 
     def _targeted(
         self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str, best: torch.Tensor
@@ -124,25 +156,28 @@ class MinimumNorm(Attack):
         return best
 
     def _polish(
-        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str, best: torch.Tensor
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str, best: torch.Tensor,
+        rounds: int, first_shrink: float, ascend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+                                                            torch.Tensor],
     ) -> torch.Tensor:
-        """Projected gradient ascent on the margin inside a ball a little smaller than the best distance.
+        """Attacks at a budget a little smaller than the best distance, ``rounds`` times.
 
-        Each round starts from the best point scaled into the ball of radius ``(1 - shrink) d_best``; a
-        success (a misclassified point in the ball) becomes the new best, bisected towards the image. The
-        shrink adapts per image: x1.5 after a success, /2 after a failure.
+        ``ascend(x, y, start, radius)`` looks for an adversarial within ``radius`` (float64, per image), from the
+        best point scaled into the ball of radius ``(1 - shrink) d_best``; a success becomes the new best,
+        bisected towards the image. The shrink starts at ``first_shrink`` and adapts per image: x1.5 after a
+        success, /2 after a failure.
         """
         view = (-1,) + (1,) * (images.dim() - 1)
         best_distance = _distance_if_fooled(model, images, labels, best, norm)
-        shrink = torch.full_like(best_distance, self.polish_shrink)
-        for _ in range(self.polish_rounds):
+        shrink = torch.full_like(best_distance, first_shrink)
+        for _ in range(rounds):
             index = (torch.isfinite(best_distance) & (best_distance > 0)).nonzero().flatten()
             if index.numel() == 0:
                 break
             x, y = images[index], labels[index]
             radius = best_distance[index] * (1 - shrink[index])
             scale = (radius / best_distance[index]).to(images.dtype).view(view)
-            found = _pgd_margin(model, x, y, norm, x + scale * (best[index] - x), radius, self.polish_steps)
+            found = ascend(x, y, x + scale * (best[index] - x), radius)
             found = segment_bisection(model, x, y, found, self.bisect_steps)
             measured = _distance_if_fooled(model, x, y, found, norm)
             better = measured < best_distance[index]
@@ -195,7 +230,9 @@ def segment_bisection(
 ) -> torch.Tensor:
     """The adversarial point closest to the clean image on each segment [x, adversarial], by bisection.
 
-    Images whose ``adversarial`` is not misclassified are returned unchanged (still not adversarial).
+    Images whose ``adversarial`` is not misclassified are returned unchanged (still not adversarial). A probe
+    counts as adversarial only where it is misclassified by more than rounding (:func:`clearly_fooled`): a point
+    found on the boundary to the last bit could be classified either way once evaluated in another batch.
     """
     view = (-1,) + (1,) * (images.dim() - 1)
     low = torch.zeros(images.shape[0], device=images.device, dtype=images.dtype)
@@ -205,11 +242,23 @@ def segment_bisection(
     for _ in range(steps):
         middle = (low + high) / 2
         probe = (images + middle.view(view) * (adversarial - images)).clamp(0, 1)
-        closer = (model(probe).argmax(1) != labels) & valid
+        closer = clearly_fooled(model(probe), labels) & valid
         best[closer] = probe[closer]
         high = torch.where(closer, middle, high)
         low = torch.where(closer, low, middle)
     return best
+
+
+ROUNDING_MARGIN = 1e-6
+"""A wrong class must beat the label's logit by this share of the largest logit's size to count as a clear win:
+float32 products round differently with the batch's size (a few 1e-7 relative on small models)."""
+
+
+def clearly_fooled(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Whether each row's best wrong class beats the label by more than :data:`ROUNDING_MARGIN` of its scale."""
+    label = logits.gather(1, labels[:, None]).squeeze(1)
+    other = logits.scatter(1, labels[:, None], -torch.inf).amax(1)
+    return other - label > ROUNDING_MARGIN * logits.detach().abs().amax(1)
 
 
 @torch.no_grad()

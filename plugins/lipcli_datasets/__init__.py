@@ -25,8 +25,10 @@ def register_datasets(register: Register) -> None:
     register(
         "digits", sources.digits,
         "scikit-learn's bundled 8x8 grey digits: 1,797 images, 10 classes, no files needed (CPU-quick)",
+        files=False,
     )
     register(
         "synthetic", sources.synthetic,
         "Generated from a seed: one random prototype per class plus Gaussian noise (any size, for tests)",
+        files=False,
     )
