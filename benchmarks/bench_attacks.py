@@ -46,9 +46,9 @@ sys.modules.setdefault("visdom", types.ModuleType("visdom"))  # adv_lib imports 
 
 from lipcli.config import resolve  # noqa: E402
 from lipcli.evaluation.accounting import measured_distances  # noqa: E402
-from lipcli.evaluation.curves import median_distance  # noqa: E402
+from lipcli.curves import median_distance  # noqa: E402
 from lipcli.evaluation.seeding import seeded  # noqa: E402
-from lipcli.evaluation.targets import load_target  # noqa: E402
+from lipcli.models.targets import load_target  # noqa: E402
 from lipcli.gradients import frozen_eval  # noqa: E402
 from lipcli.plugins import PluginHost  # noqa: E402
 

@@ -34,9 +34,9 @@ import torch
 from torch import nn
 
 from lipcli.evaluation.accounting import QueryCounter, measured_distances
-from lipcli.evaluation.curves import median_distance
+from lipcli.curves import median_distance
 from lipcli.evaluation.seeding import DEFAULT_SEED, seeded
-from lipcli.evaluation.targets import load_target
+from lipcli.models.targets import load_target
 from lipcli.gradients import frozen_eval
 from lipcli.plugins import PluginHost
 

@@ -35,7 +35,7 @@ from lipcli.data.load import load_data
 from lipcli.data.types import DatasetInfo
 from lipcli.models.build import build_model
 from lipcli.plugins import PluginHost
-from lipcli.training.defence import ComposedDefence, build_defence
+from lipcli.defence import ComposedDefence, build_defence
 from lipcli.training.optim import build_optimizer
 from lipcli.training.trainer import train
 

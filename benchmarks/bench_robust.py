@@ -31,10 +31,10 @@ sys.modules.setdefault("visdom", types.ModuleType("visdom"))  # adv_lib imports 
 
 from lipcli.attacks import BUDGET_TOLERANCE
 from lipcli.evaluation.accounting import measured_distances
-from lipcli.evaluation.curves import parse_eps
+from lipcli.curves import parse_eps
 from lipcli.evaluation.robust import robust_accuracy
 from lipcli.evaluation.seeding import seeded
-from lipcli.evaluation.targets import load_target
+from lipcli.models.targets import load_target
 from lipcli.gradients import frozen_eval
 from lipcli.plugins import PluginHost
 

@@ -6,17 +6,14 @@ the engine modules that need it.
 
 from __future__ import annotations
 
-from importlib import metadata
-
 import pluggy
+
+from lipcli.version import VERSION
 
 hookimpl = pluggy.HookimplMarker("lipcli")
 """Marks a plugin's implementation of a hook in :mod:`lipcli.hookspecs`."""
 
-try:
-    __version__ = metadata.version("lipcli")
-except metadata.PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+__version__ = VERSION
 
 __all__ = ["hookimpl", "__version__", "load_model", "train"]
 

@@ -9,7 +9,8 @@ import typing
 from typing import Any, Mapping
 
 from lipcli.errors import ConfigError
-from lipcli.registry import Component, did_you_mean
+from lipcli.registry import Component
+from lipcli.suggestions import did_you_mean
 
 
 def check_options(component: Component, options: Mapping[str, Any], dotted: str, reserved: set[str]) -> None:

@@ -32,12 +32,12 @@ from lipcli.attacks import AttackAtBudget, within_budget
 from lipcli.components import call_factory
 from lipcli.config.schema import DefenceConfig
 from lipcli.data.types import DatasetInfo, DataSplits
+from lipcli.defence import build_defence, expand
 from lipcli.errors import DataError, LipcliError
 from lipcli.evaluation.accounting import measured_distances
 from lipcli.gradients import frozen_eval
 from lipcli.plugins import KINDS, PluginHost
 from lipcli.registry import Component
-from lipcli.training.defence import build_defence, expand
 
 SHAPES = (DatasetInfo("contract-grey", 1, 8, 8, 10), DatasetInfo("contract-colour", 3, 16, 16, 5))
 """Data shapes every architecture must handle (small, for speed)."""

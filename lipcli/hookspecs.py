@@ -39,7 +39,7 @@ def register_defences(register: Register) -> None:
     A primitive: ``register(name, factory, description)``; ``factory(**params)`` returns an object with any
     of ``prepare_model(model, info)``, ``perturb(model, images, labels) -> Perturbation`` (run in eval mode
     with parameters frozen) and ``training_loss(model, images, labels, perturbation) -> StepLoss`` (train
-    mode); see :mod:`lipcli.training.defence`. A preset: ``register(name, factory, description, preset=True)``
+    mode); see :mod:`lipcli.defence`. A preset: ``register(name, factory, description, preset=True)``
     with ``factory()`` returning its primitives as ``[(primitive_name, {param: value}), ...]``.
     """
 

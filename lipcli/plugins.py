@@ -25,7 +25,8 @@ import pluggy
 
 from lipcli import hookspecs
 from lipcli.errors import UnknownNameError
-from lipcli.registry import Component, Registry, did_you_mean
+from lipcli.registry import Component, Registry
+from lipcli.suggestions import did_you_mean
 
 ENTRY_POINT_GROUP = "lipcli"
 ENV_LOAD = "LIPCLI_PLUGINS"

@@ -6,12 +6,12 @@ plugins fighting over "resnet34" would otherwise change results depending on loa
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from lipcli.errors import DuplicateNameError, UnknownNameError
+from lipcli.suggestions import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -27,22 +27,6 @@ class Component:
 
 def _key(name: str) -> str:
     return name.strip().lower()
-
-
-def suggest(name: str, candidates: list[str], n: int = 3) -> list[str]:
-    """The closest candidates to ``name`` (case-insensitive), best first."""
-    lowered = {c.lower(): c for c in candidates}
-    return [lowered[m] for m in difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.5)]
-
-
-def did_you_mean(name: str, candidates: list[str]) -> str:
-    """A ' Did you mean ...?' suffix for error messages, or the list of valid names when nothing is close."""
-    close = suggest(name, candidates)
-    if close:
-        return " Did you mean " + " or ".join(repr(c) for c in close) + "?"
-    if candidates:
-        return " Known: " + ", ".join(sorted(candidates)) + "."
-    return ""
 
 
 class Registry:

@@ -25,11 +25,10 @@ import torch
 from lipcli.distributed import broadcast, current
 from lipcli.errors import LipcliError
 from lipcli.files import write_text
+from lipcli.layout import LOCK_FILE, PARTIAL
+from lipcli.version import VERSION
 
 SETTINGS_KEY = "settings"
-LOCK_FILE = ".lipcli.lock"
-PARTIAL = ".partial"
-"""The sub-folder of an unfinished evaluation's per-batch results (:mod:`lipcli.evaluation.journal`)."""
 PARTIAL_SETTINGS = "settings.json"
 
 try:  # POSIX; elsewhere folders are not locked (the settings check still holds)
@@ -42,18 +41,14 @@ _MISSING = object()
 
 def provenance(device: torch.device) -> dict[str, Any]:
     """Where and with what a result was computed (recorded, not compared: the settings decide identity)."""
-    import lipcli
-
-    return {"lipcli_version": lipcli.__version__, "torch_version": torch.__version__, "device": str(device),
+    return {"lipcli_version": VERSION, "torch_version": torch.__version__, "device": str(device),
             "dtype": str(torch.get_default_dtype()).removeprefix("torch.")}
 
 
 def resume_settings(device: torch.device) -> dict[str, Any]:
     """What partial results depend on besides the settings: a batch measured on another kind of device or by
     another version may classify a borderline image differently, so it is not resumed there."""
-    import lipcli
-
-    return {"device_type": device.type, "lipcli_version": lipcli.__version__, "torch_version": torch.__version__}
+    return {"device_type": device.type, "lipcli_version": VERSION, "torch_version": torch.__version__}
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from lipcli.attacks import Attack
 from lipcli.contracts import CHECKS, run_check, run_checks
 from lipcli.data.types import DatasetInfo, DataSplits, ImageSet
 from lipcli.plugins import KINDS, PluginHost
-from lipcli.training.defence import StepLoss
+from lipcli.defence import StepLoss
 
 
 @functools.cache

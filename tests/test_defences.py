@@ -29,7 +29,7 @@ from lipcli.gradients import frozen_eval
 from lipcli.models.build import build_model
 from lipcli.models.heads import TanhHead, WithHead
 from lipcli.plugins import PluginHost
-from lipcli.training.defence import ComposedDefence, Perturbation, build_defence, expand
+from lipcli.defence import ComposedDefence, Perturbation, build_defence, expand
 from lipcli.training.evaluate import evaluate
 from lipcli.training.trainer import train
 
@@ -518,6 +518,36 @@ def test_tanh_head_wraps_once(host: PluginHost, tiny_config: Callable[..., Any],
     config = tiny_config(tmp_path, "model.tanh_head=true", "defence.name=j2-lip+tanh")
     model = build_model(config, info, host)
     assert sum(isinstance(m, TanhHead) for m in model.modules()) == 1
+
+
+def test_model_tanh_head_builds_exactly_what_the_tanh_preset_builds(
+    host: PluginHost, tiny_config: Callable[..., Any], tmp_path: Path
+) -> None:
+    """``model.tanh_head = true`` is the ``tanh-head`` primitive put first: the same modules, the same weights
+    from the same seed, so checkpoints written either way load into the other."""
+    info = DatasetInfo("synthetic", 1, 8, 8, 4)
+    flag = build_model(tiny_config(tmp_path, "model.tanh_head=true", "defence.name=j2"), info, host)
+    preset = build_model(tiny_config(tmp_path, "defence.name=tanh+j2"), info, host)
+    assert isinstance(flag, WithHead) and isinstance(flag.head, TanhHead)
+    assert [type(m) for m in flag.modules()] == [type(m) for m in preset.modules()]
+    for (name, value), (other, expected) in zip(flag.state_dict().items(), preset.state_dict().items()):
+        assert name == other and torch.equal(value, expected), name
+    names = build_defence(DefenceConfig(name="j2-lip"), host, tanh_head=True).names
+    assert names[0] == "tanh-head" and names.count("tanh-head") == 1
+
+
+@pytest.mark.parametrize(("settings", "label"), [
+    ((), "j0"),
+    (("model.tanh_head=true",), "j0+tanh"),
+    (("model.tanh_head=true", "defence.name=j2-lip+tanh"), "j2-lip+tanh"),
+    (("model.tanh_head=true", "defence.primitives=[{name='at-l2'}, {name='tanh-head'}]"), "at-l2+tanh-head"),
+    (("model.tanh_head=true", "defence.primitives=[{name='at-l2'}]"), "at-l2+tanh"),
+    (("defence.name=j2+tanh",), "j2+tanh"),
+])
+def test_the_defence_label_names_the_tanh_head_once(
+    tiny_config: Callable[..., Any], tmp_path: Path, settings: tuple[str, ...], label: str
+) -> None:
+    assert tiny_config(tmp_path, *settings).defence_label == label
 
 
 def test_tanh_head_training_checkpoint_and_load_model(

@@ -17,7 +17,7 @@ from distributed_worker import host, steps_config, train_steps
 
 from lipcli.checkpoint import load_checkpoint
 from lipcli.data.batches import shard
-from lipcli.results_folder import LOCK_FILE as LOCK
+from lipcli.layout import LOCK_FILE as LOCK
 from lipcli.training.trainer import train
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")

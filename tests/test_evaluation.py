@@ -16,7 +16,7 @@ from lipcli.attacks.projection import box_projection
 from lipcli.attacks.search import parameter_search
 from lipcli.data.types import ImageSet
 from lipcli.errors import LipcliError
-from lipcli.evaluation.curves import curve_points, error_at, median_distance, parse_eps
+from lipcli.curves import curve_points, error_at, median_distance, parse_eps
 from lipcli.evaluation.runner import attack_set
 
 CPU = torch.device("cpu")
@@ -283,7 +283,7 @@ def test_bad_input_is_one_line_and_exit_2(run: Callable[..., Any], checkpoint: P
 
 
 def test_labels_never_repeat_even_when_a_label_looks_numbered() -> None:
-    from lipcli.evaluation.targets import unique_labels
+    from lipcli.models.targets import unique_labels
 
     assert unique_labels(["a", "a-2", "a"]) == ["a", "a-2", "a-3"]
     assert unique_labels(["best", "best", "best-2"]) == ["best", "best-2", "best-2-2"]

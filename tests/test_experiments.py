@@ -13,7 +13,7 @@ import torch
 
 from lipcli.checkpoint import load_checkpoint, save_checkpoint
 from lipcli.config import dumps, resolve
-from lipcli.config.loader import load_toml
+from lipcli.config.toml_reader import load_toml
 from lipcli.errors import ConfigError
 from lipcli.evaluation.results import write_distances
 from lipcli.evaluation.runner import AttackResult, RobustnessResult

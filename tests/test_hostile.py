@@ -18,7 +18,7 @@ from lipcli.evaluation.evaluate import evaluate_checkpoints
 from lipcli.experiments.grid import load_grid
 from lipcli.experiments.runner import pending_stages, run_grid
 from lipcli.plugins import PluginHost
-from lipcli.results_folder import LOCK_FILE, PARTIAL
+from lipcli.layout import LOCK_FILE, PARTIAL
 
 FAST = ["-a", "deepfool", "--masking-check", "0", "--device", "cpu", "--quiet"]
 

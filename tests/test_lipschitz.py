@@ -205,7 +205,7 @@ def test_certified_radius_is_exactly_eq_2_on_an_affine_model() -> None:
 
 def test_certified_radius_is_never_above_an_attack(host: PluginHost, tanh_checkpoint: Path) -> None:
     """On a trained model with a tanh head, per image: certified l2 radius <= the min-norm attack's distance."""
-    from lipcli.evaluation.targets import load_target
+    from lipcli.models.targets import load_target
 
     target = load_target(tanh_checkpoint, data_dir=None, limit=60, device=CPU, host=host)
     stats = model_statistics(target.model, target.test, target.info, eps=EPS, batch_size=30, device=CPU)

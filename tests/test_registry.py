@@ -11,7 +11,8 @@ import typer
 from lipcli import hookimpl, hookspecs
 from lipcli.errors import DuplicateNameError, LipcliError, UnknownNameError
 from lipcli.plugins import KINDS, PluginHost, PluginWarning
-from lipcli.registry import Component, Registry, did_you_mean, suggest
+from lipcli.registry import Component, Registry
+from lipcli.suggestions import did_you_mean, suggest
 
 
 def _factory(*args, **kwargs):

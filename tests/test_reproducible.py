@@ -18,11 +18,12 @@ from lipcli.attacks import Attack
 from lipcli.attacks.base import distance
 from lipcli.data.types import ImageSet
 from lipcli.evaluation.evaluate import evaluation_batch_size
-from lipcli.evaluation.results import ADVERSARIALS_FILE, write_adversarials
+from lipcli.evaluation.results import write_adversarials
 from lipcli.evaluation.runner import attack_set
-from lipcli.evaluation.targets import load_target
+from lipcli.models.targets import load_target
 from lipcli.experiments.grid import load_grid
 from lipcli.plugins import PluginHost
+from lipcli.layout import ADVERSARIALS_FILE
 
 CPU = torch.device("cpu")
 

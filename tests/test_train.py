@@ -16,8 +16,8 @@ from lipcli.checkpoint import load_checkpoint
 from lipcli.config import build
 from lipcli.errors import LipcliError
 from lipcli.plugins import PluginHost
-from lipcli.results_folder import LOCK_FILE as LOCK
-from lipcli.training.defence import Perturbation, StepLoss, plain_loss
+from lipcli.layout import LOCK_FILE as LOCK
+from lipcli.defence import Perturbation, StepLoss, plain_loss
 from lipcli.training.optim import build_optimizer
 from lipcli.training.trainer import TrainingDiverged, train
 

@@ -16,7 +16,7 @@ Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for the
 
 
 def _eps(text: str | None, norm: str, flag: str) -> list[tuple[str, float]]:
-    from lipcli.evaluation.curves import DEFAULT_EPS, parse_eps
+    from lipcli.curves import DEFAULT_EPS, parse_eps
 
     try:
         return parse_eps(text if text is not None else ",".join(DEFAULT_EPS[norm]))
@@ -125,7 +125,8 @@ def add_to(app: typer.Typer) -> None:
         """
         from lipcli.config import resolve
         from lipcli.device import select_device
-        from lipcli.lipschitz.dataset_report import REPORT_FILE, data_lipschitz as measure
+        from lipcli.layout import DATA_LIPSCHITZ_FILE
+        from lipcli.lipschitz.dataset_report import data_lipschitz as measure
 
         split = split.strip().lower()
         if split not in ("train", "test"):
@@ -156,4 +157,4 @@ def add_to(app: typer.Typer) -> None:
         for row in rows:
             table.add_row(*row)
         console.out.print(table)
-        console.out.print(f"written to {folder / REPORT_FILE}", highlight=False)
+        console.out.print(f"written to {folder / DATA_LIPSCHITZ_FILE}", highlight=False)

@@ -12,7 +12,7 @@ from lipcli.cli import console
 from lipcli.components import option_defaults
 from lipcli.errors import LipcliError, UnknownNameError
 from lipcli.plugins import KINDS, PluginHost
-from lipcli.registry import did_you_mean
+from lipcli.suggestions import did_you_mean
 
 _PLURALS = {f"{kind}s": kind for kind in KINDS}
 

@@ -37,7 +37,7 @@ def _run(
     data_dir: Path | None, device: str, seed: int | None, out: Path, quiet: bool, overwrite: bool,
 ) -> list[Any]:
     from lipcli.device import select_device
-    from lipcli.evaluation.curves import parse_eps
+    from lipcli.curves import parse_eps
     from lipcli.evaluation.robust import build_ensemble, ensemble_names, evaluate_robust
     from lipcli.evaluation.seeding import DEFAULT_SEED
 

@@ -67,7 +67,7 @@ def _run(
     overwrite: bool,
 ) -> list[Any]:
     from lipcli.device import select_device
-    from lipcli.evaluation.curves import DEFAULT_EPS, parse_eps
+    from lipcli.curves import DEFAULT_EPS, parse_eps
     from lipcli.evaluation.evaluate import build_attacks, evaluate_checkpoints
     from lipcli.evaluation.seeding import DEFAULT_SEED
 

@@ -10,20 +10,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import sys
 import types
 import typing
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from lipcli.config.recipes import load_recipe
 from lipcli.config.schema import LR_SCHEDULES, ExperimentConfig
+from lipcli.config.toml_reader import load_toml, tomllib
 from lipcli.errors import ConfigError
-from lipcli.registry import did_you_mean, suggest
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
+from lipcli.suggestions import did_you_mean, suggest
 
 _LOWER_BOUNDS: dict[str, float] = {
     "data.crop_padding": 0, "data.cutout": 0, "data.train_limit": 1, "data.validation": 0, "data.validation_seed": 0,
@@ -34,19 +30,6 @@ _LOWER_BOUNDS: dict[str, float] = {
 """Range checks done once on the merged configuration (types are checked while merging)."""
 
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-
-
-def load_toml(path: Path) -> dict[str, Any]:
-    """Parse a TOML file; a missing or malformed file is a :class:`ConfigError` naming it."""
-    try:
-        with open(path, "rb") as handle:
-            return tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: experiment file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
 
 
 def parse_override(text: str, option: str = "--set", form: str = "section.key=value") -> tuple[str, Any]:
@@ -91,8 +74,6 @@ def resolve_layers(
 ) -> ExperimentConfig:
     """Defaults < recipe < ``file_data`` (already parsed; errors name ``file_source``) < each dotted
     ``(source, key, value)`` layer in order (flags, ``--set`` overrides, a grid's values)."""
-    from lipcli.config.recipes import load_recipe
-
     layers = list(layers)
     recipe = file_data.get("recipe")
     for _, key, value in layers:

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lipcli.config.loader import load_toml
+from lipcli.config.toml_reader import load_toml
 from lipcli.errors import ConfigError
-from lipcli.registry import did_you_mean
+from lipcli.suggestions import did_you_mean
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 

@@ -38,13 +38,20 @@ class DataConfig:
     """Seed of the held-out draw, apart from ``training.seed``: runs differing only in seed share the images."""
 
 
+TANH_HEAD = "tanh-head"
+"""The defence primitive that adds the tanh logit head; ``model.tanh_head = true`` adds it too."""
+TANH_PRESET = "tanh"
+"""The preset made of :data:`TANH_HEAD` alone (``j2-lip+tanh``)."""
+
+
 @dataclass
 class ModelConfig:
     """Architecture and its options."""
 
     arch: str = "small-cnn"
     tanh_head: bool = False
-    """BatchNorm without affine parameters over the logits, then |t| tanh(z / |t|) (Appendix A.1)."""
+    """BatchNorm without affine parameters over the logits, then |t| tanh(z / |t|) (Appendix A.1): a shorthand for
+    adding the ``tanh-head`` defence primitive first, as ``defence.name = "...+tanh"`` does."""
     batchnorm_affine: bool = False
     """The original code's BatchNorm layers have no learnable scale and shift."""
     options: dict[str, Any] = field(default_factory=dict)
@@ -143,3 +150,12 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def defence_label(self) -> str:
+        """The defence as run folders and tables name it: ``model.tanh_head = true`` shows as ``+tanh`` (the
+        preset that adds the same head), unless the defence already names the head."""
+        label = self.defence.label
+        if self.model.tanh_head and not {TANH_PRESET, TANH_HEAD} & set(label.split("+")):
+            label += f"+{TANH_PRESET}"
+        return label

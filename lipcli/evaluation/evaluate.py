@@ -21,10 +21,11 @@ import torch
 
 from lipcli.attacks import NORMS, Attack, AttackAtBudget
 from lipcli.components import call_factory, option_defaults
+from lipcli.data.types import ImageSet
 from lipcli.distributed import barrier, current
 from lipcli.errors import ConfigError
-from lipcli.data.types import ImageSet
-from lipcli.evaluation import figures, results
+from lipcli.evaluation import results
+from lipcli.evaluation.journal import Journal
 from lipcli.evaluation.masking import (
     CHECK_ATTACK,
     CHECK_IMAGES,
@@ -34,19 +35,25 @@ from lipcli.evaluation.masking import (
 )
 from lipcli.evaluation.runner import RobustnessResult, attack_set
 from lipcli.evaluation.seeding import DEFAULT_SEED
-from lipcli.evaluation.journal import Journal
-from lipcli.evaluation.targets import load_targets, target_settings
 from lipcli.gradients import frozen_eval
+from lipcli.layout import (
+    ADVERSARIALS_FILE,
+    CURVE_FILE,
+    DISTANCES_FILE,
+    FIGURE_FILE,
+    SUMMARY_FILE,
+)
+from lipcli.models.targets import load_targets, target_settings
 from lipcli.plugins import PluginHost, get_host
 from lipcli.progress import Reporter
 from lipcli.registry import Component
+from lipcli.result_files import write_summary
 from lipcli.results_folder import Layout, claim, provenance, resume_settings
 
-LAYOUT = Layout(results.SUMMARY_FILE, (results.DISTANCES_FILE, results.ADVERSARIALS_FILE,
-                                       *(f"{results.CURVE_FILE}.{kind}" for kind in ("png", "svg"))))
+LAYOUT = Layout(SUMMARY_FILE, (DISTANCES_FILE, ADVERSARIALS_FILE,
+                                       *(f"{CURVE_FILE}.{kind}" for kind in ("png", "svg"))))
 """What ``lipcli curve`` and ``lipcli attack`` write in a result folder."""
-FIGURE_FILE = "figure.json"
-FIGURE_LAYOUT = Layout(FIGURE_FILE, tuple(f"{results.CURVE_FILE}.{kind}" for kind in ("png", "svg")))
+FIGURE_LAYOUT = Layout(FIGURE_FILE, tuple(f"{CURVE_FILE}.{kind}" for kind in ("png", "svg")))
 """The figure of several checkpoints in the folder above theirs, with the settings it was drawn from."""
 
 PROGRESS_BATCHES = 8
@@ -198,19 +205,19 @@ def evaluate_checkpoints(
             )
             barrier()  # every process has written its partial results before they are removed
             if current().main:  # every process holds the joined result; one writes it
-                results.write_distances(folder / results.DISTANCES_FILE, result)
+                results.write_distances(folder / DISTANCES_FILE, result)
                 if save_adversarials:
-                    results.write_adversarials(folder / results.ADVERSARIALS_FILE, result, seed)
+                    results.write_adversarials(folder / ADVERSARIALS_FILE, result, seed)
                 else:  # an earlier run's points are not this run's
-                    (folder / results.ADVERSARIALS_FILE).unlink(missing_ok=True)
-                results.write_summary(folder / results.SUMMARY_FILE, summary)  # last: it marks the folder complete
+                    (folder / ADVERSARIALS_FILE).unlink(missing_ok=True)
+                write_summary(folder / SUMMARY_FILE, summary)  # last: it marks the folder complete
                 journal.finish()
             evaluations.append(Evaluation(label, folder, result, summary))
         if current().main:
-            figures.draw_evaluations(out / results.CURVE_FILE,
+            results.draw_evaluations(out / CURVE_FILE,
                                      [(e.label, e.result, e.summary) for e in evaluations], by=by, eps=eps)
             if len(planned) > 1:
-                results.write_summary(out / FIGURE_FILE, {"settings": figure})
+                write_summary(out / FIGURE_FILE, {"settings": figure})
         barrier()  # the files exist for every process once this returns
     return evaluations
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from lipcli.files import atomic_write
-from lipcli.results_folder import PARTIAL
+from lipcli.layout import PARTIAL
 
 
 @dataclass

@@ -1,54 +1,27 @@
-"""The files ``lipcli curve`` and ``lipcli attack`` write: distances.csv, summary.json, with
-``--save-adversarials`` adversarials.pt (the figure: :mod:`lipcli.evaluation.figures`).
-
-JSON has no infinity: a median that is +inf (fewer than half the images broken) is written as null, and
-``failures`` counts the images no attack broke. In the CSV a failure is ``inf``.
+"""The files ``lipcli curve`` and ``lipcli attack`` write: distances.csv, summary.json, the curve's figure, with
+``--save-adversarials`` adversarials.pt. The formats shared with other commands are in :mod:`lipcli.result_files`
+(``failures`` counts the images no attack broke; in the CSV a failure is ``inf``).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lipcli.evaluation.curves import error_at, median_distance
 from lipcli.evaluation.runner import RobustnessResult
-from lipcli.files import atomic_write, write_text
-
-DISTANCES_FILE = "distances.csv"
-SUMMARY_FILE = "summary.json"
-ADVERSARIALS_FILE = "adversarials.pt"
-CURVE_FILE = "curve"
-
-
-def _number(value: float) -> float | None:
-    return value if math.isfinite(value) else None
+from lipcli.figures import Series, describe, draw
+from lipcli.files import atomic_write
+from lipcli.result_files import curve_summary, write_per_image
 
 
 def write_distances(path: Path, result: RobustnessResult) -> None:
     """One row per image: test index, label, clean prediction, each attack's distance, the minimum."""
     columns = {a.name: a.distances for a in result.attacks}
     write_per_image(path, result.labels, result.predictions, {**columns, "min": result.minimum})
-
-
-def write_per_image(
-    path: Path, labels: torch.Tensor, predictions: torch.Tensor, columns: dict[str, torch.Tensor]
-) -> None:
-    """A CSV with one row per image: index, label, prediction, then each column (floats as Python writes
-    them, so ``inf`` and ``nan`` read back)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["index", "label", "prediction", *columns])
-    values = [column.tolist() for column in columns.values()]
-    for index, (label, prediction) in enumerate(zip(labels.tolist(), predictions.tolist())):
-        writer.writerow([index, label, prediction, *(repr(float(column[index])) for column in values)])
-    write_text(path, buffer.getvalue())
 
 
 def summarise(
@@ -61,19 +34,12 @@ def summarise(
     ``options[name]``, the options its factory was called with, or null where they are not known)."""
     attacked = int((result.predictions == result.labels).sum())
 
-    def curve_summary(distances: Any) -> dict[str, Any]:
-        return {
-            "median_distance": _number(median_distance(distances)),
-            "error_at": {text: error_at(distances, value) for text, value in eps},
-            "failures": int(distances.isinf().sum()),
-        }
-
     minimum = result.minimum
     broken = torch.isfinite(minimum) & (minimum > 0)
     per_attack = {}
     for attack in result.attacks:
         per_attack[attack.name] = {
-            **curve_summary(attack.distances),
+            **curve_summary(attack.distances, eps),
             "best_on": int((broken & (attack.distances <= minimum)).sum()),
             "seconds": attack.seconds,
             "queries": attack.queries,
@@ -87,7 +53,7 @@ def summarise(
         "images": int(result.labels.numel()),
         "attacked": attacked,
         "clean_error": result.clean_error,
-        **curve_summary(minimum),
+        **curve_summary(minimum, eps),
         "eps": {text: value for text, value in eps},
         "attacks": [a.name for a in result.attacks],
         "seconds": sum(a.seconds for a in result.attacks),
@@ -108,10 +74,6 @@ def strongest(per_attack: dict[str, dict[str, Any]]) -> str:
     return min(per_attack, key=key)
 
 
-def write_summary(path: Path, summary: dict[str, Any] | list[Any]) -> None:
-    write_text(path, json.dumps(summary, indent=2, allow_nan=False) + "\n")  # NaN or inf is a bug here
-
-
 def write_adversarials(path: Path, result: RobustnessResult, seed: int) -> None:
     """``adversarials.pt``, a dict that loads with ``torch.load(path, weights_only=True)``, one row per row of
     distances.csv: ``indices`` (test-set index), ``labels``, ``adversarials`` (float32, the input whose
@@ -128,3 +90,24 @@ def write_adversarials(path: Path, result: RobustnessResult, seed: int) -> None:
         "seed": seed,
     }
     atomic_write(path, lambda handle: torch.save(payload, handle))
+
+
+
+def draw_evaluations(
+    stem: Path, evaluated: Sequence[tuple[str, RobustnessResult, dict[str, Any]]], *, by: str,
+    eps: Sequence[tuple[str, float]],
+) -> list[Path]:
+    """``lipcli curve``'s figure (``by="model"``: each checkpoint's minimum over attacks) or ``lipcli attack``'s
+    (``by="attack"``: the first checkpoint's attacks over the grey band of their minimum), from (label, result,
+    summary as in summary.json) per checkpoint."""
+    first_label, first, first_summary = evaluated[0]
+    title = describe((s["dataset"] for _, _, s in evaluated), first.norm, (a.name for a in first.attacks),
+                     (int(r.labels.numel()) for _, r, _ in evaluated))
+    if by == "model":
+        series = [Series(label, (result.minimum,)) for label, result, _ in evaluated]
+        return draw(stem, series, norm=first.norm, title=title, eps=eps)
+    best_on = {name: attack["best_on"] for name, attack in first_summary["per_attack"].items()}
+    series = [Series(f"{a.name} (smallest on {best_on[a.name]} image{'' if best_on[a.name] == 1 else 's'})",
+                     (a.distances,)) for a in first.attacks]
+    return draw(stem, series, norm=first.norm, title=f"attacks on {first_label}\n{title}", eps=eps,
+                floor=first.minimum if len(series) > 1 else None)

@@ -47,21 +47,21 @@ from lipcli.distributed import all_reduce, barrier, current, owned
 from lipcli.errors import ConfigError, DataError
 from lipcli.evaluation.accounting import QueryCounter, measured_distances
 from lipcli.evaluation.evaluate import build_attacks
-from lipcli.evaluation.results import DISTANCES_FILE, SUMMARY_FILE, write_summary
 from lipcli.evaluation.seeding import DEFAULT_SEED, seeded
-from lipcli.evaluation.targets import load_targets, target_settings
 from lipcli.files import sha256, write_text
 from lipcli.gradients import frozen_eval
+from lipcli.layout import DISTANCES_FILE, ROBUST_FILE, SUMMARY_FILE
+from lipcli.models.targets import load_targets, target_settings
 from lipcli.plugins import PluginHost, get_host
 from lipcli.progress import Reporter
-from lipcli.registry import did_you_mean
+from lipcli.result_files import write_summary
 from lipcli.results_folder import Layout, claim, provenance
+from lipcli.suggestions import did_you_mean
 
 VERSIONS = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"), "fast": ("apgd-ce", "apgd-t")}
 """AutoAttack's ensembles by name; each attack's defaults are AutoAttack's settings for it."""
 CUSTOM = "custom"
 """The version recorded when ``--attack`` names the ensemble."""
-ROBUST_FILE = "robust.csv"
 LAYOUT = Layout(SUMMARY_FILE, (ROBUST_FILE,))
 """What ``lipcli robust`` writes in a result folder."""
 

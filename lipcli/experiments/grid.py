@@ -21,13 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from lipcli.config.loader import load_toml, resolve_layers
+from lipcli.config.loader import resolve_layers
 from lipcli.config.schema import ExperimentConfig
+from lipcli.config.toml_reader import load_toml
 from lipcli.errors import ConfigError
-from lipcli.evaluation.curves import DEFAULT_EPS, parse_eps
+from lipcli.curves import DEFAULT_EPS, parse_eps
 from lipcli.evaluation.robust import VERSIONS
 from lipcli.evaluation.seeding import DEFAULT_SEED
-from lipcli.registry import did_you_mean
+from lipcli.suggestions import did_you_mean
 
 NORMS = ("l2", "linf")
 DEFAULT_ATTACK = "min-norm"
@@ -255,10 +256,7 @@ _NAMED = ("data.dataset", "model.arch", "defence.name", "model.tanh_head", "trai
 
 def run_name(config: ExperimentConfig, settings: Mapping[str, Any]) -> str:
     """``<dataset>-<arch>-<defence>[-<key><value>...]-s<seed>``, safe as a folder name."""
-    defence = config.defence.label
-    if config.model.tanh_head and "tanh" not in defence:
-        defence += "+tanh"
-    parts = [config.data.dataset, config.model.arch, defence]
+    parts = [config.data.dataset, config.model.arch, config.defence_label]
     parts += [f"{key.rsplit('.', 1)[-1]}{_compact(value)}" for key, value in _leaves(settings) if key not in _NAMED]
     parts.append(f"s{config.training.seed}")
     return re.sub(r"[^A-Za-z0-9+._=-]+", "_", "-".join(parts))

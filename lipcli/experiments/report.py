@@ -31,15 +31,14 @@ from typing import Any
 
 import torch
 
-from lipcli.config.loader import build_stored, load_toml
+from lipcli.config.loader import build_stored
+from lipcli.config.toml_reader import load_toml
+from lipcli.curves import error_at, median_distance
 from lipcli.errors import LipcliError
-from lipcli.evaluation.curves import error_at, median_distance
-from lipcli.evaluation.figures import Series, describe, draw
-from lipcli.evaluation.results import DISTANCES_FILE
 from lipcli.experiments.grid import identity_tree
-from lipcli.experiments.runner import PLAN_FILE
+from lipcli.figures import Series, describe, draw
 from lipcli.files import write_text
-from lipcli.training.run_dir import CONFIG_FILE
+from lipcli.layout import CONFIG_FILE, DISTANCES_FILE, PLAN_FILE
 
 
 @dataclass(frozen=True)
@@ -192,10 +191,7 @@ def collect(folders: list[Path]) -> Report:
         flat = dict(_flatten(tree))
         identity = json.dumps(flat, sort_keys=True, default=str)
         if identity not in rows:
-            defence = config.defence.label
-            if config.model.tanh_head and "tanh" not in defence:
-                defence += "+tanh"
-            rows[identity] = Row(config.data.dataset, config.model.arch, defence)
+            rows[identity] = Row(config.data.dataset, config.model.arch, config.defence_label)
             leaves[identity] = flat
         run = _read_run(folder, config.training.seed)
         if run is not None:

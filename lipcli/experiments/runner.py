@@ -39,32 +39,34 @@ from pathlib import Path
 from typing import Any
 
 from lipcli.checkpoint import load_checkpoint
-from lipcli.config.loader import build_stored, load_toml
+from lipcli.config.loader import build_stored
 from lipcli.config.schema import TrainingConfig
+from lipcli.config.toml_reader import load_toml
+from lipcli.defence import build_defence
 from lipcli.device import select_device
 from lipcli.distributed import barrier, broadcast, current
 from lipcli.errors import ConfigError, LipcliError
 from lipcli.evaluation.evaluate import build_attacks, evaluate_checkpoints
-from lipcli.evaluation.results import SUMMARY_FILE
 from lipcli.evaluation.robust import VERSIONS, build_ensemble, evaluate_robust
 from lipcli.experiments.grid import EvaluationPlan, Grid, PlannedRun, identity_tree
 from lipcli.files import sha256, write_text
-from lipcli.lipschitz.measure import STATS_FILE, measure_checkpoints
+from lipcli.layout import (
+    BEST,
+    CONFIG_FILE,
+    ERROR_FILE,
+    LAST,
+    PLAN_FILE,
+    STATS_FILE,
+    SUMMARY_FILE,
+    TRAINED,
+    curve_folder,
+    robust_folder,
+)
+from lipcli.lipschitz.measure import measure_checkpoints
 from lipcli.plugins import PluginHost, get_host
 from lipcli.progress import Reporter
 from lipcli.results_folder import SETTINGS_KEY
 from lipcli.training import trainer
-from lipcli.training.defence import build_defence
-from lipcli.training.run_dir import BEST, CONFIG_FILE, ERROR_FILE, LAST
-
-TRAINED = "trained.json"
-STATS_FOLDER = "stats"
-PLAN_FILE = "plan.json"
-"""Beside each evaluation result: the ``[evaluate]`` settings it was measured with."""
-
-
-def curve_folder(norm: str) -> str:
-    return f"curve-{norm}"
 
 
 @dataclass
@@ -90,11 +92,11 @@ def pending_stages(run: PlannedRun, plan: EvaluationPlan) -> list[str]:
         stages.append("resume" if last is not None else "train")
     checkpoint = folder / (LAST if plan.checkpoint == "last" else BEST)
     measured = _trained_so_far(checkpoint)
-    evaluations = [curve_folder(n) for n in plan.norms] + [f"robust-{n}" for n in plan.robust]
+    evaluations = [curve_folder(n) for n in plan.norms] + [robust_folder(n) for n in plan.robust]
     evaluations += ["stats"] if plan.stats else []
     checkpoint_hash = sha256(checkpoint) if measured is not None else None
     for stage in evaluations:
-        result = folder / _stage_folder(stage) / (STATS_FILE if stage == "stats" else SUMMARY_FILE)
+        result = folder / stage / (STATS_FILE if stage == "stats" else SUMMARY_FILE)
         expected = _as_json(_measured_plan(plan, stage, measured))
         if (stages[:1] in (["train"], ["resume"]) or not _describes(result, checkpoint_hash, plan, stage)
                 or _recorded_plan(folder, stage) != expected):
@@ -144,13 +146,9 @@ def _measured_plan(plan: EvaluationPlan, stage: str, trained: tuple[int, int] | 
     return {**plan.stage_plan(stage), "checkpoint_step": None if trained is None else trained[1]}
 
 
-def _stage_folder(stage: str) -> str:
-    return STATS_FOLDER if stage == "stats" else stage
-
-
 def _recorded_plan(folder: Path, stage: str) -> Any:
     try:
-        return json.loads((folder / _stage_folder(stage) / PLAN_FILE).read_text())
+        return json.loads((folder / stage / PLAN_FILE).read_text())
     except (OSError, ValueError):
         return None
 
@@ -166,7 +164,7 @@ def check_components(grid: Grid, host: PluginHost) -> None:
         try:
             host.registry("dataset").get(run.config.data.dataset)
             host.registry("architecture").get(run.config.model.arch)
-            build_defence(run.config.defence, host)
+            build_defence(run.config.defence, host, tanh_head=run.config.model.tanh_head)
         except LipcliError as exc:
             raise type(exc)(f"{grid.path}: run {run.name}: {exc}") from None
     plan = grid.evaluation
@@ -238,7 +236,7 @@ def _run_stages(
     checkpoint = folder / (LAST if plan.checkpoint == "last" else BEST)
     target_device = select_device(run.config.training.device)
     for stage in evaluations:
-        out = folder / _stage_folder(stage)
+        out = folder / stage
         if stage == "stats":
             measure_checkpoints(
                 [checkpoint], out=out, eps={n: plan.eps_for(n) for n in ("l2", "linf")}, limit=plan.limit,

@@ -1,6 +1,6 @@
-"""``lipcli data-lipschitz`` as an engine call: the data Lipschitz constant of one split, and the
-nearest-distinct-neighbour "attack" from each test image to the training set, written in ``lipcli curve``'s
-format (distances.csv, summary.json, curve.png/.svg) so that it can be drawn beside the models' curves."""
+"""``lipcli data-lipschitz`` as an engine call: the data Lipschitz constant of one split, and the distance from
+each test image to the nearest training image of another class, in the file formats of ``lipcli curve``
+(distances.csv, summary.json, curve.png/.svg; :mod:`lipcli.result_files`) so that it reads like a model's curve."""
 
 from __future__ import annotations
 
@@ -10,22 +10,21 @@ from typing import Any
 
 import torch
 
+from lipcli import figures
 from lipcli.config.schema import DataConfig
+from lipcli.curves import DEFAULT_EPS, parse_eps
 from lipcli.data.load import load_data
 from lipcli.data.types import DataSplits, ImageSet
-from lipcli.evaluation import figures, results
-from lipcli.evaluation.curves import DEFAULT_EPS, parse_eps
-from lipcli.evaluation.runner import AttackResult, RobustnessResult
+from lipcli.layout import CURVE_FILE, DATA_LIPSCHITZ_FILE, DISTANCES_FILE, SUMMARY_FILE
 from lipcli.lipschitz.data import closest_pair, conflicting_duplicates, nearest_distinct
 from lipcli.plugins import PluginHost
 from lipcli.progress import Reporter
+from lipcli.result_files import curve_summary, write_per_image, write_summary
 from lipcli.results_folder import Layout, claim, provenance
 
-REPORT_FILE = "data-lipschitz.json"
 NEAREST = "nearest-distinct"
-"""The name of the nearest-neighbour "attack" in distances.csv and summary.json."""
-LAYOUT = Layout(REPORT_FILE, (results.DISTANCES_FILE, results.SUMMARY_FILE,
-                              *(f"{results.CURVE_FILE}.{kind}" for kind in ("png", "svg"))))
+"""The name of the nearest-neighbour distances' column in distances.csv and of the measure in summary.json."""
+LAYOUT = Layout(DATA_LIPSCHITZ_FILE, (DISTANCES_FILE, SUMMARY_FILE, *(f"{CURVE_FILE}.{kind}" for kind in ("png", "svg"))))
 
 
 def drop_conflicts(data: ImageSet) -> tuple[ImageSet, torch.Tensor, torch.Tensor]:
@@ -92,7 +91,7 @@ def _measure(
             test, drop_conflicts(splits.train)[0], out,
             chunk=chunk, device=device, reporter=reporter, dataset=splits.info.name,
         )
-    results.write_summary(out / REPORT_FILE, report)
+    write_summary(out / DATA_LIPSCHITZ_FILE, report)
     return report
 
 
@@ -104,13 +103,15 @@ def _nearest_curve(
     started = time.perf_counter()
     distances = nearest_distinct(test, train, chunk=chunk, device=device, reporter=reporter)
     seconds = time.perf_counter() - started
-    result = RobustnessResult("l2", test.labels.clone(), test.labels.clone(),
-                              [AttackResult(NEAREST, distances, seconds, queries=0)])
     eps = parse_eps(",".join(DEFAULT_EPS["l2"]))
-    summary = results.summarise(result, eps, label=f"{dataset} {NEAREST}", dataset=dataset, **provenance(device))
-    results.write_distances(out / results.DISTANCES_FILE, result)
-    results.write_summary(out / results.SUMMARY_FILE, summary)
-    figures.draw(out / results.CURVE_FILE, [figures.Series(NEAREST, (distances,))], norm="l2",
+    summary = {
+        "label": f"{dataset} {NEAREST}", "dataset": dataset, **provenance(device), "norm": "l2",
+        "images": len(test), **curve_summary(distances, eps), "eps": dict(eps), "measure": NEAREST, "seconds": seconds,
+    }
+    # The labels stand in for the predictions: every test image counts, as if classified correctly.
+    write_per_image(out / DISTANCES_FILE, test.labels, test.labels, {NEAREST: distances, "min": distances})
+    write_summary(out / SUMMARY_FILE, summary)
+    figures.draw(out / CURVE_FILE, [figures.Series(NEAREST, (distances,))], norm="l2",
                  title=f"{dataset} · nearest training image of another class · {len(test)} test images",
                  xlabel="distance to the nearest training image of another class (l2)",
                  ylabel="% of test images within the distance")

@@ -9,15 +9,14 @@ from typing import Any
 import torch
 
 from lipcli.distributed import barrier, current
-from lipcli.evaluation.results import write_per_image, write_summary
-from lipcli.evaluation.targets import load_targets, target_settings
+from lipcli.layout import STATS_CSV, STATS_FILE
 from lipcli.lipschitz.statistics import model_statistics
+from lipcli.models.targets import load_targets, target_settings
 from lipcli.plugins import PluginHost, get_host
 from lipcli.progress import Reporter
+from lipcli.result_files import write_per_image, write_summary
 from lipcli.results_folder import Layout, claim, provenance
 
-STATS_FILE = "stats.json"
-STATS_CSV = "stats.csv"
 LAYOUT = Layout(STATS_FILE, (STATS_CSV,))
 
 

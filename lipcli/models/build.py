@@ -8,10 +8,9 @@ from torch import nn
 from lipcli.components import call_factory
 from lipcli.config.schema import ExperimentConfig
 from lipcli.data.types import DatasetInfo
+from lipcli.defence import ComposedDefence, build_defence
 from lipcli.errors import ConfigError
-from lipcli.models.heads import TanhHead, WithHead
 from lipcli.plugins import PluginHost, get_host
-from lipcli.training.defence import ComposedDefence, build_defence
 
 
 def build_model(
@@ -25,7 +24,7 @@ def build_model(
     """
     host = host or get_host()
     component = host.registry("architecture").get(config.model.arch)
-    defence = defence or build_defence(config.defence, host)
+    defence = defence or build_defence(config.defence, host, tanh_head=config.model.tanh_head)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.training.seed)
         model = call_factory(
@@ -34,7 +33,5 @@ def build_model(
         )
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model.arch: {config.model.arch!r} returned {type(model).__name__}, not an nn.Module")
-        if config.model.tanh_head:
-            model = WithHead(model, TanhHead(info.num_classes))
         model = defence.prepare_model(model, info)
     return model

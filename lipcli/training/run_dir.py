@@ -10,21 +10,12 @@ from lipcli.config.schema import ExperimentConfig
 from lipcli.config.toml_writer import dumps
 from lipcli.errors import LipcliError
 from lipcli.files import write_text
-from lipcli.results_folder import LOCK_FILE
-
-CONFIG_FILE = "config.toml"
-METRICS_FILE = "metrics.jsonl"
-LAST = "last.pt"
-BEST = "best.pt"
-ERROR_FILE = "error.txt"
-"""A grid's record of a run that failed (its traceback)."""
+from lipcli.layout import BEST, CONFIG_FILE, ERROR_FILE, LAST, LOCK_FILE, METRICS_FILE
 
 
 def default_run_name(config: ExperimentConfig, now: float | None = None) -> str:
     """``<dataset>-<arch>-<defence>-<YYYYmmdd-HHMMSS>``, safe as a folder name."""
-    defence = config.defence.label
-    if config.model.tanh_head and "tanh" not in defence:
-        defence += "+tanh"
+    defence = config.defence_label
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
     name = f"{config.data.dataset}-{config.model.arch}-{defence}-{stamp}"
     return re.sub(r"[^A-Za-z0-9+._-]+", "_", name)

@@ -13,12 +13,12 @@ images held out by ``data.validation`` (see :mod:`lipcli.data.validation`); the 
 from __future__ import annotations
 
 import contextlib
-from contextlib import ExitStack
 import json
 import os
 import random
 import time
 import warnings
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -26,28 +26,34 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-import lipcli
 from lipcli.checkpoint import load_checkpoint, save_checkpoint, save_checkpoints
 from lipcli.config import build_stored, dumps
 from lipcli.config.schema import ExperimentConfig, TrainingConfig
 from lipcli.data.augment import Augmentation
-from lipcli.data.batches import epoch_order, iterate_batches, num_batches, shard, steps_per_epoch
+from lipcli.data.batches import (
+    epoch_order,
+    iterate_batches,
+    num_batches,
+    shard,
+    steps_per_epoch,
+)
 from lipcli.data.load import load_data
 from lipcli.data.types import DatasetInfo
 from lipcli.data.validation import hold_out
+from lipcli.defence import build_defence
 from lipcli.device import select_device
 from lipcli.distributed import all_reduce, barrier, broadcast, current
 from lipcli.errors import CheckpointError, ConfigError, LipcliError, LipcliWarning
 from lipcli.files import write_text
+from lipcli.layout import BEST, CONFIG_FILE, LAST, METRICS_FILE
 from lipcli.models.build import build_model
 from lipcli.plugins import PluginHost, get_host
 from lipcli.progress import Reporter
 from lipcli.results_folder import locked, locked_everywhere
 from lipcli.training import run_dir as runs
-from lipcli.training.defence import build_defence
 from lipcli.training.evaluate import evaluate
 from lipcli.training.optim import PLANNED_SCHEDULES, build_optimizer, learning_rate
-
+from lipcli.version import VERSION
 
 _FINITE_CHECK_EVERY = 50
 """Steps between looks at the loss's finiteness (each look waits for the device)."""
@@ -111,12 +117,12 @@ def resume(
     and the earlier plan is kept in ``training.earlier_plans`` for the epochs it covered.
     """
     run_dir = Path(run_dir)
-    if not (run_dir / runs.LAST).exists() and runs.is_run_folder(run_dir):
+    if not (run_dir / LAST).exists() and runs.is_run_folder(run_dir):
         raise LipcliError(
             f"{run_dir}: the run was interrupted before its first epoch ended, so there is nothing to resume; start "
-            f"it again with lipcli train --config {run_dir / runs.CONFIG_FILE} --out {run_dir}"
+            f"it again with lipcli train --config {run_dir / CONFIG_FILE} --out {run_dir}"
         )
-    payload = load_checkpoint(run_dir / runs.LAST)
+    payload = load_checkpoint(run_dir / LAST)
     config = build_stored(payload["config"])
     if device is not None:
         config.training.device = device
@@ -181,7 +187,7 @@ class _Run:
             if len(train_set) < tc.batch_size and group.main:
                 warnings.warn(f"training.batch_size: {tc.batch_size} is more than the {len(train_set)} training "
                               "images; every epoch is one step", LipcliWarning, stacklevel=2)
-            defence = build_defence(config.defence, self.host)
+            defence = build_defence(config.defence, self.host, tanh_head=config.model.tanh_head)
             model = build_model(config, data.info, self.host, defence).to(device)
             if tc.channels_last:
                 model = model.to(memory_format=torch.channels_last)
@@ -307,7 +313,7 @@ class _Run:
         nothing after the last epoch is saved."""
         step = int(all_reduce(first_bad.clone(), "max").item())
         if step >= 0:
-            kept = result.run_dir / runs.LAST
+            kept = result.run_dir / LAST
             raise TrainingDiverged(
                 f"loss became NaN or infinite at step {step} (epoch {epoch}); training stopped, the last good "
                 f"checkpoint is {kept if kept.exists() else 'none yet'}"
@@ -327,18 +333,18 @@ class _Run:
         if not current().main:
             return
         payload = {
-            "lipcli_version": lipcli.__version__, "config": self.config.to_dict(), "dataset": info.to_dict(),
+            "lipcli_version": VERSION, "config": self.config.to_dict(), "dataset": info.to_dict(),
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": row["epoch"],
             "step": result.steps, "metrics": row, "best_val_error": result.best_val_error, "rng": _rng_state(),
         }
         try:
-            with open(result.run_dir / runs.METRICS_FILE, "a") as handle:  # rows past last.pt are dropped on resume
+            with open(result.run_dir / METRICS_FILE, "a") as handle:  # rows past last.pt are dropped on resume
                 handle.write(json.dumps(row) + "\n")
             # both files are written in full before either replaces the old one: a full disk leaves both old
-            names = ((runs.BEST,) if improved else ()) + (runs.LAST,)
+            names = ((BEST,) if improved else ()) + (LAST,)
             save_checkpoints({result.run_dir / name: payload for name in names})
         except OSError as exc:
-            kept = result.run_dir / runs.LAST
+            kept = result.run_dir / LAST
             then = (f"{kept} still holds epoch {row['epoch'] - 1}; free space, then lipcli train --resume "
                     f"{result.run_dir}") if kept.exists() else "no epoch was saved; free space and start the run again"
             raise LipcliError(f"cannot write epoch {row['epoch']}'s checkpoint in {result.run_dir}: "
@@ -365,8 +371,8 @@ class _Run:
             if current().rank:  # the checkpoint holds rank 0's generators; the others must draw their own
                 torch.manual_seed(self.config.training.seed + _RANK_SEED_STRIDE * current().rank + epoch)
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-            raise CheckpointError(f"{result.run_dir / runs.LAST}: cannot resume from it ({exc})") from None
-        metrics = result.run_dir / runs.METRICS_FILE
+            raise CheckpointError(f"{result.run_dir / LAST}: cannot resume from it ({exc})") from None
+        metrics = result.run_dir / METRICS_FILE
         result.history = [r for r in _read_rows(metrics) if r.get("epoch", epoch + 1) <= epoch]
         barrier()  # every process has read the rows before the main one rewrites the file
         if current().main:
@@ -375,9 +381,9 @@ class _Run:
             os.replace(partial, metrics)
             if checkpoint["config"]["training"]["epochs"] != self.config.training.epochs:
                 self._replan(checkpoint, result.run_dir)
-        if legacy and (result.run_dir / runs.BEST).exists():
+        if legacy and (result.run_dir / BEST).exists():
             self.reporter.info(
-                f"{result.run_dir / runs.BEST} was chosen on the test error by an older lipcli; it is left as it "
+                f"{result.run_dir / BEST} was chosen on the test error by an older lipcli; it is left as it "
                 "is and no longer updated"
             )
         self.reporter.info(
@@ -391,8 +397,8 @@ class _Run:
         tree = build_stored(checkpoint["config"]).to_dict()
         tree["training"]["epochs"] = self.config.training.epochs
         tree["training"]["earlier_plans"] = self.config.training.earlier_plans
-        save_checkpoint(run_dir / runs.LAST, {**checkpoint, "config": tree})
-        write_text(run_dir / runs.CONFIG_FILE, runs.CONFIG_HEADER + dumps(tree))
+        save_checkpoint(run_dir / LAST, {**checkpoint, "config": tree})
+        write_text(run_dir / CONFIG_FILE, runs.CONFIG_HEADER + dumps(tree))
 
 
 def _shared_run_dir(config: ExperimentConfig, held: ExitStack) -> Path:

@@ -37,7 +37,7 @@ from torch import nn
 
 from lipcli.distributed import unwrap
 from lipcli.gradients import at_least_float32, grad_norm, input_gradient
-from lipcli.training.defence import Perturbation, StepLoss, plain_loss
+from lipcli.defence import Perturbation, StepLoss, plain_loss
 from lipcli_defences.perturbations import check_non_negative, uniform_in_ball
 from lipcli_defences.batch_statistics import running_statistics_kept
 

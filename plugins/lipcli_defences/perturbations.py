@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from lipcli.gradients import grad_norm, input_gradient
-from lipcli.training.defence import Perturbation
+from lipcli.defence import Perturbation
 
 NORMS = ("linf", "l2")
 """Attack norms of the projected perturbations."""

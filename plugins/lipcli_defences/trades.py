@@ -31,7 +31,7 @@ from torch import nn
 
 from lipcli.distributed import unwrap
 from lipcli.gradients import at_least_float32, cross_entropy
-from lipcli.training.defence import Perturbation, StepLoss
+from lipcli.defence import Perturbation, StepLoss
 from lipcli_defences.perturbations import ProjectedGradientAttackTraining, check_non_negative, check_norm, check_steps
 from lipcli_defences.batch_statistics import running_statistics_kept
 

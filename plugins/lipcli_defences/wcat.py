@@ -47,7 +47,7 @@ from torch import nn
 from lipcli.distributed import current, gather, unwrap
 from lipcli.gradients import NORMS, at_least_float32, cross_entropy, grad_norm, input_gradient
 from lipcli.precision import full_float32
-from lipcli.training.defence import Perturbation, StepLoss
+from lipcli.defence import Perturbation, StepLoss
 from lipcli_defences.batch_statistics import as_part_of_the_batch, recorded_batch_statistics
 
 METHODS = ("exact", "worst", "fd")

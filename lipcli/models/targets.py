@@ -16,9 +16,9 @@ from lipcli.data.load import load_data
 from lipcli.data.types import DatasetInfo, ImageSet
 from lipcli.errors import DataError
 from lipcli.files import sha256
+from lipcli.layout import CONFIG_FILE
 from lipcli.models.loading import restore
 from lipcli.plugins import PluginHost
-from lipcli.training.run_dir import CONFIG_FILE
 
 
 @dataclass

@@ -22,8 +22,7 @@ from typing import Any
 
 import torch
 
-from lipcli.evaluation.curves import error_at
-from lipcli.evaluation.runner import RobustnessResult
+from lipcli.curves import error_at
 from lipcli.files import atomic_write
 
 NORM_NAMES = {"l2": "l2", "linf": "l∞"}
@@ -185,23 +184,3 @@ def draw(
         written.append(target)
     pyplot.close(figure)
     return written
-
-
-def draw_evaluations(
-    stem: Path, evaluated: Sequence[tuple[str, RobustnessResult, dict[str, Any]]], *, by: str,
-    eps: Sequence[tuple[str, float]],
-) -> list[Path]:
-    """``lipcli curve``'s figure (``by="model"``: each checkpoint's minimum over attacks) or ``lipcli attack``'s
-    (``by="attack"``: the first checkpoint's attacks over the grey band of their minimum), from (label, result,
-    summary as in summary.json) per checkpoint."""
-    first_label, first, first_summary = evaluated[0]
-    title = describe((s["dataset"] for _, _, s in evaluated), first.norm, (a.name for a in first.attacks),
-                     (int(r.labels.numel()) for _, r, _ in evaluated))
-    if by == "model":
-        series = [Series(label, (result.minimum,)) for label, result, _ in evaluated]
-        return draw(stem, series, norm=first.norm, title=title, eps=eps)
-    best_on = {name: attack["best_on"] for name, attack in first_summary["per_attack"].items()}
-    series = [Series(f"{a.name} (smallest on {best_on[a.name]} image{'' if best_on[a.name] == 1 else 's'})",
-                     (a.distances,)) for a in first.attacks]
-    return draw(stem, series, norm=first.norm, title=f"attacks on {first_label}\n{title}", eps=eps,
-                floor=first.minimum if len(series) > 1 else None)

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from lipcli.components import call_factory
-from lipcli.config.schema import DefenceConfig
+from lipcli.config.schema import TANH_HEAD, DefenceConfig
 from lipcli.data.types import DatasetInfo
 from lipcli.distributed import unwrap
 from lipcli.errors import ConfigError
@@ -164,8 +164,13 @@ def _with_options(
     return [(name, {**params, **options.get(name, {})}) for name, params in expanded]
 
 
-def build_defence(config: DefenceConfig, host: PluginHost) -> ComposedDefence:
-    """The configured defence: presets expanded, options applied, every primitive instantiated."""
+def build_defence(config: DefenceConfig, host: PluginHost, *, tanh_head: bool = False) -> ComposedDefence:
+    """The configured defence: presets expanded, options applied, every primitive instantiated. ``tanh_head``
+    (``model.tanh_head``) puts the ``tanh-head`` primitive first where the defence does not name it: the one way
+    the head is built."""
     registry = host.registry("defence")
-    parts = [(name, call_factory(registry.get(name), params, key)) for name, params, key in _expand(config, registry)]
+    expanded = _expand(config, registry)
+    if tanh_head and all(name != TANH_HEAD for name, _, _ in expanded):
+        expanded.insert(0, (registry.get(TANH_HEAD).name, {}, "model.tanh_head"))
+    parts = [(name, call_factory(registry.get(name), params, key)) for name, params, key in expanded]
     return ComposedDefence(parts)
