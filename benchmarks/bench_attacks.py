@@ -45,12 +45,12 @@ from torch import nn
 sys.modules.setdefault("visdom", types.ModuleType("visdom"))  # adv_lib imports it for plotting only
 
 from lipcli.config import resolve  # noqa: E402
-from lipcli.evaluation.accounting import measured_distances  # noqa: E402
 from lipcli.curves import median_distance  # noqa: E402
+from lipcli.evaluation.accounting import measured_distances  # noqa: E402
 from lipcli.evaluation.seeding import seeded  # noqa: E402
-from lipcli.models.targets import load_target  # noqa: E402
 from lipcli.gradients import frozen_eval  # noqa: E402
-from lipcli.plugins import PluginHost  # noqa: E402
+from lipcli.models.targets import load_target  # noqa: E402
+from lipcli.plugin_host import PluginHost  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from outside_attacks import outside_attacks  # noqa: E402

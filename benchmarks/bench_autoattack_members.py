@@ -36,9 +36,9 @@ sys.modules.setdefault("visdom", types.ModuleType("visdom"))  # adv_lib imports 
 from lipcli.attacks import BUDGET_TOLERANCE
 from lipcli.evaluation.accounting import measured_distances
 from lipcli.evaluation.seeding import seeded
-from lipcli.models.targets import load_target
 from lipcli.gradients import frozen_eval
-from lipcli.plugins import PluginHost
+from lipcli.models.targets import load_target
+from lipcli.plugin_host import PluginHost
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 CHECKPOINTS = [Path("/work/bench-models/j0.pt"), Path("/work/bench-models/j2-lip-tanh.pt")]

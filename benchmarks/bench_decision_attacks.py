@@ -33,12 +33,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lipcli.evaluation.accounting import QueryCounter, measured_distances
 from lipcli.curves import median_distance
+from lipcli.evaluation.accounting import QueryCounter, measured_distances
 from lipcli.evaluation.seeding import DEFAULT_SEED, seeded
-from lipcli.models.targets import load_target
 from lipcli.gradients import frozen_eval
-from lipcli.plugins import PluginHost
+from lipcli.models.targets import load_target
+from lipcli.plugin_host import PluginHost
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 ATTACKS = ("boundary", "hsja", "foolbox-boundary", "foolbox-hsja")

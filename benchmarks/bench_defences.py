@@ -33,9 +33,9 @@ from lipcli.config.schema import DefenceConfig
 from lipcli.data.batches import iterate_batches
 from lipcli.data.load import load_data
 from lipcli.data.types import DatasetInfo
-from lipcli.models.build import build_model
-from lipcli.plugins import PluginHost
 from lipcli.defence import ComposedDefence, build_defence
+from lipcli.models.build import build_model
+from lipcli.plugin_host import PluginHost
 from lipcli.training.optim import build_optimizer
 from lipcli.training.trainer import train
 

@@ -30,13 +30,13 @@ from torch import nn
 sys.modules.setdefault("visdom", types.ModuleType("visdom"))  # adv_lib imports it for plotting only
 
 from lipcli.attacks import BUDGET_TOLERANCE
-from lipcli.evaluation.accounting import measured_distances
 from lipcli.curves import parse_eps
+from lipcli.evaluation.accounting import measured_distances
 from lipcli.evaluation.robust import robust_accuracy
 from lipcli.evaluation.seeding import seeded
-from lipcli.models.targets import load_target
 from lipcli.gradients import frozen_eval
-from lipcli.plugins import PluginHost
+from lipcli.models.targets import load_target
+from lipcli.plugin_host import PluginHost
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 MODELS = ["/work/bench-models/j0.pt", "/work/bench-models/j2-lip-tanh.pt"]

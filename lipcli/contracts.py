@@ -36,7 +36,7 @@ from lipcli.defence import build_defence, expand
 from lipcli.errors import DataError, LipcliError
 from lipcli.evaluation.accounting import measured_distances
 from lipcli.gradients import frozen_eval
-from lipcli.plugins import KINDS, PluginHost
+from lipcli.plugin_host import KINDS, PluginHost
 from lipcli.registry import Component
 
 SHAPES = (DatasetInfo("contract-grey", 1, 8, 8, 10), DatasetInfo("contract-colour", 3, 16, 16, 5))

@@ -34,7 +34,7 @@ from lipcli.data.types import DatasetInfo
 from lipcli.distributed import unwrap
 from lipcli.errors import ConfigError
 from lipcli.gradients import cross_entropy, frozen_eval
-from lipcli.plugins import PluginHost
+from lipcli.plugin_host import PluginHost
 from lipcli.registry import Registry
 
 

@@ -17,7 +17,9 @@ from typing import Iterator
 import torch
 from torch import nn
 
-NORMS = ("l2", "l1")
+GRADIENT_NORMS = ("l2", "l1")
+"""Norms of input gradients: the dual norms of the attack norms (l2 of l2, l1 of l-inf); attack norms are
+:data:`lipcli.attacks.NORMS`."""
 
 
 def grad_norm(gradients: torch.Tensor, norm: str) -> torch.Tensor:
@@ -27,7 +29,7 @@ def grad_norm(gradients: torch.Tensor, norm: str) -> torch.Tensor:
         return flat.norm(p=2, dim=1)
     if norm == "l1":
         return flat.abs().sum(dim=1)
-    raise ValueError(f"unknown gradient norm {norm!r}; use one of {', '.join(NORMS)}")
+    raise ValueError(f"unknown gradient norm {norm!r}; use one of {', '.join(GRADIENT_NORMS)}")
 
 
 def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from lipcli.cli.app import build_app
 from lipcli.config import ExperimentConfig, resolve
-from lipcli.plugins import PluginHost
+from lipcli.plugin_host import PluginHost
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -11,7 +11,7 @@ from torch import nn
 
 from lipcli import hookimpl
 from lipcli.config import resolve
-from lipcli.plugins import PluginHost
+from lipcli.plugin_host import PluginHost
 
 
 class NoNormPlugin:

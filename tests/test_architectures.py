@@ -9,13 +9,13 @@ import sys
 
 import pytest
 import torch
+from lipcli_architectures.layers import ConvBN
+from lipcli_architectures.resnet import BasicBlock, BranchBlock
 from torch import nn
 
 from lipcli.data import DatasetInfo
-from lipcli.plugins import PluginHost
+from lipcli.plugin_host import PluginHost
 from lipcli.registry import Registry
-from lipcli_architectures.layers import ConvBN
-from lipcli_architectures.resnet import BasicBlock, BranchBlock
 
 FIRST_PARTY = ["allcnn", "resnet34", "resnext34", "small-cnn", "mlp"]
 

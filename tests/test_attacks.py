@@ -18,7 +18,7 @@ from torch import nn
 from lipcli.attacks import distance
 from lipcli.evaluation.accounting import measured_distances
 from lipcli.gradients import frozen_eval
-from lipcli.plugins import PluginHost
+from lipcli.plugin_host import PluginHost
 
 SHAPE = (2, 5, 5)
 CLASSES = 5

@@ -17,7 +17,7 @@ from lipcli.attacks import BUDGET_TOLERANCE, distance
 from lipcli.attacks.base import in_box
 from lipcli.evaluation.accounting import QueryCounter, measured_distances
 from lipcli.gradients import frozen_eval
-from lipcli.plugins import PluginHost
+from lipcli.plugin_host import PluginHost
 
 Case = tuple[nn.Module, torch.Tensor, torch.Tensor]
 

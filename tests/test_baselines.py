@@ -17,17 +17,24 @@ from typing import Any, Callable
 
 import pytest
 import torch
+from lipcli_defences.gradalign import cosine
+from test_defences import (
+    _bn_buffers,
+    _bn_model,
+    _defence,
+    _hand_gradient,
+    _mlp,
+    _one_thread,  # noqa: F401 - the module-scoped autouse fixture applies here too
+    assert_in_the_ball_and_the_box,
+)
 from torch import nn
 
 from lipcli.config import resolve
 from lipcli.config.schema import DefenceConfig
+from lipcli.defence import Perturbation, build_defence, expand
 from lipcli.errors import ConfigError
 from lipcli.gradients import frozen_eval
-from lipcli.plugins import PluginHost
-from lipcli.defence import Perturbation, build_defence, expand
-from lipcli_defences.gradalign import cosine
-from test_defences import _bn_buffers, _bn_model, _defence, _hand_gradient, _mlp, assert_in_the_ball_and_the_box
-from test_defences import _one_thread  # noqa: F401 - the module-scoped autouse fixture applies here too
+from lipcli.plugin_host import PluginHost
 
 LOSS_RTOL = 1e-10
 """Relative tolerance for float64 losses and gradients against hand computations and references."""

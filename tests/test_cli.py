@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lipcli.cli.app import build_app
-from lipcli.plugins import PluginHost
+from lipcli.plugin_host import PluginHost
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 SMALL = ["--set", "model.options={width=8}", "--batch-size", "64", "--device", "cpu", "--quiet"]

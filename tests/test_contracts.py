@@ -10,15 +10,15 @@ from typing import Any, Callable
 import pytest
 import torch
 import torch.nn.functional as F
+from data_files import write_cifar10, write_cifar100, write_mnist_folder
 from torch import nn
 
-from data_files import write_cifar10, write_cifar100, write_mnist_folder
 from lipcli import hookimpl
 from lipcli.attacks import Attack
 from lipcli.contracts import CHECKS, run_check, run_checks
 from lipcli.data.types import DatasetInfo, DataSplits, ImageSet
-from lipcli.plugins import KINDS, PluginHost
 from lipcli.defence import StepLoss
+from lipcli.plugin_host import KINDS, PluginHost
 
 
 @functools.cache

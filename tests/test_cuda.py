@@ -11,13 +11,20 @@ from typing import Any, Callable
 
 import pytest
 import torch
+from test_wcat import (
+    _batch,
+    _batch_statistics_reference,
+    _bn_model,
+    _cosine,
+    _data_gradient,
+    _library,
+)
 from torch import nn
 
 from lipcli.device import select_device
-from lipcli.plugins import PluginHost
+from lipcli.plugin_host import PluginHost
 from lipcli.precision import full_float32
 from lipcli.training.trainer import train
-from test_wcat import _batch, _batch_statistics_reference, _bn_model, _cosine, _data_gradient, _library
 
 pytestmark = pytest.mark.cuda
 CUDA = torch.device("cuda")

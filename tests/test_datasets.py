@@ -21,16 +21,21 @@ import torch
 from lipcli.data import DataSplits
 from lipcli.data.readers import IDX_FILES, find_idx_files, read_cifar, read_idx
 from lipcli.errors import ConfigError, DataError
-from lipcli.plugins import PluginHost
+from lipcli.plugin_host import PluginHost
 
 PLUGINS_DIR = Path(__file__).resolve().parents[1] / "plugins"
 if importlib.util.find_spec("lipcli_datasets") is None:
     # An editable install made before plugins/lipcli_datasets existed does not map it; `pip install -e .` does.
     sys.path.insert(0, str(PLUGINS_DIR))
 
+from data_files import (  # noqa: E402
+    write_cifar10,
+    write_cifar100,
+    write_idx,
+    write_mnist_folder,
+    write_pickle,
+)
 from lipcli_datasets import sources  # noqa: E402
-
-from data_files import write_cifar10, write_cifar100, write_idx, write_mnist_folder, write_pickle  # noqa: E402
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 DATASET_NAMES = ("cifar10", "cifar100", "mnist", "fashion-mnist", "digits", "synthetic")

@@ -10,7 +10,7 @@ from torch import nn
 
 from lipcli.evaluation.accounting import QueryCounter, measured_distances
 from lipcli.gradients import frozen_eval
-from lipcli.plugins import PluginHost
+from lipcli.plugin_host import PluginHost
 
 
 @pytest.fixture(scope="module")

@@ -24,13 +24,13 @@ from lipcli.checkpoint import load_checkpoint
 from lipcli.config.schema import DefenceConfig
 from lipcli.data.load import load_data
 from lipcli.data.types import DatasetInfo
+from lipcli.defence import ComposedDefence, Perturbation, build_defence, expand
 from lipcli.errors import ConfigError
 from lipcli.gradients import frozen_eval
 from lipcli.models.build import build_model
 from lipcli.models.heads import TanhHead, WithHead
-from lipcli.plugins import PluginHost
-from lipcli.defence import ComposedDefence, Perturbation, build_defence, expand
-from lipcli.training.evaluate import evaluate
+from lipcli.plugin_host import PluginHost
+from lipcli.training.clean_error import clean_error_and_loss
 from lipcli.training.trainer import train
 
 LOSS_RTOL = 1e-10
@@ -561,7 +561,7 @@ def test_tanh_head_training_checkpoint_and_load_model(
     model = lipcli.load_model(result.run_dir / "last.pt", host=host)
     assert isinstance(model.head, TanhHead) and not model.training
     test_set = load_data(config.data, host).test.subset(config.evaluation.limit)
-    error, loss = evaluate(model, test_set, config.evaluation.batch_size, torch.device("cpu"))
+    error, loss = clean_error_and_loss(model, test_set, config.evaluation.batch_size, torch.device("cpu"))
     assert error == result.history[-1]["test_error"]
     assert loss == pytest.approx(result.history[-1]["test_loss"], rel=1e-6)
 

@@ -14,10 +14,10 @@ from torch import nn
 from lipcli.attacks import Attack
 from lipcli.attacks.projection import box_projection
 from lipcli.attacks.search import parameter_search
+from lipcli.curves import curve_points, error_at, median_distance, parse_eps
 from lipcli.data.types import ImageSet
 from lipcli.errors import LipcliError
-from lipcli.curves import curve_points, error_at, median_distance, parse_eps
-from lipcli.evaluation.runner import attack_set
+from lipcli.evaluation.attack_set import attack_set
 
 CPU = torch.device("cpu")
 

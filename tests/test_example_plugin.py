@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from lipcli.cli.app import build_app
 from lipcli.contracts import run_checks
-from lipcli.plugins import PluginHost
+from lipcli.plugin_host import PluginHost
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "lipcli-example-plugin"
 

@@ -15,12 +15,16 @@ from lipcli.checkpoint import load_checkpoint, save_checkpoint
 from lipcli.config import dumps, resolve
 from lipcli.config.toml_reader import load_toml
 from lipcli.errors import ConfigError
+from lipcli.evaluation.attack_set import AttackResult, RobustnessResult
 from lipcli.evaluation.results import write_distances
-from lipcli.evaluation.runner import AttackResult, RobustnessResult
 from lipcli.experiments.grid import load_grid
+from lipcli.experiments.grid_runner import (
+    configuration_conflict,
+    pending_stages,
+    run_grid,
+)
 from lipcli.experiments.report import collect, csv_text, latex, markdown, write_report
-from lipcli.experiments.runner import configuration_conflict, pending_stages, run_grid
-from lipcli.plugins import PluginHost
+from lipcli.plugin_host import PluginHost
 from lipcli.training import trainer
 
 BASE = """
@@ -286,7 +290,7 @@ def test_training_a_grid_file_directly_says_to_run_it(run: Callable[..., Any], t
 def test_components_are_checked_before_anything_runs(tmp_path: Path, host: PluginHost, grid: str, evaluate: str,
                                                      message: str) -> None:
     from lipcli.errors import LipcliError
-    from lipcli.experiments.runner import check_components
+    from lipcli.experiments.grid_runner import check_components
 
     with pytest.raises(LipcliError, match=message):
         check_components(load_grid(experiment(tmp_path, grid, evaluate), tmp_path / "runs"), host)
@@ -294,7 +298,7 @@ def test_components_are_checked_before_anything_runs(tmp_path: Path, host: Plugi
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).parents[1] / "examples").glob("*.toml")))
 def test_every_example_expands_and_names_real_components(name: str, host: PluginHost) -> None:
-    from lipcli.experiments.runner import check_components
+    from lipcli.experiments.grid_runner import check_components
 
     path = Path(__file__).parents[1] / "examples" / name
     assert path.read_text().lstrip().startswith("#")  # each example says what it is and how long it takes

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from lipcli.evaluation.attack_set import AttackResult, RobustnessResult
 from lipcli.evaluation.results import draw_evaluations, summarise
 from lipcli.figures import Series, describe, draw, mean_curve
-from lipcli.evaluation.runner import AttackResult, RobustnessResult
 
 Y_TICKS = {"0", "20", "40", "60", "80", "100"}
 

@@ -14,11 +14,11 @@ import torch
 
 from lipcli.attacks import Attack
 from lipcli.errors import LipcliError, LipcliWarning, UnknownNameError
-from lipcli.evaluation.evaluate import evaluate_checkpoints
+from lipcli.evaluation.minimal_distances import evaluate_checkpoints
 from lipcli.experiments.grid import load_grid
-from lipcli.experiments.runner import pending_stages, run_grid
-from lipcli.plugins import PluginHost
+from lipcli.experiments.grid_runner import pending_stages, run_grid
 from lipcli.layout import LOCK_FILE, PARTIAL
+from lipcli.plugin_host import PluginHost
 
 FAST = ["-a", "deepfool", "--masking-check", "0", "--device", "cpu", "--quiet"]
 
@@ -130,7 +130,7 @@ def test_a_folder_being_written_is_refused(run: Callable[..., Any], checkpoint: 
 
 def test_an_unwritable_out_fails_before_any_attack(run: Callable[..., Any], checkpoint: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    import lipcli.evaluation.evaluate as evaluate
+    import lipcli.evaluation.minimal_distances as evaluate
     import lipcli.lipschitz.measure as measure
 
     def no_work(*args: object, **kwargs: object) -> None:

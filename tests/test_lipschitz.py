@@ -19,7 +19,7 @@ from lipcli.lipschitz.jacobian import jacobian_norms
 from lipcli.lipschitz.operator_norms import circulant_norm, layer_map, operator_norm
 from lipcli.lipschitz.statistics import model_statistics, radius
 from lipcli.models.heads import TanhHead, WithHead
-from lipcli.plugins import PluginHost
+from lipcli.plugin_host import PluginHost
 
 CPU = torch.device("cpu")
 EPS = {"l2": [("0.1", 0.1)], "linf": [("8/255", 8 / 255)]}

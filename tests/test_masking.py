@@ -9,7 +9,7 @@ from torch import nn
 
 from lipcli.data.types import ImageSet
 from lipcli.evaluation.masking import CHECK_GAIN, gradient_free_check
-from lipcli.plugins import PluginHost
+from lipcli.plugin_host import PluginHost
 
 
 def _affine() -> tuple[nn.Module, ImageSet]:
@@ -62,8 +62,8 @@ def test_the_check_compares_with_gradient_attacks_only(host: PluginHost) -> None
     """A decision-based attack's distances are not the gradient attacks': exact ones there hide nothing."""
     from types import SimpleNamespace
 
-    from lipcli.evaluation.evaluate import _masking_check
-    from lipcli.evaluation.runner import AttackResult, RobustnessResult
+    from lipcli.evaluation.attack_set import AttackResult, RobustnessResult
+    from lipcli.evaluation.minimal_distances import _masking_check
 
     model, data = _affine()
     exact = _exact(model, data, "linf")

@@ -24,7 +24,13 @@ import lipcli
 from lipcli import hookimpl
 from lipcli.cli.app import build_app
 from lipcli.errors import DuplicateNameError, LipcliError
-from lipcli.plugins import ENV_BLOCK, ENV_LOAD, PluginHost, PluginInfo, PluginWarning
+from lipcli.plugin_host import (
+    ENV_BLOCK,
+    ENV_LOAD,
+    PluginHost,
+    PluginInfo,
+    PluginWarning,
+)
 
 FIRST_PARTY = {
     "lipcli-architectures": ["register_architectures"],

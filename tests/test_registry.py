@@ -10,7 +10,7 @@ import typer
 
 from lipcli import hookimpl, hookspecs
 from lipcli.errors import DuplicateNameError, LipcliError, UnknownNameError
-from lipcli.plugins import KINDS, PluginHost, PluginWarning
+from lipcli.plugin_host import KINDS, PluginHost, PluginWarning
 from lipcli.registry import Component, Registry
 from lipcli.suggestions import did_you_mean, suggest
 

@@ -13,17 +13,17 @@ import pytest
 import torch
 from torch import nn
 
-import lipcli.evaluation.runner as runner_module
+import lipcli.evaluation.attack_set as runner_module
 from lipcli.attacks import Attack
 from lipcli.attacks.base import distance
 from lipcli.data.types import ImageSet
-from lipcli.evaluation.evaluate import evaluation_batch_size
+from lipcli.evaluation.attack_set import attack_set
+from lipcli.evaluation.minimal_distances import evaluation_batch_size
 from lipcli.evaluation.results import write_adversarials
-from lipcli.evaluation.runner import attack_set
-from lipcli.models.targets import load_target
 from lipcli.experiments.grid import load_grid
-from lipcli.plugins import PluginHost
 from lipcli.layout import ADVERSARIALS_FILE
+from lipcli.models.targets import load_target
+from lipcli.plugin_host import PluginHost
 
 CPU = torch.device("cpu")
 
@@ -201,9 +201,9 @@ dataset = "synthetic"
 
 
 def test_grid_seed_is_planned_and_passed_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, host: PluginHost) -> None:
-    import lipcli.experiments.runner as grid_runner
+    import lipcli.experiments.grid_runner as grid_runner
     from lipcli.errors import ConfigError
-    from lipcli.progress import Reporter
+    from lipcli.reporting import Reporter
 
     def plan(evaluate: str) -> Any:
         path = tmp_path / "g.toml"

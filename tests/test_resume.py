@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from lipcli.checkpoint import load_checkpoint, save_checkpoint
 from lipcli.cli.app import build_app
 from lipcli.config import dumps
-from lipcli.plugins import PluginHost
+from lipcli.plugin_host import PluginHost
 from lipcli.training.trainer import resume, train
 
 if sys.version_info >= (3, 11):

@@ -32,9 +32,9 @@ from lipcli.evaluation.robust import (
 )
 from lipcli.evaluation.seeding import seeded
 from lipcli.experiments.grid import load_grid
-from lipcli.experiments.runner import pending_stages, run_grid
+from lipcli.experiments.grid_runner import pending_stages, run_grid
 from lipcli.gradients import frozen_eval
-from lipcli.plugins import PluginHost
+from lipcli.plugin_host import PluginHost
 
 CPU = torch.device("cpu")
 

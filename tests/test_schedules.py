@@ -19,7 +19,7 @@ from lipcli.config import build, resolve
 from lipcli.config.schema import TrainingConfig
 from lipcli.data.batches import epoch_order, num_batches, shard, steps_per_epoch
 from lipcli.errors import ConfigError
-from lipcli.plugins import PluginHost
+from lipcli.plugin_host import PluginHost
 from lipcli.training.optim import learning_rate
 from lipcli.training.trainer import train
 

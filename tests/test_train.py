@@ -14,10 +14,10 @@ from torch import nn
 from lipcli import hookimpl
 from lipcli.checkpoint import load_checkpoint
 from lipcli.config import build
-from lipcli.errors import LipcliError
-from lipcli.plugins import PluginHost
-from lipcli.layout import LOCK_FILE as LOCK
 from lipcli.defence import Perturbation, StepLoss, plain_loss
+from lipcli.errors import LipcliError
+from lipcli.layout import LOCK_FILE as LOCK
+from lipcli.plugin_host import PluginHost
 from lipcli.training.optim import build_optimizer
 from lipcli.training.trainer import TrainingDiverged, train
 
@@ -132,13 +132,13 @@ def test_load_model_reproduces_the_recorded_test_error(
 ) -> None:
     import lipcli
     from lipcli.data.load import load_data
-    from lipcli.training.evaluate import evaluate
+    from lipcli.training.clean_error import clean_error_and_loss
 
     cfg = tiny_config(tmp_path, "model.tanh_head=true")
     result = train(cfg, host=host)
     model = lipcli.load_model(result.run_dir / "last.pt", host=host)
     assert not model.training
-    error, loss = evaluate(model, load_data(cfg.data, host).test, 64, torch.device("cpu"))
+    error, loss = clean_error_and_loss(model, load_data(cfg.data, host).test, 64, torch.device("cpu"))
     assert error == result.final["test_error"] and loss == pytest.approx(result.final["test_loss"], rel=1e-6)
 
 

@@ -22,12 +22,12 @@ from lipcli.data.validation import (
     split_indices,
     validation_size,
 )
+from lipcli.defence import Perturbation, StepLoss, plain_loss
 from lipcli.errors import ConfigError
 from lipcli.experiments.grid import load_grid
-from lipcli.plugins import PluginHost
 from lipcli.layout import LOCK_FILE as LOCK
+from lipcli.plugin_host import PluginHost
 from lipcli.training import trainer
-from lipcli.defence import Perturbation, StepLoss, plain_loss
 
 # 20 labels: class 0 x 9, class 1 x 6, class 2 x 4, class 3 x 1
 LABELS = torch.tensor([0, 1, 0, 2, 0, 1, 0, 3, 0, 1, 2, 0, 1, 0, 2, 0, 1, 0, 2, 1])

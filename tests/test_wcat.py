@@ -23,7 +23,7 @@ from torch import nn
 from lipcli.config.schema import ExperimentConfig
 from lipcli.data.types import DatasetInfo
 from lipcli.models.build import build_model
-from lipcli.plugins import PluginHost
+from lipcli.plugin_host import PluginHost
 from lipcli.training.trainer import train
 
 INFO = DatasetInfo("t", 1, 8, 8, 4)

@@ -14,10 +14,19 @@ from typing import Annotated, Any, Optional
 import typer
 from typer.core import TyperGroup
 
-import lipcli
-from lipcli.cli import config_cmd, console, experiment_cmd, lipschitz_cmd, plugins_cmd, robust_cmd, robustness_cmd, train_cmd
+from lipcli.cli import (
+    config_cmd,
+    console,
+    experiment_cmd,
+    lipschitz_cmd,
+    plugins_cmd,
+    robust_cmd,
+    robustness_cmd,
+    train_cmd,
+)
 from lipcli.errors import LipcliError
-from lipcli.plugins import PluginHost, get_host
+from lipcli.plugin_host import PluginHost, get_host
+from lipcli.version import VERSION
 
 VERBOSE_KEY = "lipcli.verbose"
 _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
@@ -66,7 +75,7 @@ class LipcliGroup(TyperGroup):
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"lipcli {lipcli.__version__}")
+        typer.echo(f"lipcli {VERSION}")
         raise typer.Exit()
 
 

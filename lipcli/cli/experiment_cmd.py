@@ -16,7 +16,7 @@ from lipcli.cli.progress import RichReporter
 def _conflict(run: object) -> str | None:
     """The run's folder conflict, or why its folder cannot be read (a dry run lists every run regardless)."""
     from lipcli.errors import LipcliError
-    from lipcli.experiments.runner import configuration_conflict
+    from lipcli.experiments.grid_runner import configuration_conflict
 
     try:
         return configuration_conflict(run)  # type: ignore[arg-type]
@@ -45,7 +45,11 @@ def add_to(app: typer.Typer) -> None:
         """
         from lipcli.device import select_device
         from lipcli.experiments.grid import load_grid
-        from lipcli.experiments.runner import check_components, pending_stages, run_grid
+        from lipcli.experiments.grid_runner import (
+            check_components,
+            pending_stages,
+            run_grid,
+        )
 
         grid = load_grid(experiment, out)
         check_components(grid, ctx.obj)

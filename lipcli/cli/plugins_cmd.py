@@ -11,7 +11,7 @@ from rich.table import Table
 from lipcli.cli import console
 from lipcli.components import option_defaults
 from lipcli.errors import LipcliError, UnknownNameError
-from lipcli.plugins import KINDS, PluginHost
+from lipcli.plugin_host import KINDS, PluginHost
 from lipcli.suggestions import did_you_mean
 
 _PLURALS = {f"{kind}s": kind for kind in KINDS}

@@ -1,4 +1,4 @@
-"""Rich progress bars on stderr for the engine's :class:`lipcli.progress.Reporter` calls.
+"""Rich progress bars on stderr for the engine's :class:`lipcli.reporting.Reporter` calls.
 
 Bars are drawn only when stderr is a terminal and ``--quiet`` is off; per-epoch rows are printed to stderr
 as they finish, so stdout stays reserved for the command's results. Where stderr is not a terminal (a log
@@ -13,10 +13,17 @@ import os
 import time
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from lipcli.cli import console
-from lipcli.progress import Reporter, Task
+from lipcli.reporting import Reporter, Task
 
 _REFRESH_SECONDS = 0.25
 

@@ -9,7 +9,17 @@ import typer
 from rich.table import Table
 
 from lipcli.cli import console
-from lipcli.cli.options import BatchSize, Checkpoints, DataDir, Device, Json, Limit, Overwrite, Quiet, Seed
+from lipcli.cli.options import (
+    BatchSize,
+    Checkpoints,
+    DataDir,
+    Device,
+    Json,
+    Limit,
+    Overwrite,
+    Quiet,
+    Seed,
+)
 from lipcli.cli.progress import RichReporter
 
 DEFAULT_ATTACK = "min-norm"
@@ -66,9 +76,9 @@ def _run(
     device: str, quiet: bool, default_out: Path, seed: int | None, save_adversarials: bool, masking_check: int,
     overwrite: bool,
 ) -> list[Any]:
-    from lipcli.device import select_device
     from lipcli.curves import DEFAULT_EPS, parse_eps
-    from lipcli.evaluation.evaluate import build_attacks, evaluate_checkpoints
+    from lipcli.device import select_device
+    from lipcli.evaluation.minimal_distances import build_attacks, evaluate_checkpoints
     from lipcli.evaluation.seeding import DEFAULT_SEED
 
     try:

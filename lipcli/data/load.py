@@ -9,7 +9,7 @@ from lipcli.config.schema import DataConfig
 from lipcli.data.types import DataSplits
 from lipcli.distributed import barrier, current
 from lipcli.errors import ConfigError, LipcliWarning
-from lipcli.plugins import PluginHost, get_host
+from lipcli.plugin_host import PluginHost, get_host
 
 
 def load_data(config: DataConfig, host: PluginHost | None = None) -> DataSplits:

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from lipcli.evaluation.runner import RobustnessResult
+from lipcli.evaluation.attack_set import RobustnessResult
 from lipcli.figures import Series, describe, draw
 from lipcli.files import atomic_write
 from lipcli.result_files import curve_summary, write_per_image

@@ -21,7 +21,7 @@ What the numbers mean, per eps:
 
 Each attack call on a batch runs under :func:`lipcli.evaluation.seeding.seeded` with the attack's name and eps:
 two runs with the same seed are identical. With several processes (torchrun) each attacks every N-th batch, as
-:mod:`lipcli.evaluation.runner` does, and the results are joined on every process.
+:mod:`lipcli.evaluation.attack_set` does, and the results are joined on every process.
 """
 
 from __future__ import annotations
@@ -46,14 +46,14 @@ from lipcli.data.types import ImageSet
 from lipcli.distributed import all_reduce, barrier, current, owned
 from lipcli.errors import ConfigError, DataError
 from lipcli.evaluation.accounting import QueryCounter, measured_distances
-from lipcli.evaluation.evaluate import build_attacks
+from lipcli.evaluation.minimal_distances import build_attacks
 from lipcli.evaluation.seeding import DEFAULT_SEED, seeded
 from lipcli.files import sha256, write_text
 from lipcli.gradients import frozen_eval
 from lipcli.layout import DISTANCES_FILE, ROBUST_FILE, SUMMARY_FILE
 from lipcli.models.targets import load_targets, target_settings
-from lipcli.plugins import PluginHost, get_host
-from lipcli.progress import Reporter
+from lipcli.plugin_host import PluginHost, get_host
+from lipcli.reporting import Reporter
 from lipcli.result_files import write_summary
 from lipcli.results_folder import Layout, claim, provenance
 from lipcli.suggestions import did_you_mean
@@ -141,7 +141,7 @@ def build_ensemble(
     names: list[str], options: Mapping[str, Mapping[str, Any]], host: PluginHost
 ) -> tuple[dict[str, AttackAtBudget], dict[str, dict[str, Any]]]:
     """(attacks by registered name, each one's options with every default filled in), in the order given; an
-    attack that cannot run at a fixed eps is refused (:func:`lipcli.evaluation.evaluate.build_attacks`)."""
+    attack that cannot run at a fixed eps is refused (:func:`lipcli.evaluation.minimal_distances.build_attacks`)."""
     attacks = build_attacks(names, options, host, at_budget=True)
     return dict(attacks), attacks.options
 

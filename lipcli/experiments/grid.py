@@ -21,16 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from lipcli.attacks import NORMS
 from lipcli.config.loader import resolve_layers
 from lipcli.config.schema import ExperimentConfig
 from lipcli.config.toml_reader import load_toml
-from lipcli.errors import ConfigError
 from lipcli.curves import DEFAULT_EPS, parse_eps
+from lipcli.errors import ConfigError
 from lipcli.evaluation.robust import VERSIONS
 from lipcli.evaluation.seeding import DEFAULT_SEED
 from lipcli.suggestions import did_you_mean
 
-NORMS = ("l2", "linf")
 DEFAULT_ATTACK = "min-norm"
 
 

@@ -24,7 +24,7 @@ import torch
 
 from lipcli.data.types import ImageSet
 from lipcli.precision import full_float32
-from lipcli.progress import Reporter
+from lipcli.reporting import Reporter
 
 UNIT_ROUNDOFF = 2.0 ** -24
 

@@ -17,8 +17,8 @@ from lipcli.data.load import load_data
 from lipcli.data.types import DataSplits, ImageSet
 from lipcli.layout import CURVE_FILE, DATA_LIPSCHITZ_FILE, DISTANCES_FILE, SUMMARY_FILE
 from lipcli.lipschitz.data import closest_pair, conflicting_duplicates, nearest_distinct
-from lipcli.plugins import PluginHost
-from lipcli.progress import Reporter
+from lipcli.plugin_host import PluginHost
+from lipcli.reporting import Reporter
 from lipcli.result_files import curve_summary, write_per_image, write_summary
 from lipcli.results_folder import Layout, claim, provenance
 

@@ -12,8 +12,8 @@ from lipcli.distributed import barrier, current
 from lipcli.layout import STATS_CSV, STATS_FILE
 from lipcli.lipschitz.statistics import model_statistics
 from lipcli.models.targets import load_targets, target_settings
-from lipcli.plugins import PluginHost, get_host
-from lipcli.progress import Reporter
+from lipcli.plugin_host import PluginHost, get_host
+from lipcli.reporting import Reporter
 from lipcli.result_files import write_per_image, write_summary
 from lipcli.results_folder import Layout, claim, provenance
 

@@ -32,7 +32,7 @@ from lipcli.errors import DataError
 from lipcli.gradients import frozen_eval
 from lipcli.lipschitz.bound import BoundUnavailable, product_bound
 from lipcli.lipschitz.jacobian import jacobian_norms
-from lipcli.progress import Reporter
+from lipcli.reporting import Reporter
 
 PER_IMAGE = (
     "loss", "margin", "grad_loss_l2", "grad_loss_l1", "jac_f_2inf", "jac_f_11", "jac_z_2inf", "jac_z_infinf",

@@ -10,7 +10,7 @@ from lipcli.config.schema import ExperimentConfig
 from lipcli.data.types import DatasetInfo
 from lipcli.defence import ComposedDefence, build_defence
 from lipcli.errors import ConfigError
-from lipcli.plugins import PluginHost, get_host
+from lipcli.plugin_host import PluginHost, get_host
 
 
 def build_model(

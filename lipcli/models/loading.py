@@ -12,7 +12,7 @@ from lipcli.config import ExperimentConfig, build_stored
 from lipcli.data.types import DatasetInfo
 from lipcli.errors import CheckpointError
 from lipcli.models.build import build_model
-from lipcli.plugins import PluginHost
+from lipcli.plugin_host import PluginHost
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", host: PluginHost | None = None) -> nn.Module:

@@ -18,7 +18,7 @@ from lipcli.errors import DataError
 from lipcli.files import sha256
 from lipcli.layout import CONFIG_FILE
 from lipcli.models.loading import restore
-from lipcli.plugins import PluginHost
+from lipcli.plugin_host import PluginHost
 
 
 @dataclass

@@ -47,11 +47,11 @@ from lipcli.errors import CheckpointError, ConfigError, LipcliError, LipcliWarni
 from lipcli.files import write_text
 from lipcli.layout import BEST, CONFIG_FILE, LAST, METRICS_FILE
 from lipcli.models.build import build_model
-from lipcli.plugins import PluginHost, get_host
-from lipcli.progress import Reporter
+from lipcli.plugin_host import PluginHost, get_host
+from lipcli.reporting import Reporter
 from lipcli.results_folder import locked, locked_everywhere
 from lipcli.training import run_dir as runs
-from lipcli.training.evaluate import evaluate
+from lipcli.training.clean_error import clean_error_and_loss
 from lipcli.training.optim import PLANNED_SCHEDULES, build_optimizer, learning_rate
 from lipcli.version import VERSION
 
@@ -230,10 +230,10 @@ class _Run:
                 images = stats.pop("images")
                 _average_buffers(model)  # one model to test and to save, whichever process measures it
                 val_error, val_loss = (
-                    evaluate(model, val_set, config.evaluation.batch_size, device, self.reporter, "validation")
+                    clean_error_and_loss(model, val_set, config.evaluation.batch_size, device, self.reporter, "validation")
                     if val_set is not None else (None, None)
                 )
-                test_error, test_loss = evaluate(model, test_set, config.evaluation.batch_size, device, self.reporter)
+                test_error, test_loss = clean_error_and_loss(model, test_set, config.evaluation.batch_size, device, self.reporter)
                 row = {
                     "epoch": epoch, "step": result.steps, **stats, "val_error": val_error, "val_loss": val_loss,
                     "test_error": test_error, "test_loss": test_loss, "lr": lr, "seconds": seconds,

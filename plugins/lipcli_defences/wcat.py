@@ -44,11 +44,20 @@ from typing import Callable
 import torch
 from torch import nn
 
-from lipcli.distributed import current, gather, unwrap
-from lipcli.gradients import NORMS, at_least_float32, cross_entropy, grad_norm, input_gradient
-from lipcli.precision import full_float32
 from lipcli.defence import Perturbation, StepLoss
-from lipcli_defences.batch_statistics import as_part_of_the_batch, recorded_batch_statistics
+from lipcli.distributed import current, gather, unwrap
+from lipcli.gradients import (
+    GRADIENT_NORMS,
+    at_least_float32,
+    cross_entropy,
+    grad_norm,
+    input_gradient,
+)
+from lipcli.precision import full_float32
+from lipcli_defences.batch_statistics import (
+    as_part_of_the_batch,
+    recorded_batch_statistics,
+)
 
 METHODS = ("exact", "worst", "fd")
 
@@ -64,8 +73,8 @@ class LipschitzPenalty:
         method: str = "exact",
         fd_step: float = 0.01,
     ) -> None:
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+        if norm not in GRADIENT_NORMS:
+            raise ValueError(f"norm must be one of {', '.join(GRADIENT_NORMS)}, got {norm!r}")
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         for name, value in (("lam", lam), ("fd_step", fd_step)):

@@ -27,7 +27,7 @@ from lipcli.evaluation.accounting import QueryCounter, measured_distances
 from lipcli.evaluation.journal import BatchRecord, Journal
 from lipcli.evaluation.seeding import DEFAULT_SEED, seeded
 from lipcli.gradients import frozen_eval, input_gradient
-from lipcli.progress import Reporter
+from lipcli.reporting import Reporter
 
 MASKING_SHARE = 0.05
 """Warn about gradient masking when more than this share of the attacked images shows a sign of it."""

@@ -10,11 +10,11 @@ from torch import nn
 from lipcli.data.batches import iterate_batches, num_batches
 from lipcli.data.types import ImageSet
 from lipcli.distributed import all_reduce, owned
-from lipcli.progress import Reporter
+from lipcli.reporting import Reporter
 
 
 @torch.no_grad()
-def evaluate(
+def clean_error_and_loss(
     model: nn.Module, data: ImageSet, batch_size: int, device: torch.device, reporter: Reporter | None = None,
     description: str = "test",
 ) -> tuple[float, float]:

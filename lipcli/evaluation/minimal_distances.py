@@ -1,6 +1,6 @@
 """``lipcli curve`` and ``lipcli attack`` as engine calls: checkpoints in, result folders and summaries out.
 
-Per checkpoint: load the model and its test images, run the attacks (:func:`lipcli.evaluation.runner.attack_set`),
+Per checkpoint: load the model and its test images, run the attacks (:func:`lipcli.evaluation.attack_set.attack_set`),
 write ``distances.csv`` and ``summary.json`` (and, asked for, ``adversarials.pt``); then draw the error curves,
 one per checkpoint (``by="model"``, the paper's Figure 2) or one per attack (``by="attack"``, Figure 1).
 
@@ -25,6 +25,7 @@ from lipcli.data.types import ImageSet
 from lipcli.distributed import barrier, current
 from lipcli.errors import ConfigError
 from lipcli.evaluation import results
+from lipcli.evaluation.attack_set import RobustnessResult, attack_set
 from lipcli.evaluation.journal import Journal
 from lipcli.evaluation.masking import (
     CHECK_ATTACK,
@@ -33,7 +34,6 @@ from lipcli.evaluation.masking import (
     MaskingCheck,
     gradient_free_check,
 )
-from lipcli.evaluation.runner import RobustnessResult, attack_set
 from lipcli.evaluation.seeding import DEFAULT_SEED
 from lipcli.gradients import frozen_eval
 from lipcli.layout import (
@@ -44,9 +44,9 @@ from lipcli.layout import (
     SUMMARY_FILE,
 )
 from lipcli.models.targets import load_targets, target_settings
-from lipcli.plugins import PluginHost, get_host
-from lipcli.progress import Reporter
+from lipcli.plugin_host import PluginHost, get_host
 from lipcli.registry import Component
+from lipcli.reporting import Reporter
 from lipcli.result_files import write_summary
 from lipcli.results_folder import Layout, claim, provenance, resume_settings
 

@@ -46,7 +46,7 @@ from lipcli.defence import build_defence
 from lipcli.device import select_device
 from lipcli.distributed import barrier, broadcast, current
 from lipcli.errors import ConfigError, LipcliError
-from lipcli.evaluation.evaluate import build_attacks, evaluate_checkpoints
+from lipcli.evaluation.minimal_distances import build_attacks, evaluate_checkpoints
 from lipcli.evaluation.robust import VERSIONS, build_ensemble, evaluate_robust
 from lipcli.experiments.grid import EvaluationPlan, Grid, PlannedRun, identity_tree
 from lipcli.files import sha256, write_text
@@ -63,8 +63,8 @@ from lipcli.layout import (
     robust_folder,
 )
 from lipcli.lipschitz.measure import measure_checkpoints
-from lipcli.plugins import PluginHost, get_host
-from lipcli.progress import Reporter
+from lipcli.plugin_host import PluginHost, get_host
+from lipcli.reporting import Reporter
 from lipcli.results_folder import SETTINGS_KEY
 from lipcli.training import trainer
 
