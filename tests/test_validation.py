@@ -141,23 +141,23 @@ def test_no_held_out_image_is_ever_trained_on(tmp_path: Path, tiny_config: Calla
     assert len(seen) == 2 * 216
 
 
-def _scripted_evaluate(val: list[float], test: list[float]) -> Callable[..., tuple[float, float]]:
-    """evaluate() returning the given errors, epoch after epoch, for the validation and the test images."""
+def _scripted_clean_error(val: list[float], test: list[float]) -> Callable[..., tuple[float, float]]:
+    """clean_error_and_loss() returning the given errors, epoch after epoch, for the validation and the test images."""
     calls = {"validation": iter(val), "test": iter(test)}
 
-    def evaluate(model: nn.Module, data: ImageSet, batch_size: int, device: Any, reporter: Any = None,
-                 description: str = "test") -> tuple[float, float]:
+    def clean_error_and_loss(model: nn.Module, data: ImageSet, batch_size: int, device: Any, reporter: Any = None,
+                             description: str = "test") -> tuple[float, float]:
         error = next(calls[description])
         return error, 2 * error
 
-    return evaluate
+    return clean_error_and_loss
 
 
 def test_best_pt_is_the_epoch_of_lowest_validation_error_not_test_error(
     tmp_path: Path, host: PluginHost, tiny_config: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # validation picks epoch 2 (0.2; epoch 4 ties it and an earlier epoch is kept); the test set would pick 3
-    monkeypatch.setattr(trainer, "evaluate", _scripted_evaluate([0.5, 0.2, 0.3, 0.2], [0.1, 0.4, 0.05, 0.3]))
+    monkeypatch.setattr(trainer, "clean_error_and_loss", _scripted_clean_error([0.5, 0.2, 0.3, 0.2], [0.1, 0.4, 0.05, 0.3]))
     result = trainer.train(tiny_config(tmp_path, "training.epochs=4"), host=host)
     rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["val_error"] for r in rows] == [0.5, 0.2, 0.3, 0.2] and [r["val_loss"] for r in rows] == [1.0, 0.4, 0.6, 0.4]
