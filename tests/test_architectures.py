@@ -14,8 +14,8 @@ from torch import nn
 from lipcli.data import DatasetInfo
 from lipcli.plugins import PluginHost
 from lipcli.registry import Registry
-from lipcli_architectures.layers import ConvBN
-from lipcli_architectures.resnet import BasicBlock, BranchBlock
+from lipcli_builtins.architectures.layers import ConvBN
+from lipcli_builtins.architectures.resnet import BasicBlock, BranchBlock
 
 FIRST_PARTY = ["allcnn", "resnet34", "resnext34", "small-cnn", "mlp"]
 
@@ -61,7 +61,7 @@ def test_first_party_architectures_are_registered(architectures: Registry) -> No
 
 
 def test_plugin_module_import_does_not_load_torch() -> None:
-    code = "import sys, lipcli_architectures; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, lipcli_builtins.architectures; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

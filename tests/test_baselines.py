@@ -25,7 +25,7 @@ from lipcli.errors import ConfigError
 from lipcli.gradients import frozen_eval
 from lipcli.plugins import PluginHost
 from lipcli.training.defence import Perturbation, build_defence, expand
-from lipcli_defences.gradalign import cosine
+from lipcli_builtins.defences.gradalign import cosine
 from test_defences import _bn_buffers, _bn_model, _defence, _hand_gradient, _mlp, assert_in_the_ball_and_the_box
 from test_defences import _one_thread  # noqa: F401 - the module-scoped autouse fixture applies here too
 

@@ -24,11 +24,11 @@ from lipcli.errors import ConfigError, DataError
 from lipcli.plugins import PluginHost
 
 PLUGINS_DIR = Path(__file__).resolve().parents[1] / "plugins"
-if importlib.util.find_spec("lipcli_datasets") is None:
-    # An editable install made before plugins/lipcli_datasets existed does not map it; `pip install -e .` does.
+if importlib.util.find_spec("lipcli_builtins") is None:
+    # An editable install made before plugins/lipcli_builtins existed does not map it; `pip install -e .` does.
     sys.path.insert(0, str(PLUGINS_DIR))
 
-from lipcli_datasets import sources  # noqa: E402
+from lipcli_builtins.datasets import sources  # noqa: E402
 
 from data_files import write_cifar10, write_cifar100, write_idx, write_mnist_folder, write_pickle  # noqa: E402
 
@@ -470,7 +470,7 @@ def test_bundled_datasets_through_the_registry(name: str) -> None:
 
 
 def test_plugin_module_is_light_at_import() -> None:
-    code = "import sys, lipcli_datasets; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, lipcli_builtins.datasets; assert 'torch' not in sys.modules, 'torch imported'"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PLUGINS_DIR), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

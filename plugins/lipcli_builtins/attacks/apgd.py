@@ -18,7 +18,7 @@ budgets (``eps`` is a tensor, one value per image).
 
 As ``lipcli robust`` needs, they are :class:`lipcli.attacks.AttackAtBudget`; for ``lipcli curve`` they are also
 minimal-distance attacks, their budget found per image by the shared bracket-and-bisect search
-(:class:`lipcli_attacks.budgeted.BudgetSearch`).
+(:class:`lipcli_builtins.attacks.budgeted.BudgetSearch`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from torch import nn
 from lipcli.attacks import NORMS, AttackAtBudget, distance, within_budget
 from lipcli.attacks.search import AttackAt
 from lipcli.gradients import at_least_float32, cross_entropy
-from lipcli_attacks.budgeted import BudgetSearch
+from lipcli_builtins.attacks.budgeted import BudgetSearch
 
 LOSSES = ("ce", "dlr")
 

@@ -32,8 +32,8 @@ from torch import nn
 from lipcli.attacks import Attack, AttackAtBudget, distance, largest_distance
 from lipcli.attacks.projection import box_projection
 from lipcli.gradients import margin_gradients
-from lipcli_attacks.deepfool import linearised_distance
-from lipcli_attacks.min_norm import segment_bisection
+from lipcli_builtins.attacks.deepfool import linearised_distance
+from lipcli_builtins.attacks.min_norm import segment_bisection
 
 
 class FAB(Attack, AttackAtBudget):

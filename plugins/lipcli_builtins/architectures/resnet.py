@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from lipcli.lipschitz.bound import LayerBounds
 
 from lipcli.data import DatasetInfo
-from lipcli_architectures.layers import ConvBN, GlobalAvgPool, check_positive
+from lipcli_builtins.architectures.layers import ConvBN, GlobalAvgPool, check_positive
 
 
 class BasicBlock(nn.Module):

@@ -17,7 +17,7 @@ from lipcli.hookspecs import Register
 def register_attacks(register: Register) -> None:
     from functools import partial
 
-    from lipcli_attacks import (
+    from lipcli_builtins.attacks import (
         apgd,
         boundary,
         budgeted,

@@ -13,7 +13,7 @@ from lipcli.hookspecs import Register
 @hookimpl
 def register_architectures(register: Register) -> None:
     """Register the built-in architectures (every BatchNorm without affine parameters by default, as in the paper)."""
-    from lipcli_architectures import allcnn, resnet, small
+    from lipcli_builtins.architectures import allcnn, resnet, small
 
     register(
         "allcnn", allcnn.build_allcnn,
