@@ -19,7 +19,6 @@ import pytest
 import torch
 
 from lipcli.data import DataSplits
-from lipcli.data.readers import IDX_FILES, find_idx_files, read_cifar, read_idx
 from lipcli.errors import ConfigError, DataError
 from lipcli.plugins import PluginHost
 
@@ -29,6 +28,7 @@ if importlib.util.find_spec("lipcli_builtins") is None:
     sys.path.insert(0, str(PLUGINS_DIR))
 
 from lipcli_builtins.datasets import sources  # noqa: E402
+from lipcli_builtins.datasets.readers import IDX_FILES, find_idx_files, read_cifar, read_idx  # noqa: E402
 
 from data_files import write_cifar10, write_cifar100, write_idx, write_mnist_folder, write_pickle  # noqa: E402
 

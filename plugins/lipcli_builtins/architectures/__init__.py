@@ -6,8 +6,7 @@ registry is first built, so ``lipcli --help`` and plugin discovery stay fast.
 
 from __future__ import annotations
 
-from lipcli import hookimpl
-from lipcli.hookspecs import Register
+from lipcli.api import Register, hookimpl
 
 
 @hookimpl

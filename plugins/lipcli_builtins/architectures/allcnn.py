@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from lipcli.data import DatasetInfo
+from lipcli.api import DatasetInfo
 from lipcli_builtins.architectures.layers import ConvBN, GlobalAvgPool, check_positive
 
 

@@ -9,8 +9,7 @@ only). ``deepfool-torchattacks`` is torchattacks' own per-image DeepFool, kept a
 
 from __future__ import annotations
 
-from lipcli import hookimpl
-from lipcli.hookspecs import Register
+from lipcli.api import Register, hookimpl
 
 
 @hookimpl

@@ -7,7 +7,7 @@ in the spirit of FAB (Croce & Hein 2020):
 
 1. Start: box-aware DeepFool over the ``candidates`` highest-scoring other classes: each step goes to the
    closest linearised boundary that the box [0, 1]^n can reach, the step solved exactly inside the box
-   (:func:`lipcli.attacks.projection.box_projection`).
+   (:func:`lipcli.api.box_projection`).
 2. Refine, ``steps`` times: linearise the margins at the current point p; project the clean image x onto
    the closest linearised boundary inside the box (``delta_x``) and the point itself onto it (``delta_p``); move to
    ``(1 - a)(p + eta delta_p) + a (x + eta delta_x)`` with ``a = min(|delta_p| / (|delta_p| + |delta_x|),
@@ -50,9 +50,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from lipcli.attacks import Attack, distance
-from lipcli.attacks.projection import box_projection
-from lipcli.gradients import margin_gradients
+from lipcli.api import Attack, box_projection, distance, margin_gradients
 from lipcli_builtins.attacks.apgd import APGDT
 from lipcli_builtins.attacks.deepfool import DeepFool, closest_in_box
 

@@ -6,8 +6,7 @@ nothing heavy: torch, numpy and the readers load only when the dataset registry 
 
 from __future__ import annotations
 
-from lipcli import hookimpl
-from lipcli.hookspecs import Register
+from lipcli.api import Register, hookimpl
 
 
 @hookimpl

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import functools
 
-from lipcli import hookimpl
-from lipcli.hookspecs import Register
+from lipcli.api import Register, hookimpl
 
 
 @hookimpl

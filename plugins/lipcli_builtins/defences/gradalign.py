@@ -35,9 +35,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lipcli.distributed import unwrap
-from lipcli.gradients import at_least_float32, grad_norm, input_gradient
-from lipcli.training.defence import Perturbation, StepLoss, plain_loss
+from lipcli.api import Perturbation, StepLoss, at_least_float32, grad_norm, input_gradient, plain_loss, unwrap
 from lipcli_builtins.defences.perturbations import check_non_negative, uniform_in_ball
 from lipcli_builtins.defences.batch_statistics import running_statistics_kept
 

@@ -29,9 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lipcli.distributed import unwrap
-from lipcli.gradients import at_least_float32, cross_entropy
-from lipcli.training.defence import Perturbation, StepLoss
+from lipcli.api import Perturbation, StepLoss, at_least_float32, cross_entropy, unwrap
 from lipcli_builtins.defences.perturbations import (
     ProjectedGradientAttackTraining,
     check_non_negative,

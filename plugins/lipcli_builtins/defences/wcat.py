@@ -11,7 +11,7 @@ Conventions (paper Eq. (1), Appendix A, and the original code):
   ``create_graph`` so the penalty is differentiated by double backpropagation (BatchNorm's coupling of
   the batch included, as in the original code).
 * With several processes (torchrun), the maximum is over the global batch: every process's per-example
-  norms are gathered (:func:`lipcli.distributed.gather`, differentiable), so the maximum and its gradient
+  norms are gathered (:func:`lipcli.api.gather`, differentiable), so the maximum and its gradient
   are a single process's on the same batch (BatchNorm's statistics aside: each process normalises its own
   share unless ``training.sync_batchnorm``). B is the global batch.
 * ``method = "worst"`` and ``method = "fd"`` avoid double backpropagation through the whole batch. The
@@ -44,10 +44,19 @@ from typing import Callable
 import torch
 from torch import nn
 
-from lipcli.distributed import current, gather, unwrap
-from lipcli.gradients import NORMS, at_least_float32, cross_entropy, grad_norm, input_gradient
-from lipcli.precision import full_float32
-from lipcli.training.defence import Perturbation, StepLoss
+from lipcli.api import (
+    GRADIENT_NORMS,
+    Perturbation,
+    StepLoss,
+    at_least_float32,
+    cross_entropy,
+    current,
+    full_float32,
+    gather,
+    grad_norm,
+    input_gradient,
+    unwrap,
+)
 from lipcli_builtins.defences.batch_statistics import as_part_of_the_batch, recorded_batch_statistics
 
 METHODS = ("exact", "worst", "fd")
@@ -64,8 +73,8 @@ class LipschitzPenalty:
         method: str = "exact",
         fd_step: float = 0.01,
     ) -> None:
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+        if norm not in GRADIENT_NORMS:
+            raise ValueError(f"norm must be one of {', '.join(GRADIENT_NORMS)}, got {norm!r}")
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         for name, value in (("lam", lam), ("fd_step", fd_step)):
