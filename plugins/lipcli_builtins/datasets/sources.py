@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from lipcli.api import ConfigError, DataError, DataSplits, DatasetInfo, ImageSet
+from lipcli.api import ConfigError, DataError, DatasetInfo, DataSplits, ImageSet
 from lipcli_builtins.datasets.readers import (
     CIFAR_LAYOUTS,
     IDX_FILES,
