@@ -14,8 +14,8 @@ components import the rest when they are built.
 What is here, by use:
 
 - plugin wiring: :data:`hookimpl`, :data:`Register` (the type of the ``register`` callable a hook receives);
-- data sets: :class:`DatasetInfo`, :class:`DataSplits`, :class:`ImageSet`, and :class:`DataError` for files
-  that are missing or wrong, :class:`ConfigError` for options that cannot work together;
+- data sets: :class:`DatasetInfo`, :class:`DataSplits`, :class:`ImageSet`, and the errors a user can fix:
+  :class:`DataError` for files that are missing or wrong, :class:`ConfigError` for a wrong option value;
 - attacks: :class:`Attack`, :class:`AttackAtBudget`, :data:`NORMS` (the attack norms, ``l2`` and ``linf``),
   :func:`distance`, :func:`largest_distance`, :func:`within_budget`, and the search and projection helpers
   :func:`parameter_search` (a fixed-budget attack made minimal-distance; its callable type

@@ -159,3 +159,10 @@ def test_plugins_import_only_the_public_api(path: Path) -> None:
     """The built-in plugins and the example plugin use lipcli as any third party must: through lipcli.api."""
     found = private_imports(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))
     assert not found, "plugins may import only lipcli.api:\n" + "\n".join(found)
+
+
+def test_the_plugin_guide_names_every_public_name() -> None:
+    """docs/plugins.md is the API's documentation: each name of ``lipcli.api`` appears in it, in backticks."""
+    guide = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
+    missing = [name for name in api.__all__ if f"`{name}`" not in guide]
+    assert not missing, f"docs/plugins.md does not mention {missing}"
