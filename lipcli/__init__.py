@@ -1,7 +1,8 @@
 """lipcli: train and measure adversarially robust image classifiers (Lipschitz regularisation of the loss).
 
-Plugins write ``from lipcli import hookimpl``. Importing this package is cheap: torch is imported only by
-the engine modules that need it.
+Plugins import from :mod:`lipcli.api`, the one public namespace for them (``hookimpl`` is also kept here,
+where plugins written before it found it). Importing this package is cheap: torch is imported only by the
+engine modules that need it.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 import torch
-from lipcli_architectures.layers import ConvBN
-from lipcli_architectures.resnet import BasicBlock, BranchBlock
+from lipcli_builtins.architectures.layers import ConvBN
+from lipcli_builtins.architectures.resnet import BasicBlock, BranchBlock
 from torch import nn
 
 from lipcli.data import DatasetInfo
@@ -61,7 +61,7 @@ def test_first_party_architectures_are_registered(architectures: Registry) -> No
 
 
 def test_plugin_module_import_does_not_load_torch() -> None:
-    code = "import sys, lipcli_architectures; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, lipcli_builtins.architectures; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import pytest
 import torch
-from lipcli_defences.gradalign import cosine
+from lipcli_builtins.defences.gradalign import cosine
 from test_defences import (
     _bn_buffers,
     _bn_model,

@@ -19,13 +19,12 @@ import pytest
 import torch
 
 from lipcli.data import DataSplits
-from lipcli.data.readers import IDX_FILES, find_idx_files, read_cifar, read_idx
 from lipcli.errors import ConfigError, DataError
 from lipcli.plugin_host import PluginHost
 
 PLUGINS_DIR = Path(__file__).resolve().parents[1] / "plugins"
-if importlib.util.find_spec("lipcli_datasets") is None:
-    # An editable install made before plugins/lipcli_datasets existed does not map it; `pip install -e .` does.
+if importlib.util.find_spec("lipcli_builtins") is None:
+    # An editable install made before plugins/lipcli_builtins existed does not map it; `pip install -e .` does.
     sys.path.insert(0, str(PLUGINS_DIR))
 
 from data_files import (  # noqa: E402
@@ -35,7 +34,13 @@ from data_files import (  # noqa: E402
     write_mnist_folder,
     write_pickle,
 )
-from lipcli_datasets import sources  # noqa: E402
+from lipcli_builtins.datasets import sources  # noqa: E402
+from lipcli_builtins.datasets.readers import (  # noqa: E402
+    IDX_FILES,
+    find_idx_files,
+    read_cifar,
+    read_idx,
+)
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 DATASET_NAMES = ("cifar10", "cifar100", "mnist", "fashion-mnist", "digits", "synthetic")
@@ -475,7 +480,7 @@ def test_bundled_datasets_through_the_registry(name: str) -> None:
 
 
 def test_plugin_module_is_light_at_import() -> None:
-    code = "import sys, lipcli_datasets; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, lipcli_builtins.datasets; assert 'torch' not in sys.modules, 'torch imported'"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PLUGINS_DIR), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

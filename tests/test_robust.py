@@ -220,7 +220,7 @@ def test_apgd_is_reproducible_under_a_seed_and_random_without_one(host: PluginHo
         with frozen_eval(model), seeded(seed, "apgd-ce", 0):
             runs.append(attack.run_at(model, images, labels, "linf", eps))
     # a failed image comes back as the clean image: compare the starts through a run that keeps its iterate
-    from lipcli_attacks.apgd import apgd
+    from lipcli_builtins.attacks.apgd import apgd
 
     starts = []
     for seed in (0, 0, 1):
@@ -231,7 +231,7 @@ def test_apgd_is_reproducible_under_a_seed_and_random_without_one(host: PluginHo
 
 
 def test_checkpoints_follow_the_paper() -> None:
-    from lipcli_attacks.apgd import checkpoints
+    from lipcli_builtins.attacks.apgd import checkpoints
 
     assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]  # p = 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99
     assert checkpoints(1000)[:3] == [220, 410, 570]

@@ -1,25 +1,26 @@
 """An example lipcli plugin: one of each component kind, registered through lipcli's hooks.
 
 The module imports nothing heavy: lipcli imports it at start-up to find the hooks, and each component's code
-(and torch) is imported only when lipcli first builds that registry.
+(and torch) is imported only when lipcli first builds that registry. Like every module of this plugin it
+imports lipcli only through :mod:`lipcli.api`, the public plugin API; the rest of lipcli is private.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from lipcli import hookimpl
+from lipcli.api import Register, hookimpl
 
 
 @hookimpl
-def register_architectures(register: Any) -> None:
+def register_architectures(register: Register) -> None:
     from lipcli_example.architecture import lenet
 
     register("example-lenet", lenet, "LeNet-style CNN: two 5x5 convolutions with BatchNorm, average pooling (example plugin)")
 
 
 @hookimpl
-def register_defences(register: Any) -> None:
+def register_defences(register: Register) -> None:
     from lipcli_example.defence import LabelSmoothing
 
     register("example-label-smoothing", LabelSmoothing,
@@ -27,7 +28,7 @@ def register_defences(register: Any) -> None:
 
 
 @hookimpl
-def register_attacks(register: Any) -> None:
+def register_attacks(register: Register) -> None:
     from lipcli_example.attack import RandomDirections
 
     register("example-random-directions", RandomDirections,
@@ -35,7 +36,7 @@ def register_attacks(register: Any) -> None:
 
 
 @hookimpl
-def register_datasets(register: Any) -> None:
+def register_datasets(register: Register) -> None:
     from lipcli_example.dataset import stripes
 
     register("example-stripes", stripes, "Generated stripe patterns in 4 orientations, with noise (example plugin)")

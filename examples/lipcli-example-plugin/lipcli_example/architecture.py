@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from lipcli.data import DatasetInfo
+from lipcli.api import DatasetInfo
 
 
 def lenet(info: DatasetInfo, *, batchnorm_affine: bool = False, width: int = 6) -> nn.Module:

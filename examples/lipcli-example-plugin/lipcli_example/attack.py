@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lipcli.attacks import Attack, distance, largest_distance
-from lipcli.attacks.search import parameter_search
+from lipcli.api import Attack, distance, largest_distance, parameter_search
 
 
 class RandomDirections(Attack):

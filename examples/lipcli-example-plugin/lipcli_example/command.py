@@ -17,7 +17,7 @@ def add_to(app: typer.Typer) -> None:
         classes: Annotated[int, typer.Option(min=2, help="Number of classes.")] = 10,
     ) -> None:
         """Parameters of an architecture for images of a given shape (from the lipcli-example plugin)."""
-        from lipcli.data import DatasetInfo
+        from lipcli.api import DatasetInfo
 
         component = ctx.obj.registry("architecture").get(arch)  # an unknown name is lipcli's usual error
         model = component.factory(DatasetInfo("shape", channels, size, size, classes), batchnorm_affine=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lipcli.data import DatasetInfo, DataSplits, ImageSet
+from lipcli.api import DatasetInfo, DataSplits, ImageSet
 
 CLASSES = ("horizontal", "vertical", "diagonal", "anti-diagonal")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lipcli.defence import Perturbation, StepLoss
+from lipcli.api import Perturbation, StepLoss
 
 
 class LabelSmoothing:

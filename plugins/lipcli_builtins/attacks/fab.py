@@ -2,7 +2,7 @@
 
 FAB is natively minimum-norm. Per step it linearises the margin ``f = z_t - z_y`` at the current point p,
 projects both p and the clean image x onto the linearised boundary inside the box [0, 1]^n (exactly,
-:func:`lipcli.attacks.projection.box_projection`), and moves to ``(1 - a)(p + eta d_p) + a (x + eta d_x)`` with
+:func:`lipcli.api.box_projection`), and moves to ``(1 - a)(p + eta d_p) + a (x + eta d_x)`` with
 ``a = min(|d_p| / (|d_p| + |d_x|), alpha_max)``; a misclassified point is recorded and pulled back towards x by
 ``beta``, so the walk follows the boundary towards x. Where the box cannot reach the linearised boundary, the
 step goes to the box corner that comes closest, as FAB's own projections do.
@@ -29,11 +29,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lipcli.attacks import Attack, AttackAtBudget, distance, largest_distance
-from lipcli.attacks.projection import box_projection
-from lipcli.gradients import margin_gradients
-from lipcli_attacks.deepfool import linearised_distance
-from lipcli_attacks.min_norm import segment_bisection
+from lipcli.api import Attack, AttackAtBudget, box_projection, distance, largest_distance, margin_gradients
+from lipcli_builtins.attacks.deepfool import linearised_distance
+from lipcli_builtins.attacks.min_norm import segment_bisection
 
 
 class FAB(Attack, AttackAtBudget):

@@ -5,7 +5,7 @@ per-channel bias (the bias of the preceding convolution, moved after the normali
 cancelled). ``batchnorm_affine=True`` gives the usual PyTorch layout instead (BN scale and shift, no bias).
 
 Modules whose parts do not simply follow one another say how their Lipschitz bounds compose, in a
-``lipschitz_bound(bounds)`` method (:mod:`lipcli.lipschitz.bound`).
+``lipschitz_bound(bounds)`` method (:class:`lipcli.api.LayerBounds`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from lipcli.lipschitz.bound import LayerBounds
+    from lipcli.api import LayerBounds
 
 
 class ChannelBias(nn.Module):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from lipcli.data import DatasetInfo
-from lipcli_architectures.layers import ConvBN, GlobalAvgPool, check_positive, norm_with_bias
+from lipcli.api import DatasetInfo
+from lipcli_builtins.architectures.layers import ConvBN, GlobalAvgPool, check_positive, norm_with_bias
 
 
 def build_small_cnn(info: DatasetInfo, *, batchnorm_affine: bool = False, width: int = 32) -> nn.Module:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from lipcli.data import DatasetInfo
-from lipcli_architectures.layers import ConvBN, GlobalAvgPool, check_positive
+from lipcli.api import DatasetInfo
+from lipcli_builtins.architectures.layers import ConvBN, GlobalAvgPool, check_positive
 
 
 def build_allcnn(info: DatasetInfo, *, batchnorm_affine: bool = False, width: int = 96) -> nn.Module:

@@ -16,8 +16,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from lipcli.gradients import grad_norm, input_gradient
-from lipcli.defence import Perturbation
+from lipcli.api import Perturbation, grad_norm, input_gradient
 
 NORMS = ("linf", "l2")
 """Attack norms of the projected perturbations."""

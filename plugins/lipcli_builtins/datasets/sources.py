@@ -1,9 +1,9 @@
 """The built-in data set factories: ``factory(*, data_dir, download, **options) -> DataSplits``.
 
 File-based data sets (CIFAR-10/100, MNIST, Fashion-MNIST) are always read by lipcli's own readers
-(:mod:`lipcli.data.readers`). torchvision is used only to *fetch* missing files into the cache folder, so
+(:mod:`lipcli_builtins.datasets.readers`). torchvision is used only to *fetch* missing files into the cache folder, so
 a downloaded copy, a Debian package and a folder on a shared disk all go through one reading path.
-Images stay uint8 in memory; :meth:`lipcli.data.ImageSet.as_float` scales them to [0, 1] per batch.
+Images stay uint8 in memory; :meth:`lipcli.api.ImageSet.as_float` scales them to [0, 1] per batch.
 """
 
 from __future__ import annotations
@@ -17,9 +17,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from lipcli.data import DatasetInfo, DataSplits, ImageSet
-from lipcli.data.readers import CIFAR_LAYOUTS, IDX_FILES, cifar_folder, find_idx_files, read_cifar, read_idx
-from lipcli.errors import ConfigError, DataError
+from lipcli.api import ConfigError, DataError, DatasetInfo, DataSplits, ImageSet
+from lipcli_builtins.datasets.readers import (
+    CIFAR_LAYOUTS,
+    IDX_FILES,
+    cifar_folder,
+    find_idx_files,
+    read_cifar,
+    read_idx,
+)
 
 ENV_DATA_DIR = "LIPCLI_DATA_DIR"
 """Overrides the cache root ``~/.cache/lipcli/data``; each data set keeps its own subfolder below it."""

@@ -27,7 +27,7 @@ import math
 import torch
 from torch import nn
 
-from lipcli.attacks import Attack
+from lipcli.api import Attack
 
 PROBES = 4096
 """Probes drawn per round of a normal estimate, over all images: bounds their memory; the draws, and so the

@@ -7,7 +7,7 @@ in the spirit of FAB (Croce & Hein 2020):
 
 1. Start: box-aware DeepFool over the ``candidates`` highest-scoring other classes: each step goes to the
    closest linearised boundary that the box [0, 1]^n can reach, the step solved exactly inside the box
-   (:func:`lipcli.attacks.projection.box_projection`).
+   (:func:`lipcli.api.box_projection`).
 2. Refine, ``steps`` times: linearise the margins at the current point p; project the clean image x onto
    the closest linearised boundary inside the box (``delta_x``) and the point itself onto it (``delta_p``); move to
    ``(1 - a)(p + eta delta_p) + a (x + eta delta_x)`` with ``a = min(|delta_p| / (|delta_p| + |delta_x|),
@@ -24,7 +24,7 @@ in the spirit of FAB (Croce & Hein 2020):
    ball a little smaller than the best distance, started from the best point scaled into it; a success is
    bisected towards x and becomes the best. It corrects what linearisation misses where the model curves.
 6. In l-inf only, ``linf_rounds`` more rounds of the same kind with APGD-T (the targeted DLR loss, towards the
-   ``linf_targets`` highest-scoring other classes, ``linf_steps`` steps each; :mod:`lipcli_attacks.apgd`)
+   ``linf_targets`` highest-scoring other classes, ``linf_steps`` steps each; :mod:`lipcli_builtins.attacks.apgd`)
    at a budget ``linf_shrink`` below the best distance. In l-inf the closest adversarial is often reached by a
    loss other than the margin the walks follow: on the 262 images an undefended Fashion-MNIST CNN classifies
    correctly among its first 300 test images, the median l-inf distance was 1.29 % above the per-image best
@@ -50,11 +50,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from lipcli.attacks import Attack, distance
-from lipcli.attacks.projection import box_projection
-from lipcli.gradients import margin_gradients
-from lipcli_attacks.apgd import APGDT
-from lipcli_attacks.deepfool import DeepFool, closest_in_box
+from lipcli.api import Attack, box_projection, distance, margin_gradients
+from lipcli_builtins.attacks.apgd import APGDT
+from lipcli_builtins.attacks.deepfool import DeepFool, closest_in_box
 
 
 class MinimumNorm(Attack):

@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from lipcli.gradients import at_least_float32
+from lipcli.api import at_least_float32
 
 Statistics = dict[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]
 """Per train-mode BatchNorm layer, per call in the forward pass: the (mean, biased variance) of its input

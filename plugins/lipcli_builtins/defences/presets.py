@@ -1,7 +1,7 @@
 """The defence presets, as expansions into primitives with each paper's settings.
 
 The paper's: AT steps use eps = 0.01 (an l2 budget for both J1 and J2); WCAT uses lam = 0.1 in the original
-code's batch-mean convention (``batch_mean = true``; see :mod:`lipcli_defences.wcat`), its dual norm matching
+code's batch-mean convention (``batch_mean = true``; see :mod:`lipcli_builtins.defences.wcat`), its dual norm matching
 the adversarial training: l1 with J1 (Lip1, lam divided by sqrt(n)), l2 with J2 (Lip2).
 
 Baselines: ``trades-l2`` (TRADES in l2, eps 0.5; plain ``trades`` is l-inf) and ``fgsm-gradalign``, the

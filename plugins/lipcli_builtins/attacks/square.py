@@ -31,8 +31,7 @@ import math
 import torch
 from torch import nn
 
-from lipcli.attacks import AttackAtBudget, distance, within_budget
-from lipcli.gradients import at_least_float32
+from lipcli.api import AttackAtBudget, at_least_float32, distance, within_budget
 
 HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 """Where ``p`` is halved, in queries out of 10,000 (the paper's schedule; rescaled to the budget)."""

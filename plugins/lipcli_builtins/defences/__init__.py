@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import functools
 
-from lipcli import hookimpl
-from lipcli.hookspecs import Register
+from lipcli.api import Register, hookimpl
 
 
 @hookimpl
 def register_defences(register: Register) -> None:
-    from lipcli_defences import gradalign, perturbations, presets, tanh, trades, wcat
+    from lipcli_builtins.defences import gradalign, perturbations, presets, tanh, trades, wcat
 
     register("at-fgsm", perturbations.SignedGradientStep, "J1 step: x + eps sign(g)/sqrt(n), eps an l2 budget")
     register("at-l2", perturbations.NormalisedGradientStep, "J2 step: x + eps g/||g||_2")

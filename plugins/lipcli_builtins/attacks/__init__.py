@@ -9,15 +9,14 @@ only). ``deepfool-torchattacks`` is torchattacks' own per-image DeepFool, kept a
 
 from __future__ import annotations
 
-from lipcli import hookimpl
-from lipcli.hookspecs import Register
+from lipcli.api import Register, hookimpl
 
 
 @hookimpl
 def register_attacks(register: Register) -> None:
     from functools import partial
 
-    from lipcli_attacks import (
+    from lipcli_builtins.attacks import (
         apgd,
         boundary,
         budgeted,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lipcli.attacks import Attack
+from lipcli.api import Attack
 
 
 class BoundaryAttack(Attack):

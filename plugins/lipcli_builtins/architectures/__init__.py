@@ -6,14 +6,13 @@ registry is first built, so ``lipcli --help`` and plugin discovery stay fast.
 
 from __future__ import annotations
 
-from lipcli import hookimpl
-from lipcli.hookspecs import Register
+from lipcli.api import Register, hookimpl
 
 
 @hookimpl
 def register_architectures(register: Register) -> None:
     """Register the built-in architectures (every BatchNorm without affine parameters by default, as in the paper)."""
-    from lipcli_architectures import allcnn, resnet, small
+    from lipcli_builtins.architectures import allcnn, resnet, small
 
     register(
         "allcnn", allcnn.build_allcnn,

@@ -11,7 +11,7 @@ Conventions (paper Eq. (1), Appendix A, and the original code):
   ``create_graph`` so the penalty is differentiated by double backpropagation (BatchNorm's coupling of
   the batch included, as in the original code).
 * With several processes (torchrun), the maximum is over the global batch: every process's per-example
-  norms are gathered (:func:`lipcli.distributed.gather`, differentiable), so the maximum and its gradient
+  norms are gathered (:func:`lipcli.api.gather`, differentiable), so the maximum and its gradient
   are a single process's on the same batch (BatchNorm's statistics aside: each process normalises its own
   share unless ``training.sync_batchnorm``). B is the global batch.
 * ``method = "worst"`` and ``method = "fd"`` avoid double backpropagation through the whole batch. The
@@ -19,7 +19,7 @@ Conventions (paper Eq. (1), Appendix A, and the original code):
   pass is followed by one input-gradient backward, which picks the batch's worst example; then that one
   example's gradient norm is computed again "as one more example of the batch": the model in eval mode,
   every BatchNorm normalising it with the batch's statistics, kept as functions of the weights
-  (:mod:`lipcli_defences.batch_statistics` says why). ``worst`` double-backpropagates that example's exact
+  (:mod:`lipcli_builtins.defences.batch_statistics` says why). ``worst`` double-backpropagates that example's exact
   gradient norm; ``fd`` (after the authors' follow-up work on scaleable input gradient regularisation)
   estimates it by the finite difference ``(loss(x + h d) - loss(x)) / h`` along the dual-norm direction
   ``d`` of its gradient (``g / ||g||_2`` for l2, ``sign(g) / sqrt(n)`` for l1), both losses taken in such
@@ -44,20 +44,20 @@ from typing import Callable
 import torch
 from torch import nn
 
-from lipcli.defence import Perturbation, StepLoss
-from lipcli.distributed import current, gather, unwrap
-from lipcli.gradients import (
+from lipcli.api import (
     GRADIENT_NORMS,
+    Perturbation,
+    StepLoss,
     at_least_float32,
     cross_entropy,
+    current,
+    full_float32,
+    gather,
     grad_norm,
     input_gradient,
+    unwrap,
 )
-from lipcli.precision import full_float32
-from lipcli_defences.batch_statistics import (
-    as_part_of_the_batch,
-    recorded_batch_statistics,
-)
+from lipcli_builtins.defences.batch_statistics import as_part_of_the_batch, recorded_batch_statistics
 
 METHODS = ("exact", "worst", "fd")
 

@@ -3,7 +3,8 @@
 lipcli reads these files itself rather than through torchvision's dataset classes so that there is one
 reading path whether the files came from a download, a Debian package or a copy on a shared disk, and so
 that CIFAR's pickles are never handed to an unrestricted :func:`pickle.load`. Everything is parsed with
-numpy in whole-array operations: no per-sample Python loops.
+numpy in whole-array operations: no per-sample Python loops. Only the built-in data sets read these
+formats, so the readers belong to their plugin, not to the engine.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from lipcli.errors import DataError
+from lipcli.api import DataError
 
 # -- IDX (MNIST, Fashion-MNIST) ---------------------------------------------------------------------------
 

@@ -16,9 +16,9 @@ classes in turn, each target only on the images not yet broken. Both keep, per i
 drop broken images from the batch at once: the rest of the batch carries on with its own step sizes and
 budgets (``eps`` is a tensor, one value per image).
 
-As ``lipcli robust`` needs, they are :class:`lipcli.attacks.AttackAtBudget`; for ``lipcli curve`` they are also
+As ``lipcli robust`` needs, they are :class:`lipcli.api.AttackAtBudget`; for ``lipcli curve`` they are also
 minimal-distance attacks, their budget found per image by the shared bracket-and-bisect search
-(:class:`lipcli_attacks.budgeted.BudgetSearch`).
+(:class:`lipcli_builtins.attacks.budgeted.BudgetSearch`).
 """
 
 from __future__ import annotations
@@ -26,10 +26,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lipcli.attacks import NORMS, AttackAtBudget, distance, within_budget
-from lipcli.attacks.search import AttackAt
-from lipcli.gradients import at_least_float32, cross_entropy
-from lipcli_attacks.budgeted import BudgetSearch
+from lipcli.api import NORMS, AttackAt, AttackAtBudget, at_least_float32, cross_entropy, distance, within_budget
+from lipcli_builtins.attacks.budgeted import BudgetSearch
 
 LOSSES = ("ce", "dlr")
 

@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from lipcli.lipschitz.bound import LayerBounds
+    from lipcli.api import LayerBounds
 
-from lipcli.data import DatasetInfo
-from lipcli_architectures.layers import ConvBN, GlobalAvgPool, check_positive
+from lipcli.api import DatasetInfo
+from lipcli_builtins.architectures.layers import ConvBN, GlobalAvgPool, check_positive
 
 
 class BasicBlock(nn.Module):

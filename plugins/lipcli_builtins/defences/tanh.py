@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from lipcli.data.types import DatasetInfo
-from lipcli.models.heads import TanhHead, WithHead
+from lipcli.api import DatasetInfo, TanhHead, WithHead
 
 
 class TanhHeadDefence:

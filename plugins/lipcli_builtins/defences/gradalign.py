@@ -21,7 +21,7 @@ Differences, each documented where it is decided:
   (``grads_nnz_idx``); lipcli keeps the whole batch's mean, which is 0 when every gradient is zero and,
   with several processes, the mean over the global batch;
 * the two gradient passes run through ``unwrap(model)`` with BatchNorm's running statistics kept
-  (:mod:`lipcli_defences.batch_statistics`): only the loss's pass on the batch updates them (the original's
+  (:mod:`lipcli_builtins.defences.batch_statistics`): only the loss's pass on the batch updates them (the original's
   passes each did);
 * the gradients are those of the summed loss (lipcli's per-example form), the original's of the mean:
   the cosine does not see the factor.
@@ -35,11 +35,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lipcli.distributed import unwrap
-from lipcli.gradients import at_least_float32, grad_norm, input_gradient
-from lipcli.defence import Perturbation, StepLoss, plain_loss
-from lipcli_defences.perturbations import check_non_negative, uniform_in_ball
-from lipcli_defences.batch_statistics import running_statistics_kept
+from lipcli.api import Perturbation, StepLoss, at_least_float32, grad_norm, input_gradient, plain_loss, unwrap
+from lipcli_builtins.defences.perturbations import check_non_negative, uniform_in_ball
+from lipcli_builtins.defences.batch_statistics import running_statistics_kept
 
 
 def _unit(gradients: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:

@@ -18,9 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lipcli.attacks import Attack, distance
-from lipcli.attacks.projection import box_projection
-from lipcli.gradients import margin_gradients
+from lipcli.api import Attack, box_projection, distance, margin_gradients
 
 
 def linearised_distance(margins: torch.Tensor, gradients: torch.Tensor, norm: str) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """Fixed-budget attacks (torchattacks' FGSM, PGD, PGDL2, CW, and the gradient attack) as minimal-distance
-attacks: each image's budget (or CW constant) is found by :func:`lipcli.attacks.search.parameter_search`.
+attacks: each image's budget (or CW constant) is found by :func:`lipcli.api.parameter_search`.
 
 torchattacks takes a tensor budget with one value per image, so every round of the search is one call on
 the images still searching. Its PGD random start needs a scalar budget, so it is off here.
@@ -13,10 +13,7 @@ import torch
 import torchattacks
 from torch import nn
 
-from lipcli.attacks import Attack
-from lipcli.attacks.base import largest_distance
-from lipcli.attacks.search import AttackAt, parameter_search
-from lipcli.gradients import input_gradient
+from lipcli.api import Attack, AttackAt, input_gradient, largest_distance, parameter_search
 
 _INITIAL = {"l2": 1.0, "linf": 8 / 255}
 

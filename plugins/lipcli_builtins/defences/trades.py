@@ -19,9 +19,9 @@ budget and at-pgd's, with the original's step ``2 eps / steps`` on the normalise
   (the original's: the box, then ``renorm`` onto the ball).
 * The loss (``training_loss``), in train mode: one forward pass on the clean batch (the step's ``logits``
   and ``data_loss``, and the pass that updates BatchNorm's running statistics), one on ``x'`` through
-  ``unwrap(model)`` with the statistics kept (:mod:`lipcli_defences.batch_statistics`; the original updates them
-  on each of its three passes, computing ``f(x)`` twice). The gradient flows through both distributions,
-  the clean one included (the original does not detach it). ``penalty`` is ``beta * KL``.
+  ``unwrap(model)`` with the statistics kept (:mod:`lipcli_builtins.defences.batch_statistics`; the original
+  updates them on each of its three passes, computing ``f(x)`` twice). The gradient flows through both
+  distributions, the clean one included (the original does not detach it). ``penalty`` is ``beta * KL``.
 """
 
 from __future__ import annotations
@@ -29,11 +29,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lipcli.distributed import unwrap
-from lipcli.gradients import at_least_float32, cross_entropy
-from lipcli.defence import Perturbation, StepLoss
-from lipcli_defences.perturbations import ProjectedGradientAttackTraining, check_non_negative, check_norm, check_steps
-from lipcli_defences.batch_statistics import running_statistics_kept
+from lipcli.api import Perturbation, StepLoss, at_least_float32, cross_entropy, unwrap
+from lipcli_builtins.defences.perturbations import (
+    ProjectedGradientAttackTraining,
+    check_non_negative,
+    check_norm,
+    check_steps,
+)
+from lipcli_builtins.defences.batch_statistics import running_statistics_kept
 
 START_STD = 0.001
 """Standard deviation of the attack's Gaussian start around ``x`` (the original's ``0.001 * randn``)."""

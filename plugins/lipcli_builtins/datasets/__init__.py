@@ -6,14 +6,13 @@ nothing heavy: torch, numpy and the readers load only when the dataset registry 
 
 from __future__ import annotations
 
-from lipcli import hookimpl
-from lipcli.hookspecs import Register
+from lipcli.api import Register, hookimpl
 
 
 @hookimpl
 def register_datasets(register: Register) -> None:
     """Register the built-in data sets; file-based ones read offline from ``data_dir`` or the cache folder."""
-    from lipcli_datasets import sources
+    from lipcli_builtins.datasets import sources
 
     register("cifar10", sources.cifar10, "CIFAR-10: 50,000 + 10,000 colour 32x32 images, 10 classes")
     register("cifar100", sources.cifar100, "CIFAR-100: 50,000 + 10,000 colour 32x32 images, 100 fine classes")
