@@ -9,6 +9,7 @@ import typing
 from typing import Any, Mapping
 
 from lipcli.errors import ConfigError
+from lipcli.references import Reference, resolved
 from lipcli.registry import Component
 from lipcli.suggestions import did_you_mean
 
@@ -48,7 +49,7 @@ def option_kinds(component: Component) -> dict[str, tuple[type, ...]]:
     must have, from the factory's annotations (an unannotated option: a number where its default is one, else
     its default's type); options of other or unresolvable types are absent (not checked). The factory's
     signature is the one description of its options, for any plugin."""
-    factory = component.factory
+    factory = resolved(component.factory)
     try:
         parameters = inspect.signature(factory).parameters
     except (TypeError, ValueError):
@@ -123,10 +124,17 @@ LIPCLI_ARGUMENTS = frozenset({"info", "data_dir", "download", "batchnorm_affine"
 
 
 def option_defaults(component: Component) -> dict[str, Any]:
-    """The user options a factory accepts, with their defaults (``inspect.Parameter.empty`` when required)."""
+    """The user options a factory accepts, with their defaults (``inspect.Parameter.empty`` when required); a
+    factory given by reference is read from its source where possible, so listing options imports nothing."""
+    factory = component.factory
+    read = factory.source_defaults() if isinstance(factory, Reference) else None
+    if read is not None:
+        return {name: default for name, default in read.items() if name not in LIPCLI_ARGUMENTS}
     try:
-        parameters = inspect.signature(component.factory).parameters
+        parameters = inspect.signature(factory).parameters
     except (TypeError, ValueError):  # a builtin or C callable without a signature
+        return {}
+    except (ImportError, AttributeError):  # a reference to nothing: building it says so, listing goes on
         return {}
     return {
         name: p.default for name, p in parameters.items()

@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 hookspec = pluggy.HookspecMarker("lipcli")
 
 Register = Callable[..., None]
-"""``register(name, factory, description, **metadata)``: adds one component to a registry."""
+"""``register(name, factory, description, **metadata)``: adds one component to a registry. ``factory`` is a callable
+or a reference ``"package.module:attribute"`` to one, imported when the component is first built
+(:mod:`lipcli.references`)."""
 
 
 @hookspec

@@ -25,6 +25,7 @@ import pluggy
 
 from lipcli import hookspecs
 from lipcli.errors import UnknownNameError
+from lipcli.references import as_factory
 from lipcli.registry import Component, Registry
 from lipcli.suggestions import did_you_mean
 
@@ -72,9 +73,10 @@ class _Collector:
     def __init__(self) -> None:
         self.staged: list[dict[str, Any]] = []
 
-    def __call__(self, name: str, factory: Callable[..., Any], description: str = "", **metadata: Any) -> None:
+    def __call__(self, name: str, factory: Callable[..., Any] | str, description: str = "", **metadata: Any) -> None:
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"component name must be a non-empty string, got {name!r}")
+        factory = as_factory(factory)
         if not callable(factory):
             raise TypeError(f"factory for {name!r} is not callable")
         self.staged.append(

@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent / "lipcli"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("lipcli.errors", "lipcli.files", "lipcli.suggestions", "lipcli.layout", "lipcli.version", "lipcli.hookspecs",
-     "lipcli.distributed", "lipcli.device", "lipcli.precision", "lipcli.reporting", "lipcli.gradients",
+     "lipcli.references", "lipcli.distributed", "lipcli.device", "lipcli.precision", "lipcli.reporting",
+     "lipcli.gradients",
      "lipcli.checkpoint", "lipcli.results_folder", "lipcli.curves", "lipcli.figures", "lipcli.result_files"),
     ("lipcli.config",),
     ("lipcli.registry", "lipcli.components", "lipcli.plugin_host"),

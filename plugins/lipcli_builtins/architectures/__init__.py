@@ -12,25 +12,23 @@ from lipcli.api import Register, hookimpl
 @hookimpl
 def register_architectures(register: Register) -> None:
     """Register the built-in architectures (every BatchNorm without affine parameters by default, as in the paper)."""
-    from lipcli_builtins.architectures import allcnn, resnet, small
-
     register(
-        "allcnn", allcnn.build_allcnn,
+        "allcnn", "lipcli_builtins.architectures.allcnn:build_allcnn",
         "AllCNN-C (Springenberg et al.): 9 convolutions, 96/192 channels, BatchNorm after each",
     )
     register(
-        "resnet34", resnet.build_resnet34,
+        "resnet34", "lipcli_builtins.architectures.resnet:build_resnet34",
         "ResNet34 (CIFAR-style, 6n+4 layers, n=5): basic residual blocks, widths 16/32/64",
     )
     register(
-        "resnext34", resnet.build_resnext34,
+        "resnext34", "lipcli_builtins.architectures.resnet:build_resnext34",
         "ResNeXt34 2x32d: basic blocks whose grouped branches are averaged; cardinality=4 for CIFAR-100",
     )
     register(
-        "small-cnn", small.build_small_cnn,
+        "small-cnn", "lipcli_builtins.architectures.small:build_small_cnn",
         "Three-convolution CNN for quick CPU runs and tests",
     )
     register(
-        "mlp", small.build_mlp,
+        "mlp", "lipcli_builtins.architectures.small:build_mlp",
         "Fully connected network (Linear, BatchNorm, ReLU blocks) for quick CPU runs",
     )

@@ -12,22 +12,23 @@ from lipcli.api import Register, hookimpl
 @hookimpl
 def register_datasets(register: Register) -> None:
     """Register the built-in data sets; file-based ones read offline from ``data_dir`` or the cache folder."""
-    from lipcli_builtins.datasets import sources
-
-    register("cifar10", sources.cifar10, "CIFAR-10: 50,000 + 10,000 colour 32x32 images, 10 classes")
-    register("cifar100", sources.cifar100, "CIFAR-100: 50,000 + 10,000 colour 32x32 images, 100 fine classes")
-    register("mnist", sources.mnist, "MNIST: 60,000 + 10,000 grey 28x28 handwritten digits, 10 classes")
+    register("cifar10", "lipcli_builtins.datasets.sources:cifar10",
+        "CIFAR-10: 50,000 + 10,000 colour 32x32 images, 10 classes")
+    register("cifar100", "lipcli_builtins.datasets.sources:cifar100",
+        "CIFAR-100: 50,000 + 10,000 colour 32x32 images, 100 fine classes")
+    register("mnist", "lipcli_builtins.datasets.sources:mnist",
+        "MNIST: 60,000 + 10,000 grey 28x28 handwritten digits, 10 classes")
     register(
-        "fashion-mnist", sources.fashion_mnist,
+        "fashion-mnist", "lipcli_builtins.datasets.sources:fashion_mnist",
         "Fashion-MNIST: 60,000 + 10,000 grey 28x28 clothing images, 10 classes",
     )
     register(
-        "digits", sources.digits,
+        "digits", "lipcli_builtins.datasets.sources:digits",
         "scikit-learn's bundled 8x8 grey digits: 1,797 images, 10 classes, no files needed (CPU-quick)",
         files=False,
     )
     register(
-        "synthetic", sources.synthetic,
+        "synthetic", "lipcli_builtins.datasets.sources:synthetic",
         "Generated from a seed: one random prototype per class plus Gaussian noise (any size, for tests)",
         files=False,
     )

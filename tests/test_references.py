@@ -1,0 +1,111 @@
+"""Factories registered by reference ("module:attribute"): imported when built, listed without importing, and
+``lipcli --help``, ``list`` and ``plugins`` start without torch."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from lipcli.api import Register, hookimpl
+from lipcli.components import LIPCLI_ARGUMENTS, call_factory, option_defaults
+from lipcli.plugin_host import KINDS, PluginHost
+from lipcli.references import Reference
+from lipcli.registry import Component
+
+
+def imported_defaults(component: Component) -> dict[str, object]:
+    """What the factory's real signature says, imported: the reference for :func:`option_defaults`."""
+    parameters = inspect.signature(component.factory).parameters
+    return {name: p.default for name, p in parameters.items() if name not in LIPCLI_ARGUMENTS
+            and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_builtins_are_references_whose_source_reading_equals_their_signature(host: PluginHost, kind: str) -> None:
+    for component in host.registry(kind):
+        if component.plugin.startswith("lipcli-") and not component.metadata.get("preset"):
+            assert isinstance(component.factory, Reference), component.name
+            assert component.factory.source_defaults() is not None, component.name  # listing imports nothing
+            assert option_defaults(component) == imported_defaults(component), component.name
+
+
+@pytest.mark.parametrize("command", [["--help"], ["list"], ["list", "attacks", "--json"], ["plugins"]])
+def test_help_list_and_plugins_do_not_import_torch(command: list[str]) -> None:
+    script = textwrap.dedent(f"""
+        import runpy, sys
+        sys.argv = ["lipcli", *{command!r}]
+        try:
+            runpy.run_module("lipcli", run_name="__main__")
+        except SystemExit as exit:
+            assert not exit.code, exit.code
+        print("TORCH IMPORTED" if "torch" in sys.modules else "no torch", file=sys.stderr)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.strip().endswith("no torch"), done.stderr[-2000:]
+
+
+def write_module(folder: Path, name: str, source: str) -> None:
+    (folder / f"{name}.py").write_text(textwrap.dedent(source))
+
+
+def test_a_reference_imports_its_module_only_when_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_module(tmp_path, "lazy_factories", """
+        import dataclasses
+        LOADED = True
+
+        def build(info, *, width: int = 8, scale: float = 8 / 255, name: str = "x", shift: int = -2):
+            return ("built", info, width, scale, name)
+
+        class Base:
+            def __init__(self, steps: int = 3) -> None:
+                self.steps = steps
+
+        class Child(Base):
+            pass
+
+        @dataclasses.dataclass
+        class Options:
+            depth: int = 2
+    """)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    build, child, options = (Reference(f"lazy_factories:{n}") for n in ("build", "Child", "Options"))
+    component = Component("net", build, "a network", "test")
+    assert option_defaults(component) == {"width": 8, "scale": 8 / 255, "name": "x", "shift": -2}
+    assert build.source_defaults() == {"info": inspect.Parameter.empty, "width": 8, "scale": 8 / 255, "name": "x",
+                                       "shift": -2}
+    assert child.source_defaults() == {"steps": 3}
+    assert "lazy_factories" not in sys.modules  # reading the source imported nothing
+    assert options.source_defaults() is None  # a dataclass: only its import says what it takes
+    assert call_factory(component, {"width": 4}, "model.options", info="I") == ("built", "I", 4, 8 / 255, "x")
+    assert "lazy_factories" in sys.modules
+    assert option_defaults(Component("o", options, "options", "test")) == {"depth": 2}  # by import
+    sys.modules.pop("lazy_factories")
+
+
+@pytest.mark.parametrize("text", ["no_colon", "module:", ":attr", "a b:c", "module:attr.sub"])
+def test_a_malformed_reference_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="package.module:attribute"):
+        Reference(text)
+
+
+class _Nowhere:
+    @hookimpl
+    def register_attacks(self, register: Register) -> None:
+        register("nowhere", "lipcli_no_such_module:Attack", "an attack that does not exist")
+
+
+def test_a_reference_to_nothing_lists_without_options_and_fails_when_built(host: PluginHost) -> None:
+    host.register(_Nowhere(), "nowhere-plugin")
+    try:
+        component = host.registry("attack").get("nowhere")
+        assert option_defaults(component) == {}  # one broken plugin does not break lipcli list
+        with pytest.raises(ModuleNotFoundError, match="lipcli_no_such_module"):
+            component.factory()
+    finally:
+        host.unregister("nowhere-plugin")
