@@ -121,3 +121,27 @@ def test_paper_recipe_trains_resnext34_with_j2_lip_tanh(run, tmp_path: Path) -> 
     for line in ("epochs = 200", "batch_size = 128", "lr_milestones = [60, 120, 180]", "cutout = 16",
                  'name = "j2-lip+tanh"', 'arch = "resnext34"'):
         assert line in written
+
+
+def _commands(command, path=()):  # type: ignore[no-untyped-def]
+    """(command path, Click command) of every command and group below ``command``, ``command`` first."""
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _commands(sub, (*path, name))
+
+
+def test_each_command_is_a_module_level_function(host: PluginHost) -> None:
+    """Every built-in command can be imported (and tested) alone: its callback is its module's attribute."""
+    import importlib
+    import inspect
+
+    import typer.main
+
+    for path, command in _commands(typer.main.get_command(build_app(host))):
+        if not path or command.callback is None:  # the app's own options; a group without a callback
+            continue
+        callback = inspect.unwrap(command.callback)  # Typer calls it through a wrapper
+        if not callback.__module__.startswith("lipcli."):  # a plugin's command
+            continue
+        assert "<locals>" not in callback.__qualname__, path
+        assert getattr(importlib.import_module(callback.__module__), callback.__name__) is callback, path

@@ -1,8 +1,9 @@
 """The ``lipcli`` Typer app: global options, error handling at the command boundary, plugin commands.
 
-Commands are thin: they parse options and call the engine, which never imports Typer. Domain errors
-(:class:`lipcli.errors.LipcliError`) become one red line on stderr and their exit code (1, or 2 for
-configuration and usage errors); ``--verbose`` adds the traceback.
+Commands are thin: each is a module-level function of a ``*_cmd`` module, registered by its ``add_to(app)``,
+that parses its options (the shared ones declared once, in :mod:`lipcli.cli.options`) and calls the engine,
+which never imports Typer. Domain errors (:class:`lipcli.errors.LipcliError`) become one red line on stderr
+and their exit code (1, or 2 for configuration and usage errors); ``--verbose`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -70,8 +71,23 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+VersionFlag = Annotated[
+    Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+]
+
+
+def main_options(
+    ctx: typer.Context,
+    version: VersionFlag = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks of errors.")] = False,
+) -> None:
+    """The options given before the command name."""
+    ctx.meta[VERBOSE_KEY] = verbose
+
+
 def build_app(host: PluginHost | None = None) -> typer.Typer:
-    """The app with the built-in commands and every plugin's ``register_commands``."""
+    """The app with the built-in commands and every plugin's ``register_commands``; every command finds
+    ``host`` as ``ctx.obj``."""
     host = host or get_host()
     app = typer.Typer(
         name="lipcli",
@@ -80,20 +96,9 @@ def build_app(host: PluginHost | None = None) -> typer.Typer:
         no_args_is_help=True,
         pretty_exceptions_enable=False,
         add_completion=False,
+        context_settings={"obj": host},
     )
-
-    @app.callback()
-    def main_options(
-        ctx: typer.Context,
-        version: Annotated[
-            Optional[bool],
-            typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit."),
-        ] = None,
-        verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks of errors.")] = False,
-    ) -> None:
-        ctx.meta[VERBOSE_KEY] = verbose
-        ctx.obj = host
-
+    app.callback()(main_options)
     plugins_cmd.add_to(app)
     config_cmd.add_to(app)
     train_cmd.add_to(app)
