@@ -130,6 +130,20 @@ def _commands(command, path=()):  # type: ignore[no-untyped-def]
         yield from _commands(sub, (*path, name))
 
 
+def test_every_help_shows_flags_without_a_value(host: PluginHost) -> None:
+    """A flag is given bare (``--quiet``, not ``--quiet true``): no help shows a flag a <bool> or BOOLEAN value."""
+    import typer.main
+
+    app = build_app(host)
+    paths = [path for path, _ in _commands(typer.main.get_command(app))]
+    assert {("curve",), ("stats",), ("run",), ("report",), ("plugins", "check"), ("config", "show")} <= set(paths)
+    for path in paths:
+        result = CliRunner().invoke(app, [*path, "--help"])
+        assert result.exit_code == 0, (path, result.output)
+        assert "--help" in result.output and "<bool>" not in result.output, (path, result.output)
+        assert "BOOLEAN" not in result.output.upper(), (path, result.output)
+
+
 def test_each_command_is_a_module_level_function(host: PluginHost) -> None:
     """Every built-in command can be imported (and tested) alone: its callback is its module's attribute."""
     import importlib

@@ -13,10 +13,11 @@ import sys
 from typing import Annotated, Any, Optional
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 import lipcli
 from lipcli.cli import config_cmd, console, experiment_cmd, lipschitz_cmd, plugins_cmd, robust_cmd, robustness_cmd, train_cmd
+from lipcli.cli.help import LipcliCommand, PlainFlags
 from lipcli.errors import LipcliError
 from lipcli.plugins import PluginHost, get_host
 
@@ -24,7 +25,7 @@ VERBOSE_KEY = "lipcli.verbose"
 _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
-class LipcliGroup(TyperGroup):
+class LipcliGroup(PlainFlags, TyperGroup):
     """Turns domain errors raised anywhere below into a one-line message and an exit code; usage errors too
     (Click's own are a framed block): the message, then the help hint on a second line."""
 
@@ -107,7 +108,18 @@ def build_app(host: PluginHost | None = None) -> typer.Typer:
     lipschitz_cmd.add_to(app)
     experiment_cmd.add_to(app)
     host.add_commands(app)
+    _plain_flags(app)
     return app
+
+
+def _plain_flags(app: typer.Typer) -> None:
+    """Every command, plugins' included, shows its flags without a ``<bool>`` value (see :class:`PlainFlags`)."""
+    for info in app.registered_commands:
+        if info.cls in (None, TyperCommand):  # Typer's default; a class of the command's own is kept
+            info.cls = LipcliCommand
+    for group in app.registered_groups:
+        if group.typer_instance is not None:
+            _plain_flags(group.typer_instance)
 
 
 def main() -> None:

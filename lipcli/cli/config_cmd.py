@@ -7,6 +7,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from lipcli.cli import console
+from lipcli.cli.help import CommandGroup
 from lipcli.cli.options import ConfigFile, Json, Recipe, SetOverrides
 
 
@@ -45,7 +46,7 @@ def recipes(as_json: Json = False) -> None:
 
 
 def add_to(app: typer.Typer) -> None:
-    group = typer.Typer(help="Inspect experiment configurations.", no_args_is_help=True)
+    group = typer.Typer(cls=CommandGroup, help="Inspect experiment configurations.", no_args_is_help=True)
     group.command("show")(show)
     group.command("recipes")(recipes)
     app.add_typer(group, name="config")

@@ -2,7 +2,8 @@
 an option has one spelling, one help text and one meaning in every command that takes it.
 
 ``--out`` of a command that writes results says what the folder holds, so it is made by
-:func:`out_folder`; ``--eps`` of the evaluation commands by :func:`eps_option`.
+:func:`out_folder`; ``--eps`` of the evaluation commands by :func:`eps_option`. Flags are plain flags (``--quiet``, never ``--quiet true``), shown so in help by
+:class:`lipcli.cli.help.PlainFlags`.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from lipcli.cli import console
+from lipcli.cli.help import CommandGroup
 from lipcli.cli.options import Json
 from lipcli.components import option_defaults
 from lipcli.errors import LipcliError, UnknownNameError
@@ -127,7 +128,7 @@ def list_components(
 
 
 def add_to(app: typer.Typer) -> None:
-    plugins_app = typer.Typer(invoke_without_command=True)
+    plugins_app = typer.Typer(cls=CommandGroup, invoke_without_command=True)
     plugins_app.callback()(plugins)
     plugins_app.command("check")(check)
     app.add_typer(plugins_app, name="plugins")
