@@ -144,6 +144,11 @@ def test_every_help_shows_flags_without_a_value(host: PluginHost) -> None:
         assert "BOOLEAN" not in result.output.upper(), (path, result.output)
 
 
+def test_shell_completion_is_offered(run) -> None:  # type: ignore[no-untyped-def]
+    result = run("--help")
+    assert "--install-completion" in result.output and "--show-completion" in result.output
+
+
 def test_each_command_is_a_module_level_function(host: PluginHost) -> None:
     """Every built-in command can be imported (and tested) alone: its callback is its module's attribute."""
     import importlib
@@ -159,3 +164,15 @@ def test_each_command_is_a_module_level_function(host: PluginHost) -> None:
             continue
         assert "<locals>" not in callback.__qualname__, path
         assert getattr(importlib.import_module(callback.__module__), callback.__name__) is callback, path
+
+
+def test_verbose_is_taken_after_the_command_too(run, checkpoint: Path,  # type: ignore[no-untyped-def]
+                                                tmp_path: Path) -> None:
+    result = run("curve", checkpoint, "-a", "no-such-attack", "--out", tmp_path / "c", "-v")
+    assert result.exit_code == 2 and "Traceback" in result.output and "no-such-attack" in result.output
+    result = run("curve", checkpoint, "-a", "no-such-attack", "--out", tmp_path / "c")
+    assert "no-such-attack" in one_line_error(result)  # without -v: one line
+    result = run("train", "--arch", "nope", "--out", tmp_path / "r", "--quiet", "--verbose")
+    assert result.exit_code == 2 and "Traceback" in result.output
+    result = run("config", "show", "--set", "training.lr=-1", "-v")
+    assert result.exit_code == 2 and "Traceback" in result.output

@@ -3,7 +3,8 @@
 Commands are thin: each is a module-level function of a ``*_cmd`` module, registered by its ``add_to(app)``,
 that parses its options (the shared ones declared once, in :mod:`lipcli.cli.options`) and calls the engine,
 which never imports Typer. Domain errors (:class:`lipcli.errors.LipcliError`) become one red line on stderr
-and their exit code (1, or 2 for configuration and usage errors); ``--verbose`` adds the traceback.
+and their exit code (1, or 2 for configuration and usage errors); ``-v/--verbose``, before or after the
+command name, adds the traceback.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from typer.core import TyperCommand, TyperGroup
 import lipcli
 from lipcli.cli import config_cmd, console, experiment_cmd, lipschitz_cmd, plugins_cmd, robust_cmd, robustness_cmd, train_cmd
 from lipcli.cli.help import LipcliCommand, PlainFlags
+from lipcli.cli.options import VERBOSE_KEY, Verbose
 from lipcli.errors import LipcliError
 from lipcli.plugins import PluginHost, get_host
 
-VERBOSE_KEY = "lipcli.verbose"
 _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
@@ -77,13 +78,8 @@ VersionFlag = Annotated[
 ]
 
 
-def main_options(
-    ctx: typer.Context,
-    version: VersionFlag = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks of errors.")] = False,
-) -> None:
-    """The options given before the command name."""
-    ctx.meta[VERBOSE_KEY] = verbose
+def main_options(version: VersionFlag = None, verbose: Verbose = False) -> None:
+    """The options given before the command name (their callbacks act on them); -v also works after it."""
 
 
 def build_app(host: PluginHost | None = None) -> typer.Typer:
@@ -96,7 +92,6 @@ def build_app(host: PluginHost | None = None) -> typer.Typer:
         help="Train and measure adversarially robust image classifiers (Lipschitz regularisation of the loss).",
         no_args_is_help=True,
         pretty_exceptions_enable=False,
-        add_completion=False,
         context_settings={"obj": host},
     )
     app.callback()(main_options)

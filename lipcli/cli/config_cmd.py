@@ -8,7 +8,7 @@ from rich.table import Table
 
 from lipcli.cli import console
 from lipcli.cli.help import CommandGroup
-from lipcli.cli.options import ConfigFile, Json, Recipe, SetOverrides
+from lipcli.cli.options import ConfigFile, Json, Recipe, SetOverrides, Verbose
 
 
 def show(
@@ -16,6 +16,7 @@ def show(
     recipe: Recipe = None,
     overrides: SetOverrides = None,
     as_json: Json = False,
+    verbose: Verbose = False,
 ) -> None:
     """Print the resolved configuration: defaults < recipe < --config file < --set overrides."""
     from lipcli.config import dumps, resolve
@@ -29,7 +30,7 @@ def show(
         typer.echo(dumps(resolved.to_dict()), nl=False)
 
 
-def recipes(as_json: Json = False) -> None:
+def recipes(as_json: Json = False, verbose: Verbose = False) -> None:
     """List the training recipes (use with --recipe or `recipe = "..."` in an experiment file)."""
     from lipcli.config.recipes import describe, recipe_names
 

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from lipcli.cli import console
-from lipcli.cli.options import Device, Json, Quiet, out_folder
+from lipcli.cli.options import Device, Json, Quiet, Verbose, out_folder
 from lipcli.cli.progress import RichReporter
 
 Experiment = Annotated[
@@ -46,6 +46,7 @@ def run(
     device: Device = "auto",
     quiet: Quiet = False,
     as_json: Json = False,
+    verbose: Verbose = False,
 ) -> None:
     """Train and evaluate every run of an experiment grid; finished runs are skipped, interrupted ones resume.
 
@@ -97,6 +98,7 @@ def report(
     folders: Folders,
     out: ReportOut = None,
     as_json: Json = False,
+    verbose: Verbose = False,
 ) -> None:
     """The paper's tables per data set (robustness: Tables 1/3/5; stability: Tables 4/6), best values
     marked, as a rich table, Markdown, CSV and LaTeX, and the models' error curves on one plot per norm."""

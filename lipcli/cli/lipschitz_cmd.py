@@ -18,6 +18,7 @@ from lipcli.cli.options import (
     Limit,
     Overwrite,
     Quiet,
+    Verbose,
     out_folder,
     parse_eps_option,
 )
@@ -99,6 +100,7 @@ def stats(
     overwrite: Overwrite = False,
     quiet: Quiet = False,
     as_json: Json = False,
+    verbose: Verbose = False,
 ) -> None:
     """Gradient and Jacobian norms over the test set, the Eq. (6) bound beside them, certified radii.
 
@@ -138,6 +140,7 @@ def data_lipschitz(
     overwrite: Overwrite = False,
     quiet: Quiet = False,
     as_json: Json = False,
+    verbose: Verbose = False,
 ) -> None:
     """Lip_{2,inf} of a data set (1 / the smallest l2 distance between images of different classes), exact.
 

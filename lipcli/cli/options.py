@@ -13,6 +13,16 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+VERBOSE_KEY = "lipcli.verbose"
+"""``ctx.meta`` key: set by ``-v/--verbose`` before or after the command name, read where errors are shown."""
+
+
+def _verbose(ctx: typer.Context, value: bool) -> None:
+    if value:  # only ever set: ``lipcli -v curve`` stays verbose although curve's own -v is absent
+        ctx.meta[VERBOSE_KEY] = True
+
+
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", callback=_verbose, help="Show tracebacks of errors.")]
 ConfigFile = Annotated[
     Optional[Path],
     typer.Option("--config", "-c", help="TOML experiment file.", show_default=False, dir_okay=False),

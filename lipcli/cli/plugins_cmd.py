@@ -10,7 +10,7 @@ from rich.table import Table
 
 from lipcli.cli import console
 from lipcli.cli.help import CommandGroup
-from lipcli.cli.options import Json
+from lipcli.cli.options import Json, Verbose
 from lipcli.components import option_defaults
 from lipcli.errors import LipcliError, UnknownNameError
 from lipcli.plugins import KINDS, PluginHost
@@ -41,7 +41,7 @@ def _default(value: Any) -> Any:
     return "required" if value is inspect.Parameter.empty else value
 
 
-def plugins(ctx: typer.Context, as_json: Json = False) -> None:
+def plugins(ctx: typer.Context, as_json: Json = False, verbose: Verbose = False) -> None:
     """List plugins with their version, hooks and load status (lipcli plugins check: test them)."""
     if ctx.invoked_subcommand is not None:
         return
@@ -64,6 +64,7 @@ def check(
     plugin: PluginName = None,
     kind: KindOption = None,
     as_json: Json = False,
+    verbose: Verbose = False,
 ) -> None:
     """Check every registered component against lipcli's contract (the one its own plugins pass).
 
@@ -103,6 +104,7 @@ def list_components(
     kind: Kind = None,
     pattern: Pattern = None,
     as_json: Json = False,
+    verbose: Verbose = False,
 ) -> None:
     """List registered components by kind, with their descriptions and the plugin that added them."""
     host: PluginHost = ctx.obj

@@ -23,6 +23,7 @@ from lipcli.cli.options import (
     Overwrite,
     Quiet,
     Seed,
+    Verbose,
     attack_options,
     eps_option,
     out_folder,
@@ -90,6 +91,7 @@ def robust(
     overwrite: Overwrite = False,
     quiet: Quiet = False,
     as_json: Json = False,
+    verbose: Verbose = False,
 ) -> None:
     """Robust accuracy at fixed eps, as RobustBench reports it: an image is robust only if every attack of
     the ensemble (run in sequence on the images still robust) fails within eps.

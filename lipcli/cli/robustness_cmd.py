@@ -24,6 +24,7 @@ from lipcli.cli.options import (
     Overwrite,
     Quiet,
     Seed,
+    Verbose,
     attack_options,
     eps_option,
     out_folder,
@@ -104,6 +105,7 @@ def curve(
     overwrite: Overwrite = False,
     quiet: Quiet = False,
     as_json: Json = False,
+    verbose: Verbose = False,
 ) -> None:
     """Error curves: per test image the smallest adversarial distance found, and % error against distance.
 
@@ -154,6 +156,7 @@ def attack(
     overwrite: Overwrite = False,
     quiet: Quiet = False,
     as_json: Json = False,
+    verbose: Verbose = False,
 ) -> None:
     """Compare attacks on one model: a curve per attack, each attack's time and queries, the strongest.
 

@@ -18,6 +18,7 @@ from lipcli.cli.options import (
     Quiet,
     Recipe,
     SetOverrides,
+    Verbose,
 )
 from lipcli.cli.progress import RichReporter
 
@@ -68,6 +69,7 @@ def train(
     resume: Resume = None,
     quiet: Quiet = False,
     as_json: Json = False,
+    verbose: Verbose = False,
 ) -> None:
     """Train a classifier; writes config.toml, metrics.jsonl, last.pt and best.pt (lowest validation error)
     into the run folder."""
