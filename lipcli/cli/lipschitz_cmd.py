@@ -19,13 +19,22 @@ from lipcli.cli.options import (
     Overwrite,
     Quiet,
     Verbose,
+    deprecated,
+    eps_option,
     out_folder,
     parse_eps_option,
 )
 from lipcli.cli.progress import RichReporter
 
-EpsL2 = Annotated[Optional[str], typer.Option("--eps-l2", help="l2 attack sizes for Lemma 2.2, e.g. 0.1,1.5.")]
-EpsLinf = Annotated[Optional[str], typer.Option("--eps-linf", help="l-inf attack sizes, e.g. 8/255.")]
+NORMS = ("l2", "linf")
+
+StatsEps = Annotated[
+    Optional[list[str]],
+    eps_option("Attack sizes for Lemma 2.2, per norm: NORM=SIZES, e.g. --eps l2=0.1,1.5 --eps linf=4/255,8/255 "
+               "(repeatable; default l2=0.1,1.5 and linf=8/255)."),
+]
+OldEpsL2 = Annotated[Optional[str], typer.Option("--eps-l2", hidden=True, help="Deprecated: --eps l2=SIZES.")]
+OldEpsLinf = Annotated[Optional[str], typer.Option("--eps-linf", hidden=True, help="Deprecated: --eps linf=SIZES.")]
 StatsOut = Annotated[
     Optional[Path],
     out_folder("Folder for stats.json and stats.csv (default: stats/ beside the checkpoint; for several "
@@ -45,10 +54,33 @@ CurveLimit = Annotated[
 Curve = Annotated[bool, typer.Option("--curve/--no-curve", help="Also the nearest-neighbour curve.")]
 
 
-def _eps(text: str | None, norm: str, flag: str) -> list[tuple[str, float]]:
+def stats_eps(
+    items: list[str] | None, eps_l2: str | None = None, eps_linf: str | None = None
+) -> dict[str, list[tuple[str, float]]]:
+    """``--eps NORM=SIZES`` items (and the deprecated ``--eps-l2``/``--eps-linf``) as sizes per norm; a norm
+    not given has its default sizes."""
     from lipcli.evaluation.curves import DEFAULT_EPS
 
-    return parse_eps_option(text if text is not None else ",".join(DEFAULT_EPS[norm]), flag)
+    given: dict[str, str] = {}
+    for item in items or []:
+        norm, sep, sizes = item.partition("=")
+        norm = norm.strip().lower()
+        if not sep or norm not in NORMS:
+            raise typer.BadParameter(f"{item!r}: expected NORM=SIZES with NORM l2 or linf, e.g. l2=0.1,1.5 "
+                                     f"(lipcli stats reports both norms)", param_hint="--eps")
+        if norm in given:
+            raise typer.BadParameter(f"{norm} is given twice", param_hint="--eps")
+        given[norm] = sizes
+    for norm, old in (("l2", eps_l2), ("linf", eps_linf)):
+        if old is None:
+            continue
+        deprecated(f"--eps-{norm}", f"--eps {norm}={old}")
+        if norm in given:
+            raise typer.BadParameter(f"--eps {norm}=... and --eps-{norm}: give one", param_hint="--eps")
+        given[norm] = old
+    return {
+        norm: parse_eps_option(given.get(norm, ",".join(DEFAULT_EPS[norm])), norm) for norm in NORMS
+    }
 
 
 def _g(value: float | None) -> str:
@@ -95,8 +127,9 @@ def stats(
     out: StatsOut = None,
     data_dir: DataDir = None,
     device: Device = "auto",
-    eps_l2: EpsL2 = None,
-    eps_linf: EpsLinf = None,
+    eps: StatsEps = None,
+    eps_l2: OldEpsL2 = None,
+    eps_linf: OldEpsLinf = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
     as_json: Json = False,
@@ -110,7 +143,7 @@ def stats(
     from lipcli.device import select_device
     from lipcli.lipschitz.measure import measure_checkpoints
 
-    sizes = {"l2": _eps(eps_l2, "l2", "--eps-l2"), "linf": _eps(eps_linf, "linf", "--eps-linf")}
+    sizes = stats_eps(eps, eps_l2, eps_linf)
     out = out or (checkpoints[0].parent / "stats" if len(checkpoints) == 1 else Path("stats"))
     with RichReporter(quiet=quiet) as reporter:
         measured = measure_checkpoints(

@@ -2,7 +2,8 @@
 an option has one spelling, one help text and one meaning in every command that takes it.
 
 ``--out`` of a command that writes results says what the folder holds, so it is made by
-:func:`out_folder`; ``--eps`` of the evaluation commands by :func:`eps_option`. Flags are plain flags (``--quiet``, never ``--quiet true``), shown so in help by
+:func:`out_folder`; ``--eps`` takes one value in some commands and a value per norm in others, so it is made
+by :func:`eps_option`. Flags are plain flags (``--quiet``, never ``--quiet true``), shown so in help by
 :class:`lipcli.cli.help.PlainFlags`.
 """
 
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+
+from lipcli.cli import console
 
 VERBOSE_KEY = "lipcli.verbose"
 """``ctx.meta`` key: set by ``-v/--verbose`` before or after the command name, read where errors are shown."""
@@ -109,11 +112,17 @@ def attack_options(items: list[str] | None) -> dict[str, dict[str, Any]]:
     return options
 
 
-def parse_eps_option(text: str, flag: str = "--eps") -> list[tuple[str, float]]:
-    """``0.1,1.5`` or ``8/255`` as (text, value) pairs; a bad value is a usage error naming ``flag``."""
+def parse_eps_option(text: str, norm: str | None = None) -> list[tuple[str, float]]:
+    """``0.1,1.5`` or ``8/255`` as (text, value) pairs; a bad value is a usage error of ``--eps`` (naming the
+    ``norm`` whose sizes they are, where ``--eps`` takes sizes per norm)."""
     from lipcli.evaluation.curves import parse_eps
 
     try:
         return parse_eps(text)
     except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint=flag) from None
+        raise typer.BadParameter(f"{norm}: {exc}" if norm else str(exc), param_hint="--eps") from None
+
+
+def deprecated(old: str, new: str) -> None:
+    """The one-line note of a deprecated option spelling that still works."""
+    console.warn(f"{old} is deprecated and will be removed; use {new}")
