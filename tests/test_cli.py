@@ -121,3 +121,58 @@ def test_paper_recipe_trains_resnext34_with_j2_lip_tanh(run, tmp_path: Path) -> 
     for line in ("epochs = 200", "batch_size = 128", "lr_milestones = [60, 120, 180]", "cutout = 16",
                  'name = "j2-lip+tanh"', 'arch = "resnext34"'):
         assert line in written
+
+
+def _commands(command, path=()):  # type: ignore[no-untyped-def]
+    """(command path, Click command) of every command and group below ``command``, ``command`` first."""
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _commands(sub, (*path, name))
+
+
+def test_every_help_shows_flags_without_a_value(host: PluginHost) -> None:
+    """A flag is given bare (``--quiet``, not ``--quiet true``): no help shows a flag a <bool> or BOOLEAN value."""
+    import typer.main
+
+    app = build_app(host)
+    paths = [path for path, _ in _commands(typer.main.get_command(app))]
+    assert {("curve",), ("stats",), ("run",), ("report",), ("plugins", "check"), ("config", "show")} <= set(paths)
+    for path in paths:
+        result = CliRunner().invoke(app, [*path, "--help"])
+        assert result.exit_code == 0, (path, result.output)
+        assert "--help" in result.output and "<bool>" not in result.output, (path, result.output)
+        assert "BOOLEAN" not in result.output.upper(), (path, result.output)
+
+
+def test_shell_completion_is_offered(run) -> None:  # type: ignore[no-untyped-def]
+    result = run("--help")
+    assert "--install-completion" in result.output and "--show-completion" in result.output
+
+
+def test_each_command_is_a_module_level_function(host: PluginHost) -> None:
+    """Every built-in command can be imported (and tested) alone: its callback is its module's attribute."""
+    import importlib
+    import inspect
+
+    import typer.main
+
+    for path, command in _commands(typer.main.get_command(build_app(host))):
+        if not path or command.callback is None:  # the app's own options; a group without a callback
+            continue
+        callback = inspect.unwrap(command.callback)  # Typer calls it through a wrapper
+        if not callback.__module__.startswith("lipcli."):  # a plugin's command
+            continue
+        assert "<locals>" not in callback.__qualname__, path
+        assert getattr(importlib.import_module(callback.__module__), callback.__name__) is callback, path
+
+
+def test_verbose_is_taken_after_the_command_too(run, checkpoint: Path,  # type: ignore[no-untyped-def]
+                                                tmp_path: Path) -> None:
+    result = run("curve", checkpoint, "-a", "no-such-attack", "--out", tmp_path / "c", "-v")
+    assert result.exit_code == 2 and "Traceback" in result.output and "no-such-attack" in result.output
+    result = run("curve", checkpoint, "-a", "no-such-attack", "--out", tmp_path / "c")
+    assert "no-such-attack" in one_line_error(result)  # without -v: one line
+    result = run("train", "--arch", "nope", "--out", tmp_path / "r", "--quiet", "--verbose")
+    assert result.exit_code == 2 and "Traceback" in result.output
+    result = run("config", "show", "--set", "training.lr=-1", "-v")
+    assert result.exit_code == 2 and "Traceback" in result.output

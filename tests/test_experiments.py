@@ -182,6 +182,34 @@ def test_run_command_dry_run_and_exit_code_on_failure(run: Callable[..., Any], t
     assert "1 complete, 1 failed" in result.stdout and "width" in result.stdout
 
 
+def test_run_set_overrides_every_run(run: Callable[..., Any], tmp_path: Path) -> None:
+    """``lipcli run --set`` is the top layer of every run's configuration, as in ``lipcli train``."""
+    path = experiment(tmp_path, '[grid]\n"training.lr" = [0.05, 0.1]\n', "[evaluate]\nnorms = []\nstats = false\n")
+    runs = tmp_path / "runs"
+    result = run("run", path, "--out", runs, "--set", "training.max_steps=2", "--set", "training.seed=3",
+                 "--quiet", "--json")
+    assert result.exit_code == 0, result.output
+    outcomes = json.loads(result.stdout)
+    assert [o["status"] for o in outcomes] == ["done", "done"]
+    folders = sorted(p for p in runs.iterdir() if p.is_dir())
+    assert [p.name for p in folders] == ["synthetic-small-cnn-j0-lr0.05-s3", "synthetic-small-cnn-j0-lr0.1-s3"]
+    for folder in folders:  # the overrides reached each run's config.toml, the grid's values kept
+        written = load_toml(folder / "config.toml")
+        assert written["training"]["max_steps"] == 2 and written["training"]["seed"] == 3
+        assert written["training"]["epochs"] == 2 and written["data"]["dataset"] == "synthetic"
+    assert sorted(load_toml(f / "config.toml")["training"]["lr"] for f in folders) == [0.05, 0.1]
+    result = run("run", path, "--out", runs, "--set", "training.max_steps=2", "--set", "training.seed=3",
+                 "--dry-run", "--json")
+    assert [r["needs"] for r in json.loads(result.stdout)] == [[], []]  # the same runs, found finished
+    result = run("run", path, "--out", runs, "--set", "training.lr=0.2", "--dry-run")
+    assert result.exit_code == 2 and "the grid varies training.lr" in result.output
+    result = run("run", path, "--out", runs, "--set", "output.dir=x", "--dry-run")
+    assert result.exit_code == 2 and "--out" in result.output
+    best = experiment(tmp_path, '[grid]\n"training.lr" = [0.05]\n', "[evaluate]\ncheckpoint = 'best'\n", name="best")
+    result = run("run", best, "--out", runs, "--set", "data.validation=0", "--dry-run")
+    assert result.exit_code == 2 and "'best' is chosen on held-out images" in result.output
+
+
 def fake_run(root: Path, dataset: str, defence: str, seed: int, l2: list[float] | None, linf: list[float] | None,
              stats: dict[str, float] | None) -> None:
     """A run folder as lipcli writes it, with chosen results and no training."""
@@ -266,7 +294,7 @@ def test_runs_differing_in_more_than_the_seed_are_separate_rows(tmp_path: Path) 
 
 def test_report_command(run: Callable[..., Any], tmp_path: Path) -> None:
     fake_run(tmp_path / "runs", "digits", "j0", 0, [0.0, 0.1], None, None)
-    result = run("report", tmp_path / "runs", "--json")
+    result = run("report", tmp_path / "runs", "--json", "--quiet")  # --quiet accepted, as by every command
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["digits"][0]["l2_median"] == 0.0
     assert (tmp_path / "runs" / "report" / "report.md").is_file()

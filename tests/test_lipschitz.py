@@ -230,7 +230,7 @@ def test_stats_command_writes_files_and_one_row_per_model(run: Callable[..., Any
                                                           tanh_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "s"
     result = run("stats", checkpoint, tanh_checkpoint, "--limit", "40", "--out", out, "--device", "cpu",
-                 "--eps-l2", "0.1,0.5")
+                 "--eps", "l2=0.1,0.5")
     assert result.exit_code == 0, result.output
     assert "digits-run" in result.stdout and "digits-tanh" in result.stdout and "max ‖∇ℓ‖₂" in result.stdout
     # each heading says which statistic over the images it is (rich may wrap them in the output)
@@ -248,8 +248,41 @@ def test_stats_command_writes_files_and_one_row_per_model(run: Callable[..., Any
     first = summary["lemma_2_2"]["l2"][0]
     assert first["expected_loss"] == pytest.approx(summary["loss"] + 0.1 * summary["grad_loss_l2"]["mean"])
     assert first["worst_case_loss_estimate"] == pytest.approx(summary["loss"] + 0.1 * summary["grad_loss_l2"]["max"])
-    result = run("stats", checkpoint, "--limit", "5", "--device", "cpu", "--eps-linf", "8/0")
-    assert result.exit_code == 2 and "--eps-linf" in result.output
+    result = run("stats", checkpoint, "--limit", "5", "--device", "cpu", "--eps", "linf=8/0")
+    assert result.exit_code == 2 and "--eps" in result.output and "linf" in result.output
+
+
+def test_stats_takes_the_deprecated_eps_l2_and_eps_linf_with_a_note(run: Callable[..., Any], checkpoint: Path,
+                                                                     tmp_path: Path) -> None:
+    """--eps-l2/--eps-linf (before --eps NORM=SIZES) still work, hidden, each with a one-line note on stderr."""
+    out = tmp_path / "s"
+    result = run("stats", checkpoint, "--limit", "5", "--out", out, "--device", "cpu", "--json",
+                 "--eps-l2", "0.1,0.5", "--eps-linf", "4/255")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)[0]
+    assert [p["eps"] for p in summary["lemma_2_2"]["l2"]] == ["0.1", "0.5"]
+    assert [p["eps"] for p in summary["lemma_2_2"]["linf"]] == ["4/255"]
+    notes = [line for line in result.stderr.splitlines() if "deprecated" in line]
+    assert notes == ["Warning: --eps-l2 is deprecated and will be removed; use --eps l2=0.1,0.5",
+                     "Warning: --eps-linf is deprecated and will be removed; use --eps linf=4/255"]
+    assert "--eps-l2" not in run("stats", "--help").output  # hidden
+    result = run("stats", checkpoint, "--eps", "l2=0.1", "--eps-l2", "0.2")
+    assert result.exit_code == 2 and "give one" in result.output
+
+
+@pytest.mark.parametrize(("items", "message"), [
+    (["0.1,1.5"], "expected NORM=SIZES"), (["l3=0.1"], "expected NORM=SIZES"), (["l2=0.1", "L2=0.2"], "twice"),
+    (["linf=8/0"], "linf: not a number"),
+])
+def test_stats_eps_is_given_per_norm(items: list[str], message: str) -> None:
+    import typer
+
+    from lipcli.cli.lipschitz_cmd import stats_eps
+
+    assert stats_eps(["L2=0.5", "linf=8/255"]) == {"l2": [("0.5", 0.5)], "linf": [("8/255", 8 / 255)]}
+    assert stats_eps(None) == {"l2": [("0.1", 0.1), ("1.5", 1.5)], "linf": [("8/255", 8 / 255)]}  # the defaults
+    with pytest.raises(typer.BadParameter, match=message):
+        stats_eps(items)
 
 
 def test_a_model_without_a_bound_still_gets_its_measured_statistics() -> None:

@@ -1,8 +1,10 @@
 """The ``lipcli`` Typer app: global options, error handling at the command boundary, plugin commands.
 
-Commands are thin: they parse options and call the engine, which never imports Typer. Domain errors
-(:class:`lipcli.errors.LipcliError`) become one red line on stderr and their exit code (1, or 2 for
-configuration and usage errors); ``--verbose`` adds the traceback.
+Commands are thin: each is a module-level function of a ``*_cmd`` module, registered by its ``add_to(app)``,
+that parses its options (the shared ones declared once, in :mod:`lipcli.cli.options`) and calls the engine,
+which never imports Typer. Domain errors (:class:`lipcli.errors.LipcliError`) become one red line on stderr
+and their exit code (1, or 2 for configuration and usage errors); ``-v/--verbose``, before or after the
+command name, adds the traceback.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 from typing import Annotated, Any, Optional
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from lipcli.cli import (
     config_cmd,
@@ -24,15 +26,16 @@ from lipcli.cli import (
     robustness_cmd,
     train_cmd,
 )
+from lipcli.cli.help import LipcliCommand, PlainFlags
+from lipcli.cli.options import VERBOSE_KEY, Verbose
 from lipcli.errors import LipcliError
 from lipcli.plugin_host import PluginHost, get_host
 from lipcli.version import VERSION
 
-VERBOSE_KEY = "lipcli.verbose"
 _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
-class LipcliGroup(TyperGroup):
+class LipcliGroup(PlainFlags, TyperGroup):
     """Turns domain errors raised anywhere below into a one-line message and an exit code; usage errors too
     (Click's own are a framed block): the message, then the help hint on a second line."""
 
@@ -79,8 +82,18 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+VersionFlag = Annotated[
+    Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+]
+
+
+def main_options(version: VersionFlag = None, verbose: Verbose = False) -> None:
+    """The options given before the command name (their callbacks act on them); -v also works after it."""
+
+
 def build_app(host: PluginHost | None = None) -> typer.Typer:
-    """The app with the built-in commands and every plugin's ``register_commands``."""
+    """The app with the built-in commands and every plugin's ``register_commands``; every command finds
+    ``host`` as ``ctx.obj``."""
     host = host or get_host()
     app = typer.Typer(
         name="lipcli",
@@ -88,21 +101,9 @@ def build_app(host: PluginHost | None = None) -> typer.Typer:
         help="Train and measure adversarially robust image classifiers (Lipschitz regularisation of the loss).",
         no_args_is_help=True,
         pretty_exceptions_enable=False,
-        add_completion=False,
+        context_settings={"obj": host},
     )
-
-    @app.callback()
-    def main_options(
-        ctx: typer.Context,
-        version: Annotated[
-            Optional[bool],
-            typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit."),
-        ] = None,
-        verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks of errors.")] = False,
-    ) -> None:
-        ctx.meta[VERBOSE_KEY] = verbose
-        ctx.obj = host
-
+    app.callback()(main_options)
     plugins_cmd.add_to(app)
     config_cmd.add_to(app)
     train_cmd.add_to(app)
@@ -111,7 +112,18 @@ def build_app(host: PluginHost | None = None) -> typer.Typer:
     lipschitz_cmd.add_to(app)
     experiment_cmd.add_to(app)
     host.add_commands(app)
+    _plain_flags(app)
     return app
+
+
+def _plain_flags(app: typer.Typer) -> None:
+    """Every command, plugins' included, shows its flags without a ``<bool>`` value (see :class:`PlainFlags`)."""
+    for info in app.registered_commands:
+        if info.cls in (None, TyperCommand):  # Typer's default; a class of the command's own is kept
+            info.cls = LipcliCommand
+    for group in app.registered_groups:
+        if group.typer_instance is not None:
+            _plain_flags(group.typer_instance)
 
 
 def main() -> None:

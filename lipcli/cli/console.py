@@ -1,4 +1,5 @@
-"""The two output streams: results on stdout, everything else (progress, warnings, errors) on stderr."""
+"""The two output streams: results on stdout, everything else (progress, warnings, errors) on stderr; and how
+numbers are shown in the commands' tables."""
 
 from __future__ import annotations
 
@@ -33,6 +34,16 @@ def warn(message: str) -> None:
     if out.quiet:  # the processes other than rank 0 under torchrun: rank 0 says it once
         return
     err.print(f"[yellow]Warning:[/] {escape(message)}", highlight=False)
+
+
+def percent(value: float) -> str:
+    """A fraction as a percentage with two decimals: ``0.1234`` is ``12.34``."""
+    return f"{100 * value:.2f}"
+
+
+def distance(value: float | None) -> str:
+    """A distance with four significant digits; ``None`` (no adversarial found) is ``inf``."""
+    return "inf" if value is None else f"{value:.4g}"
 
 
 def _show_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:

@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
 
 from lipcli.cli import console
-from lipcli.cli.options import Device, Json, Quiet
+from lipcli.cli.options import Device, Json, Quiet, SetOverrides, Verbose, out_folder
 from lipcli.cli.progress import RichReporter
+
+if TYPE_CHECKING:
+    from lipcli.experiments.grid import Grid
+
+Experiment = Annotated[
+    Path, typer.Argument(help="Experiment file with \\[grid] and \\[evaluate] tables.", exists=True, dir_okay=False)
+]
+RunsOut = Annotated[Optional[Path], out_folder("Folder of the runs (default: runs/<file name>).")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="List the runs and what each still needs.")]
+Folders = Annotated[
+    list[Path], typer.Argument(help="Folders holding run folders (searched recursively).", exists=True, file_okay=False)
+]
+ReportOut = Annotated[
+    Optional[Path],
+    out_folder("Folder for report.md/.csv/.tex and the figures (default: report/ in the folder given, or here "
+               "for several)."),
+]
 
 
 def _conflict(run: object) -> str | None:
@@ -24,102 +41,129 @@ def _conflict(run: object) -> str | None:
         return f"unreadable: {exc}"
 
 
+def apply_overrides(grid: Grid, overrides: list[str], out: Path | None) -> None:
+    """``--set KEY=VALUE`` on every run of ``grid``, the top layer as in ``lipcli train``: each run is resolved
+    again from the file, its grid values, then the overrides (a ``recipe`` given so goes below the file, as
+    in train), and its folder named again. A key the grid varies, or ``output.dir``, cannot be set."""
+    from lipcli.config.loader import load_toml, parse_override, resolve_layers
+    from lipcli.errors import ConfigError
+    from lipcli.experiments.grid import run_name
+
+    layers = [(f"--set {text}", *parse_override(text)) for text in overrides]
+    varied = {key for run in grid.runs for key in run.settings}
+    for _, key, _ in layers:
+        if key == "output.dir":
+            raise ConfigError("--set output.dir: a grid gives each run its own folder; use --out for their parent")
+        for axis in sorted(varied):
+            if key == axis or key.startswith(f"{axis}.") or axis.startswith(f"{key}."):
+                raise ConfigError(f"--set {key}: the grid varies {axis}; change its values in {grid.path}")
+    file_data = {k: v for k, v in load_toml(grid.path).items() if k not in ("grid", "evaluate")}
+    for run in grid.runs:
+        values = [(f"{grid.path}: grid {key} = {value!r}", key, value) for key, value in run.settings.items()]
+        config = resolve_layers(file_data, str(grid.path), values + layers)
+        if grid.evaluation.checkpoint == "best" and config.data.validation == 0:
+            raise ConfigError(f"--set: evaluate.checkpoint 'best' is chosen on held-out images, and run {run.name} "
+                              f"would hold none (data.validation = 0)")
+        run.name = run_name(config, run.settings)
+        config.output.dir = str((out or Path(config.output.root) / grid.path.stem) / run.name)
+        run.config = config
+
+
+def run(
+    ctx: typer.Context,
+    experiment: Experiment,
+    out: RunsOut = None,
+    overrides: SetOverrides = None,
+    dry_run: DryRun = False,
+    device: Device = "auto",
+    quiet: Quiet = False,
+    as_json: Json = False,
+    verbose: Verbose = False,
+) -> None:
+    """Train and evaluate every run of an experiment grid; finished runs are skipped, interrupted ones resume.
+
+    Each run (a combination of the \\[grid] values) is trained, then measured as \\[evaluate] says: error
+    curves per norm (curve-<norm>/) and Lipschitz statistics (stats/). --set changes every run's
+    configuration (not a key the grid varies). A failed run is reported and the others go on; the exit code
+    is then 1.
+    """
+    from lipcli.device import select_device
+    from lipcli.experiments.grid import load_grid
+    from lipcli.experiments.grid_runner import check_components, pending_stages, run_grid
+
+    grid = load_grid(experiment, out)
+    if overrides:
+        apply_overrides(grid, overrides, out)
+    check_components(grid, ctx.obj)
+    if dry_run:
+        rows = [{"run": r.name, "folder": r.config.output.dir, "needs": pending_stages(r, grid.evaluation),
+                 "conflict": _conflict(r), "settings": r.settings} for r in grid.runs]
+        if as_json:
+            console.print_json(rows)
+            return
+        table = Table(title=f"{experiment}: {len(rows)} runs", title_justify="left")
+        for column in ("#", "run", "needs", "settings"):
+            table.add_column(column)
+        for number, row in enumerate(rows, start=1):
+            settings = ", ".join(f"{k}={v}" for k, v in row["settings"].items())
+            needs = row["conflict"] or ", ".join(row["needs"]) or "complete"
+            table.add_row(str(number), row["run"], needs, settings)
+        console.out.print(table)
+        return
+    select_device(device, "--device")
+    with RichReporter(quiet=quiet) as reporter:
+        outcomes = run_grid(grid, device=device, host=ctx.obj, reporter=reporter)
+    failed = [o for o in outcomes if o.status == "failed"]
+    if as_json:
+        console.print_json([{"run": o.run.name, "folder": o.run.config.output.dir, "status": o.status,
+                             "stages": o.stages, "seconds": o.seconds, "message": o.message} for o in outcomes])
+    else:
+        table = Table(title=f"{experiment}: {len(outcomes) - len(failed)} complete, {len(failed)} failed",
+                      title_justify="left")
+        for column in ("run", "status", "ran", "seconds", "message"):
+            table.add_column(column, justify="right" if column == "seconds" else "left")
+        for o in outcomes:
+            table.add_row(o.run.name, o.status, ", ".join(o.stages) or "-", f"{o.seconds:.1f}", o.message)
+        console.out.print(table)
+    if failed:
+        raise typer.Exit(1)
+
+
+def report(
+    folders: Folders,
+    out: ReportOut = None,
+    quiet: Quiet = False,
+    as_json: Json = False,
+    verbose: Verbose = False,
+) -> None:
+    """The paper's tables per data set (robustness: Tables 1/3/5; stability: Tables 4/6), best values
+    marked, as a rich table, Markdown, CSV and LaTeX, and the models' error curves on one plot per norm.
+
+    The report shows no progress: --quiet is accepted so that the same flags work for every command."""
+    from lipcli.errors import LipcliError
+    from lipcli.experiments.report import collect, summary_json, tables, write_report
+
+    collected = collect(folders)
+    if not collected.folders:
+        raise LipcliError(f"no run folders (with a config.toml) under {', '.join(map(str, folders))}")
+    target = out or (folders[0] / "report" if len(folders) == 1 else Path("report"))
+    if not console.out.quiet:  # under torchrun only rank 0 writes (and prints)
+        write_report(collected, target)
+    if as_json:
+        console.print_json(summary_json(collected))
+        return
+    for found in tables(collected):
+        table = Table(title=f"{found.dataset}: {found.kind}", title_justify="left",
+                      caption=found.footnote and f"† {found.footnote}", caption_justify="left")
+        for heading in found.headings:
+            left = heading in found.labels and heading != "seeds"
+            table.add_column(heading, justify="left" if left else "right")
+        for index in range(len(found.rows)):
+            table.add_row(*found.cells(index, bold=lambda s: f"[bold green]{s}[/]"))
+        console.out.print(table)
+    console.out.print(f"{collected.folders} run folders; written to {target}", highlight=False)
+
+
 def add_to(app: typer.Typer) -> None:
-    @app.command("run")
-    def run(
-        ctx: typer.Context,
-        experiment: Annotated[Path, typer.Argument(help="Experiment file with \\[grid] and \\[evaluate] tables.",
-                                                   exists=True, dir_okay=False)],
-        out: Annotated[Optional[Path], typer.Option("--out", "-o", file_okay=False,
-                                                    help="Folder of the runs (default: runs/<file name>).")] = None,
-        dry_run: Annotated[bool, typer.Option("--dry-run", help="List the runs and what each still needs.")] = False,
-        device: Device = "auto",
-        quiet: Quiet = False,
-        as_json: Json = False,
-    ) -> None:
-        """Train and evaluate every run of an experiment grid; finished runs are skipped, interrupted ones resume.
-
-        Each run (a combination of the \\[grid] values) is trained, then measured as \\[evaluate] says: error
-        curves per norm (curve-<norm>/) and Lipschitz statistics (stats/). A failed run is reported and
-        the others go on; the exit code is then 1.
-        """
-        from lipcli.device import select_device
-        from lipcli.experiments.grid import load_grid
-        from lipcli.experiments.grid_runner import (
-            check_components,
-            pending_stages,
-            run_grid,
-        )
-
-        grid = load_grid(experiment, out)
-        check_components(grid, ctx.obj)
-        if dry_run:
-            rows = [{"run": r.name, "folder": r.config.output.dir, "needs": pending_stages(r, grid.evaluation),
-                     "conflict": _conflict(r), "settings": r.settings} for r in grid.runs]
-            if as_json:
-                console.print_json(rows)
-                return
-            table = Table(title=f"{experiment}: {len(rows)} runs", title_justify="left")
-            for column in ("#", "run", "needs", "settings"):
-                table.add_column(column)
-            for number, row in enumerate(rows, start=1):
-                settings = ", ".join(f"{k}={v}" for k, v in row["settings"].items())
-                needs = row["conflict"] or ", ".join(row["needs"]) or "complete"
-                table.add_row(str(number), row["run"], needs, settings)
-            console.out.print(table)
-            return
-        select_device(device, "--device")
-        with RichReporter(quiet=quiet) as reporter:
-            outcomes = run_grid(grid, device=device, host=ctx.obj, reporter=reporter)
-        failed = [o for o in outcomes if o.status == "failed"]
-        if as_json:
-            console.print_json([{"run": o.run.name, "folder": o.run.config.output.dir, "status": o.status,
-                                 "stages": o.stages, "seconds": o.seconds, "message": o.message} for o in outcomes])
-        else:
-            table = Table(title=f"{experiment}: {len(outcomes) - len(failed)} complete, {len(failed)} failed",
-                          title_justify="left")
-            for column in ("run", "status", "ran", "seconds", "message"):
-                table.add_column(column, justify="right" if column == "seconds" else "left")
-            for o in outcomes:
-                table.add_row(o.run.name, o.status, ", ".join(o.stages) or "-", f"{o.seconds:.1f}", o.message)
-            console.out.print(table)
-        if failed:
-            raise typer.Exit(1)
-
-    @app.command("report")
-    def report(
-        folders: Annotated[list[Path], typer.Argument(help="Folders holding run folders (searched recursively).",
-                                                      exists=True, file_okay=False)],
-        out: Annotated[Optional[Path], typer.Option("--out", "-o", file_okay=False,
-                                                    help="Folder for report.md/.csv/.tex and the figures.")] = None,
-        as_json: Json = False,
-    ) -> None:
-        """The paper's tables per data set (robustness: Tables 1/3/5; stability: Tables 4/6), best values
-        marked, as a rich table, Markdown, CSV and LaTeX, and the models' error curves on one plot per norm."""
-        from lipcli.errors import LipcliError
-        from lipcli.experiments.report import (
-            collect,
-            summary_json,
-            tables,
-            write_report,
-        )
-
-        collected = collect(folders)
-        if not collected.folders:
-            raise LipcliError(f"no run folders (with a config.toml) under {', '.join(map(str, folders))}")
-        target = out or (folders[0] / "report" if len(folders) == 1 else Path("report"))
-        if not console.out.quiet:  # under torchrun only rank 0 writes (and prints)
-            write_report(collected, target)
-        if as_json:
-            console.print_json(summary_json(collected))
-            return
-        for found in tables(collected):
-            table = Table(title=f"{found.dataset}: {found.kind}", title_justify="left",
-                          caption=found.footnote and f"† {found.footnote}", caption_justify="left")
-            for heading in found.headings:
-                left = heading in found.labels and heading != "seeds"
-                table.add_column(heading, justify="left" if left else "right")
-            for index in range(len(found.rows)):
-                table.add_row(*found.cells(index, bold=lambda s: f"[bold green]{s}[/]"))
-            console.out.print(table)
-        console.out.print(f"{collected.folders} run folders; written to {target}", highlight=False)
+    app.command("run")(run)
+    app.command("report")(report)

@@ -9,19 +9,79 @@ import typer
 from rich.table import Table
 
 from lipcli.cli import console
-from lipcli.cli.options import BatchSize, Checkpoints, DataDir, Device, Json, Limit, Overwrite, Quiet
+from lipcli.cli.options import (
+    BatchSize,
+    Checkpoints,
+    DataDir,
+    Device,
+    Json,
+    Limit,
+    Overwrite,
+    Quiet,
+    Verbose,
+    deprecated,
+    eps_option,
+    out_folder,
+    parse_eps_option,
+)
 from lipcli.cli.progress import RichReporter
+from lipcli.layout import STATS_FOLDER, default_out
 
-Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for the files written.", file_okay=False)]
+NORMS = ("l2", "linf")
+
+StatsEps = Annotated[
+    Optional[list[str]],
+    eps_option("Attack sizes for Lemma 2.2, per norm: NORM=SIZES, e.g. --eps l2=0.1,1.5 --eps linf=4/255,8/255 "
+               "(repeatable; default l2=0.1,1.5 and linf=8/255)."),
+]
+OldEpsL2 = Annotated[Optional[str], typer.Option("--eps-l2", hidden=True, help="Deprecated: --eps l2=SIZES.")]
+OldEpsLinf = Annotated[Optional[str], typer.Option("--eps-linf", hidden=True, help="Deprecated: --eps linf=SIZES.")]
+StatsOut = Annotated[
+    Optional[Path],
+    out_folder("Folder for stats.json and stats.csv (default: stats/ beside the checkpoint; for several "
+               "checkpoints, stats/ here with a sub-folder each)."),
+]
+DataOut = Annotated[
+    Optional[Path],
+    out_folder("Folder for data-lipschitz.json and, with --curve, distances.csv, summary.json and curve.png "
+               "(default: data-lipschitz-NAME/)."),
+]
+Dataset = Annotated[str, typer.Option("--dataset", help="Data set name (lipcli list datasets).")]
+Split = Annotated[str, typer.Option("--split", help="train or test: the set whose constant is measured.")]
+CurveLimit = Annotated[
+    Optional[int],
+    typer.Option("--limit", min=1, help="Test images for the nearest-neighbour curve (default: all)."),
+]
+Curve = Annotated[bool, typer.Option("--curve/--no-curve", help="Also the nearest-neighbour curve.")]
 
 
-def _eps(text: str | None, norm: str, flag: str) -> list[tuple[str, float]]:
-    from lipcli.curves import DEFAULT_EPS, parse_eps
+def stats_eps(
+    items: list[str] | None, eps_l2: str | None = None, eps_linf: str | None = None
+) -> dict[str, list[tuple[str, float]]]:
+    """``--eps NORM=SIZES`` items (and the deprecated ``--eps-l2``/``--eps-linf``) as sizes per norm; a norm
+    not given has its default sizes."""
+    from lipcli.curves import DEFAULT_EPS
 
-    try:
-        return parse_eps(text if text is not None else ",".join(DEFAULT_EPS[norm]))
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint=flag) from None
+    given: dict[str, str] = {}
+    for item in items or []:
+        norm, sep, sizes = item.partition("=")
+        norm = norm.strip().lower()
+        if not sep or norm not in NORMS:
+            raise typer.BadParameter(f"{item!r}: expected NORM=SIZES with NORM l2 or linf, e.g. l2=0.1,1.5 "
+                                     f"(lipcli stats reports both norms)", param_hint="--eps")
+        if norm in given:
+            raise typer.BadParameter(f"{norm} is given twice", param_hint="--eps")
+        given[norm] = sizes
+    for norm, old in (("l2", eps_l2), ("linf", eps_linf)):
+        if old is None:
+            continue
+        deprecated(f"--eps-{norm}", f"--eps {norm}={old}")
+        if norm in given:
+            raise typer.BadParameter(f"--eps {norm}=... and --eps-{norm}: give one", param_hint="--eps")
+        given[norm] = old
+    return {
+        norm: parse_eps_option(given.get(norm, ",".join(DEFAULT_EPS[norm])), norm) for norm in NORMS
+    }
 
 
 def _g(value: float | None) -> str:
@@ -60,101 +120,105 @@ def _lemma_table(measured: list[Any]) -> Table:
     return table
 
 
+def stats(
+    ctx: typer.Context,
+    checkpoints: Checkpoints,
+    limit: Limit = None,
+    batch_size: BatchSize = None,
+    out: StatsOut = None,
+    data_dir: DataDir = None,
+    device: Device = "auto",
+    eps: StatsEps = None,
+    eps_l2: OldEpsL2 = None,
+    eps_linf: OldEpsLinf = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+    as_json: Json = False,
+    verbose: Verbose = False,
+) -> None:
+    """Gradient and Jacobian norms over the test set, the Eq. (6) bound beside them, certified radii.
+
+    Writes stats.json and stats.csv (one row per image) into --out (default: stats/ beside the checkpoint;
+    for several checkpoints, stats/ here with a sub-folder each).
+    """
+    from lipcli.device import select_device
+    from lipcli.lipschitz.measure import measure_checkpoints
+
+    sizes = stats_eps(eps, eps_l2, eps_linf)
+    out = out or default_out(checkpoints, STATS_FOLDER)
+    with RichReporter(quiet=quiet) as reporter:
+        measured = measure_checkpoints(
+            checkpoints, out=out, eps=sizes, limit=limit, batch_size=batch_size, data_dir=data_dir,
+            device=select_device(device, "--device"), host=ctx.obj, reporter=reporter, overwrite=overwrite,
+        )
+    for m in measured:
+        if m.summary["bound"]["unavailable"]:
+            console.warn(f"{m.label}: no Eq. (6) bound: {m.summary['bound']['unavailable']}")
+    if as_json:
+        console.print_json([m.summary for m in measured])
+        return
+    console.out.print(_stats_table(measured))
+    console.out.print(_lemma_table(measured))
+    console.out.print(f"written to {out}", highlight=False)
+
+
+def data_lipschitz(
+    ctx: typer.Context,
+    dataset: Dataset,
+    split: Split = "train",
+    data_dir: DataDir = None,
+    limit: CurveLimit = None,
+    curve: Curve = True,
+    out: DataOut = None,
+    device: Device = "auto",
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+    as_json: Json = False,
+    verbose: Verbose = False,
+) -> None:
+    """Lip_{2,inf} of a data set (1 / the smallest l2 distance between images of different classes), exact.
+
+    Exact duplicates with different labels are dropped and reported. With --curve (default), also the
+    distance from each test image to the nearest training image of another class, written like lipcli
+    curve's output (distances.csv, summary.json, curve.png) into --out (default: data-lipschitz-NAME/).
+    """
+    from lipcli.config import resolve
+    from lipcli.device import select_device
+    from lipcli.layout import DATA_LIPSCHITZ_FILE
+    from lipcli.lipschitz.dataset_report import data_lipschitz as measure
+
+    split = split.strip().lower()
+    if split not in ("train", "test"):
+        raise typer.BadParameter(f"{split!r}: use train or test", param_hint="--split")
+    config = resolve(None, {"data.dataset": dataset, "data.data_dir": str(data_dir) if data_dir else None})
+    folder = out or Path(f"data-lipschitz-{config.data.dataset}")
+    with RichReporter(quiet=quiet) as reporter:
+        report = measure(config.data, split=split, out=folder, limit=limit, curve=curve,
+                         device=select_device(device, "--device"), host=ctx.obj, reporter=reporter,
+                         overwrite=overwrite)
+    if as_json:
+        console.print_json(report)
+        return
+    table = Table(title=f"data Lipschitz constant: {report['dataset']} ({split})", title_justify="left")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    pair = report["pair"]
+    rows = [
+        ("images", str(report["images"])),
+        ("dropped duplicates (different labels)", str(report["dropped_duplicates"]["count"])),
+        ("smallest distance, different labels", _g(report["min_distance"])),
+        ("Lip_2,inf(D) = 1 / distance", _g(report["lipschitz_2inf"])),
+        ("closest pair (indices, labels)", "-" if pair is None else f"{pair['indices']}, {pair['labels']}"),
+        ("seconds", f"{report['seconds']:.1f}"),
+    ]
+    if "nearest_distinct" in report:
+        rows.append(("median test distance to another class", _g(report["nearest_distinct"]["median_distance"])))
+    for row in rows:
+        table.add_row(*row)
+    console.out.print(table)
+    console.out.print(f"written to {folder / DATA_LIPSCHITZ_FILE}", highlight=False)
+
+
 def add_to(app: typer.Typer) -> None:
-    @app.command("stats")
-    def stats(
-        ctx: typer.Context,
-        checkpoints: Checkpoints,
-        limit: Limit = None,
-        batch_size: BatchSize = None,
-        out: Out = None,
-        data_dir: DataDir = None,
-        device: Device = "auto",
-        eps_l2: Annotated[Optional[str], typer.Option("--eps-l2", help="l2 attack sizes for Lemma 2.2, e.g. 0.1,1.5.")] = None,
-        eps_linf: Annotated[Optional[str], typer.Option("--eps-linf", help="l-inf attack sizes, e.g. 8/255.")] = None,
-        overwrite: Overwrite = False,
-        quiet: Quiet = False,
-        as_json: Json = False,
-    ) -> None:
-        """Gradient and Jacobian norms over the test set, the Eq. (6) bound beside them, certified radii.
-
-        Writes stats.json and stats.csv (one row per image) into --out (default: stats/ beside the checkpoint;
-        for several checkpoints, stats/ here with a sub-folder each).
-        """
-        from lipcli.device import select_device
-        from lipcli.lipschitz.measure import measure_checkpoints
-
-        eps = {"l2": _eps(eps_l2, "l2", "--eps-l2"), "linf": _eps(eps_linf, "linf", "--eps-linf")}
-        default_out = checkpoints[0].parent / "stats" if len(checkpoints) == 1 else Path("stats")
-        with RichReporter(quiet=quiet) as reporter:
-            measured = measure_checkpoints(
-                checkpoints, out=out or default_out, eps=eps, limit=limit, batch_size=batch_size, data_dir=data_dir,
-                device=select_device(device, "--device"), host=ctx.obj, reporter=reporter, overwrite=overwrite,
-            )
-        for m in measured:
-            if m.summary["bound"]["unavailable"]:
-                console.warn(f"{m.label}: no Eq. (6) bound: {m.summary['bound']['unavailable']}")
-        if as_json:
-            console.print_json([m.summary for m in measured])
-            return
-        console.out.print(_stats_table(measured))
-        console.out.print(_lemma_table(measured))
-        console.out.print(f"written to {out or default_out}", highlight=False)
-
-    @app.command("data-lipschitz")
-    def data_lipschitz(
-        ctx: typer.Context,
-        dataset: Annotated[str, typer.Option("--dataset", help="Data set name (lipcli list datasets).")],
-        split: Annotated[str, typer.Option("--split", help="train or test: the set whose constant is measured.")] = "train",
-        data_dir: DataDir = None,
-        limit: Annotated[
-            Optional[int], typer.Option("--limit", min=1, help="Test images for the nearest-neighbour curve.")
-        ] = None,
-        curve: Annotated[bool, typer.Option("--curve/--no-curve", help="Also the nearest-neighbour curve.")] = True,
-        out: Out = None,
-        device: Device = "auto",
-        overwrite: Overwrite = False,
-        quiet: Quiet = False,
-        as_json: Json = False,
-    ) -> None:
-        """Lip_{2,inf} of a data set (1 / the smallest l2 distance between images of different classes), exact.
-
-        Exact duplicates with different labels are dropped and reported. With --curve (default), also the
-        distance from each test image to the nearest training image of another class, written like lipcli
-        curve's output (distances.csv, summary.json, curve.png) into --out (default: data-lipschitz-NAME/).
-        """
-        from lipcli.config import resolve
-        from lipcli.device import select_device
-        from lipcli.layout import DATA_LIPSCHITZ_FILE
-        from lipcli.lipschitz.dataset_report import data_lipschitz as measure
-
-        split = split.strip().lower()
-        if split not in ("train", "test"):
-            raise typer.BadParameter(f"{split!r}: use train or test", param_hint="--split")
-        config = resolve(None, {"data.dataset": dataset, "data.data_dir": str(data_dir) if data_dir else None})
-        folder = out or Path(f"data-lipschitz-{config.data.dataset}")
-        with RichReporter(quiet=quiet) as reporter:
-            report = measure(config.data, split=split, out=folder, limit=limit, curve=curve,
-                             device=select_device(device, "--device"), host=ctx.obj, reporter=reporter,
-                             overwrite=overwrite)
-        if as_json:
-            console.print_json(report)
-            return
-        table = Table(title=f"data Lipschitz constant: {report['dataset']} ({split})", title_justify="left")
-        table.add_column("quantity")
-        table.add_column("value", justify="right")
-        pair = report["pair"]
-        rows = [
-            ("images", str(report["images"])),
-            ("dropped duplicates (different labels)", str(report["dropped_duplicates"]["count"])),
-            ("smallest distance, different labels", _g(report["min_distance"])),
-            ("Lip_2,inf(D) = 1 / distance", _g(report["lipschitz_2inf"])),
-            ("closest pair (indices, labels)", "-" if pair is None else f"{pair['indices']}, {pair['labels']}"),
-            ("seconds", f"{report['seconds']:.1f}"),
-        ]
-        if "nearest_distinct" in report:
-            rows.append(("median test distance to another class", _g(report["nearest_distinct"]["median_distance"])))
-        for row in rows:
-            table.add_row(*row)
-        console.out.print(table)
-        console.out.print(f"written to {folder / DATA_LIPSCHITZ_FILE}", highlight=False)
+    app.command("stats")(stats)
+    app.command("data-lipschitz")(data_lipschitz)

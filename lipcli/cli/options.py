@@ -1,12 +1,31 @@
-"""Options shared by several commands: experiment configuration, and the evaluation commands' common ones."""
+"""Options shared by several commands, declared once: a command lists each as ``name: Alias = default``, so
+an option has one spelling, one help text and one meaning in every command that takes it.
+
+``--out`` of a command that writes results says what the folder holds, so it is made by
+:func:`out_folder`; ``--eps`` takes one value in some commands and a value per norm in others, so it is made
+by :func:`eps_option`. Flags are plain flags (``--quiet``, never ``--quiet true``), shown so in help by
+:class:`lipcli.cli.help.PlainFlags`.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
+from lipcli.cli import console
+
+VERBOSE_KEY = "lipcli.verbose"
+"""``ctx.meta`` key: set by ``-v/--verbose`` before or after the command name, read where errors are shown."""
+
+
+def _verbose(ctx: typer.Context, value: bool) -> None:
+    if value:  # only ever set: ``lipcli -v curve`` stays verbose although curve's own -v is absent
+        ctx.meta[VERBOSE_KEY] = True
+
+
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", callback=_verbose, help="Show tracebacks of errors.")]
 ConfigFile = Annotated[
     Optional[Path],
     typer.Option("--config", "-c", help="TOML experiment file.", show_default=False, dir_okay=False),
@@ -19,14 +38,45 @@ SetOverrides = Annotated[
         show_default=False,
     ),
 ]
+Recipe = Annotated[Optional[str], typer.Option("--recipe", help="Training recipe (lipcli config recipes).")]
 Json = Annotated[bool, typer.Option("--json", help="Print results as JSON.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+Device = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="Read the data set offline from this folder.")]
-Limit = Annotated[Optional[int], typer.Option("--limit", min=1, help="Evaluate the first N test images only.")]
+Limit = Annotated[
+    Optional[int],
+    typer.Option("--limit", min=1, help="Evaluate the first N test images only (lipcli train's --train-limit "
+                                        "counts training images)."),
+]
 BatchSize = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per batch.")]
+Overwrite = Annotated[
+    bool,
+    typer.Option("--overwrite", help="Replace results of other settings in the output folder (refused without it)."),
+]
 Checkpoints = Annotated[
     list[Path], typer.Argument(help="Checkpoints written by lipcli train.", exists=True, dir_okay=False)
+]
+Checkpoint = Annotated[Path, typer.Argument(help="A checkpoint written by lipcli train.", exists=True, dir_okay=False)]
+
+# the evaluation commands (curve, attack, robust)
+
+
+def _norm(value: str) -> str:
+    """``--norm`` in any case, checked before anything (folder names included) uses it."""
+    norm = value.strip().lower()
+    if norm not in ("l2", "linf"):
+        raise typer.BadParameter(f"{value!r} is not a norm; use l2 or linf")
+    return norm
+
+
+Norm = Annotated[str, typer.Option("--norm", "-n", callback=_norm, help="Distance norm: l2 or linf.")]
+Attacks = Annotated[
+    Optional[list[str]], typer.Option("--attack", "-a", help="Attack name, repeatable (lipcli list attacks).")
+]
+AttackOptions = Annotated[
+    Optional[list[str]],
+    typer.Option("--attack-option", "-O", metavar="ATTACK.KEY=VALUE",
+                 help="An attack parameter, e.g. -O pgd-l2.steps=40 (repeatable; value read as TOML)."),
 ]
 Seed = Annotated[
     Optional[int],
@@ -36,7 +86,43 @@ Seed = Annotated[
         show_default=False,
     ),
 ]
-Overwrite = Annotated[
-    bool,
-    typer.Option("--overwrite", help="Replace results of other settings in the output folder (refused without it)."),
-]
+
+
+def out_folder(help: str) -> Any:
+    """``--out``/``-o``, a folder; ``help`` says what the command writes there and its default."""
+    return typer.Option("--out", "-o", file_okay=False, help=help, show_default=False)
+
+
+def eps_option(help: str) -> Any:
+    """``--eps``: the sizes to report (or, in ``lipcli robust``, the budgets), e.g. 0.1,1.5 or 8/255."""
+    return typer.Option("--eps", help=help, show_default=False)
+
+
+def attack_options(items: list[str] | None) -> dict[str, dict[str, Any]]:
+    """``-O ATTACK.KEY=VALUE`` items as ``{attack: {key: value}}``."""
+    from lipcli.config.loader import parse_override
+
+    options: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        dotted, value = parse_override(item, "--attack-option", "ATTACK.KEY=VALUE")
+        name, _, key = dotted.rpartition(".")
+        if not name or not key:
+            raise typer.BadParameter(f"{item!r}: expected ATTACK.KEY=VALUE", param_hint="--attack-option")
+        options.setdefault(name, {})[key] = value
+    return options
+
+
+def parse_eps_option(text: str, norm: str | None = None) -> list[tuple[str, float]]:
+    """``0.1,1.5`` or ``8/255`` as (text, value) pairs; a bad value is a usage error of ``--eps`` (naming the
+    ``norm`` whose sizes they are, where ``--eps`` takes sizes per norm)."""
+    from lipcli.curves import parse_eps
+
+    try:
+        return parse_eps(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{norm}: {exc}" if norm else str(exc), param_hint="--eps") from None
+
+
+def deprecated(old: str, new: str) -> None:
+    """The one-line note of a deprecated option spelling that still works."""
+    console.warn(f"{old} is deprecated and will be removed; use {new}")

@@ -9,13 +9,30 @@ import typer
 from rich.table import Table
 
 from lipcli.cli import console
-from lipcli.cli.options import BatchSize, Checkpoints, DataDir, Device, Json, Limit, Overwrite, Quiet, Seed
+from lipcli.cli.console import percent
+from lipcli.cli.options import (
+    AttackOptions,
+    Attacks,
+    BatchSize,
+    Checkpoints,
+    DataDir,
+    Device,
+    Json,
+    Limit,
+    Norm,
+    Overwrite,
+    Quiet,
+    Seed,
+    Verbose,
+    attack_options,
+    eps_option,
+    out_folder,
+    parse_eps_option,
+)
 from lipcli.cli.progress import RichReporter
-from lipcli.cli.robustness_cmd import AttackOptions, Attacks, Norm, _attack_options, _percent
+from lipcli.layout import default_out, robust_folder
 
-RobustEps = Annotated[
-    str, typer.Option("--eps", help="Budgets in the norm's units for inputs in [0, 1], e.g. 8/255 or 0.5,1.0.")
-]
+RobustEps = Annotated[str, eps_option("Budgets in the norm's units for inputs in [0, 1], e.g. 8/255 or 0.5,1.0.")]
 Version = Annotated[
     Optional[str],
     typer.Option("--version", help="standard (APGD-CE, APGD-T, FAB-T, Square) or fast (APGD-CE, APGD-T); "
@@ -26,32 +43,27 @@ Curves = Annotated[
     typer.Option("--curve", help="lipcli curve's distances.csv (or its folder) for the checkpoint, one per "
                                  "checkpoint: images with a minimal distance <= eps count as broken.", exists=True),
 ]
-Out = Annotated[
-    Optional[Path], typer.Option("--out", "-o", help="Folder for robust.csv and summary.json.", file_okay=False)
-]
+Out = Annotated[Optional[Path], out_folder("Folder for robust.csv and summary.json.")]
 
 
-def _run(
-    ctx: typer.Context, paths: list[Path], *, norm: str, eps: str, version: str | None, attack: list[str] | None,
+def _evaluate(
+    ctx: typer.Context, paths: list[Path], *, norm: str, eps: str, version: str | None, attacks: list[str] | None,
     curve: list[Path] | None, options: list[str] | None, limit: int | None, batch_size: int | None,
     data_dir: Path | None, device: str, seed: int | None, out: Path, quiet: bool, overwrite: bool,
 ) -> list[Any]:
+    """Robust accuracy of ``paths``, warnings shown."""
     from lipcli.device import select_device
-    from lipcli.curves import parse_eps
     from lipcli.evaluation.robust import build_ensemble, ensemble_names, evaluate_robust
     from lipcli.evaluation.seeding import DEFAULT_SEED
 
-    try:
-        points = parse_eps(eps)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--eps") from None
+    points = parse_eps_option(eps)
     if not points:
         raise typer.BadParameter("give at least one eps", param_hint="--eps")
-    recorded, names = ensemble_names(version, attack)
-    attacks, resolved = build_ensemble(names, _attack_options(options), ctx.obj)
+    recorded, names = ensemble_names(version, attacks)
+    built, resolved = build_ensemble(names, attack_options(options), ctx.obj)
     with RichReporter(quiet=quiet) as reporter:
         evaluations = evaluate_robust(
-            paths, norm=norm, attacks=attacks, options=resolved, eps=points, out=out, version=recorded,
+            paths, norm=norm, attacks=built, options=resolved, eps=points, out=out, version=recorded,
             seed=DEFAULT_SEED if seed is None else seed,
             curves=curve, limit=limit, batch_size=batch_size, data_dir=data_dir,
             device=select_device(device, "--device"), host=ctx.obj, reporter=reporter, overwrite=overwrite,
@@ -62,57 +74,60 @@ def _run(
     return evaluations
 
 
-def add_to(app: typer.Typer) -> None:
-    @app.command("robust")
-    def robust(
-        ctx: typer.Context,
-        checkpoints: Checkpoints,
-        norm: Norm,
-        eps: RobustEps,
-        version: Version = None,
-        attack: Attacks = None,
-        curve: Curves = None,
-        limit: Limit = None,
-        batch_size: BatchSize = None,
-        data_dir: DataDir = None,
-        device: Device = "auto",
-        seed: Seed = None,
-        out: Out = None,
-        attack_option: AttackOptions = None,
-        overwrite: Overwrite = False,
-        quiet: Quiet = False,
-        as_json: Json = False,
-    ) -> None:
-        """Robust accuracy at fixed eps, as RobustBench reports it: an image is robust only if every attack of
-        the ensemble (run in sequence on the images still robust) fails within eps.
+def robust(
+    ctx: typer.Context,
+    checkpoints: Checkpoints,
+    norm: Norm,
+    eps: RobustEps,
+    version: Version = None,
+    attacks: Attacks = None,
+    curve: Curves = None,
+    limit: Limit = None,
+    batch_size: BatchSize = None,
+    data_dir: DataDir = None,
+    device: Device = "auto",
+    seed: Seed = None,
+    out: Out = None,
+    attack_option: AttackOptions = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+    as_json: Json = False,
+    verbose: Verbose = False,
+) -> None:
+    """Robust accuracy at fixed eps, as RobustBench reports it: an image is robust only if every attack of
+    the ensemble (run in sequence on the images still robust) fails within eps.
 
-        Writes robust.csv (per image and eps: robust, or what broke it) and summary.json (default folder:
-        robust-NORM beside the checkpoint, or in the current folder for several checkpoints).
-        """
-        default_out = checkpoints[0].parent / f"robust-{norm}" if len(checkpoints) == 1 else Path(f"robust-{norm}")
-        evaluations = _run(
-            ctx, checkpoints, norm=norm, eps=eps, version=version, attack=attack, curve=curve,
-            options=attack_option, limit=limit, batch_size=batch_size, data_dir=data_dir, device=device, seed=seed,
-            out=out or default_out, quiet=quiet, overwrite=overwrite,
-        )
-        if as_json:
-            console.print_json([e.summary for e in evaluations])
-            return
-        first = evaluations[0].summary
-        table = Table(title=f"robust accuracy, % ({first['norm']}, {first['version']}: {', '.join(first['attacks'])})",
-                      title_justify="left")
-        for column in ("model", "images", "clean", "eps", *(f"after {name}" for name in first["attacks"]),
-                       "robust", "seconds"):
-            table.add_column(column, justify="left" if column == "model" else "right")
-        for evaluation in evaluations:
-            s = evaluation.summary
-            for number, (text, point) in enumerate(s["per_eps"].items()):
-                lead = (evaluation.label, str(s["images"]), _percent(s["clean_accuracy"])) if number == 0 else ("",) * 3
-                table.add_row(
-                    *lead, text, *(_percent(v) for v in point["robust_accuracy_after"].values()),
-                    _percent(point["robust_accuracy"]),
-                    f"{sum(a['seconds'] for a in point['attacks'].values()):.1f}", end_section=False,
-                )
-            table.rows[-1].end_section = True
-        console.out.print(table)
-        console.out.print(f"written to {out or default_out}", highlight=False)
+    Writes robust.csv (per image and eps: robust, or what broke it) and summary.json (default folder:
+    robust-NORM beside the checkpoint, or in the current folder for several checkpoints).
+    """
+    out = out or default_out(checkpoints, robust_folder(norm))
+    evaluations = _evaluate(
+        ctx, checkpoints, norm=norm, eps=eps, version=version, attacks=attacks, curve=curve,
+        options=attack_option, limit=limit, batch_size=batch_size, data_dir=data_dir, device=device, seed=seed,
+        out=out, quiet=quiet, overwrite=overwrite,
+    )
+    if as_json:
+        console.print_json([e.summary for e in evaluations])
+        return
+    first = evaluations[0].summary
+    table = Table(title=f"robust accuracy, % ({first['norm']}, {first['version']}: {', '.join(first['attacks'])})",
+                  title_justify="left")
+    for column in ("model", "images", "clean", "eps", *(f"after {name}" for name in first["attacks"]),
+                   "robust", "seconds"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for evaluation in evaluations:
+        s = evaluation.summary
+        for number, (text, point) in enumerate(s["per_eps"].items()):
+            lead = (evaluation.label, str(s["images"]), percent(s["clean_accuracy"])) if number == 0 else ("",) * 3
+            table.add_row(
+                *lead, text, *(percent(v) for v in point["robust_accuracy_after"].values()),
+                percent(point["robust_accuracy"]),
+                f"{sum(a['seconds'] for a in point['attacks'].values()):.1f}", end_section=False,
+            )
+        table.rows[-1].end_section = True
+    console.out.print(table)
+    console.out.print(f"written to {out}", highlight=False)
+
+
+def add_to(app: typer.Typer) -> None:
+    app.command("robust")(robust)

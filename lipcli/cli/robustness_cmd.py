@@ -9,40 +9,34 @@ import typer
 from rich.table import Table
 
 from lipcli.cli import console
+from lipcli.cli.console import distance, percent
 from lipcli.cli.options import (
+    AttackOptions,
+    Attacks,
     BatchSize,
+    Checkpoint,
     Checkpoints,
     DataDir,
     Device,
     Json,
     Limit,
+    Norm,
     Overwrite,
     Quiet,
     Seed,
+    Verbose,
+    attack_options,
+    eps_option,
+    out_folder,
+    parse_eps_option,
 )
 from lipcli.cli.progress import RichReporter
+from lipcli.layout import attacks_folder, curve_folder, default_out
 
 DEFAULT_ATTACK = "min-norm"
 
-
-
-def _norm(value: str) -> str:
-    """``--norm`` in any case, checked before anything (folder names included) uses it."""
-    norm = value.strip().lower()
-    if norm not in ("l2", "linf"):
-        raise typer.BadParameter(f"{value!r} is not a norm; use l2 or linf")
-    return norm
-
-
-Norm = Annotated[str, typer.Option("--norm", "-n", callback=_norm, help="Distance norm: l2 or linf.")]
-Attacks = Annotated[Optional[list[str]], typer.Option("--attack", "-a", help="Attack name, repeatable (lipcli list attacks).")]
-Eps = Annotated[Optional[str], typer.Option("--eps", help="Report error at these distances, e.g. 0.1,1.5 or 8/255.")]
-Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for distances.csv, summary.json, curve.png.", file_okay=False)]
-AttackOptions = Annotated[
-    Optional[list[str]],
-    typer.Option("--attack-option", "-O", metavar="ATTACK.KEY=VALUE",
-                 help="An attack parameter, e.g. -O pgd-l2.steps=40 (repeatable; value read as TOML)."),
-]
+Eps = Annotated[Optional[str], eps_option("Report error at these distances, e.g. 0.1,1.5 or 8/255.")]
+Out = Annotated[Optional[Path], out_folder("Folder for distances.csv, summary.json, curve.png.")]
 MaskingCheckImages = Annotated[
     int,
     typer.Option("--masking-check", min=0, metavar="IMAGES",
@@ -54,40 +48,27 @@ SaveAdversarials = Annotated[
     typer.Option("--save-adversarials",
                  help="Also write adversarials.pt: per image the closest adversarial found, its distance and label."),
 ]
-Checkpoint = Annotated[Path, typer.Argument(help="A checkpoint written by lipcli train.", exists=True, dir_okay=False)]
+RequiredAttacks = Annotated[
+    list[str], typer.Option("--attack", "-a", help="Attack name, repeatable (lipcli list attacks).")
+]
 
 
-def _attack_options(items: list[str] | None) -> dict[str, dict[str, Any]]:
-    from lipcli.config.loader import parse_override
-
-    options: dict[str, dict[str, Any]] = {}
-    for item in items or []:
-        dotted, value = parse_override(item, "--attack-option", "ATTACK.KEY=VALUE")
-        name, _, key = dotted.rpartition(".")
-        if not name or not key:
-            raise typer.BadParameter(f"{item!r}: expected ATTACK.KEY=VALUE", param_hint="--attack-option")
-        options.setdefault(name, {})[key] = value
-    return options
-
-
-def _run(
-    ctx: typer.Context, paths: list[Path], *, norm: str, attack: list[str] | None, by: str, options: list[str] | None,
-    limit: int | None, batch_size: int | None, eps: str | None, out: Path | None, data_dir: Path | None,
-    device: str, quiet: bool, default_out: Path, seed: int | None, save_adversarials: bool, masking_check: int,
+def _evaluate(
+    ctx: typer.Context, paths: list[Path], *, norm: str, attacks: list[str] | None, by: str,
+    options: list[str] | None, limit: int | None, batch_size: int | None, eps: str | None, out: Path,
+    data_dir: Path | None, device: str, quiet: bool, seed: int | None, save_adversarials: bool, masking_check: int,
     overwrite: bool,
 ) -> list[Any]:
-    from lipcli.curves import DEFAULT_EPS, parse_eps
+    """The curves of ``paths`` (one per model, or one per attack ``by="attack"``), warnings shown."""
+    from lipcli.curves import DEFAULT_EPS
     from lipcli.device import select_device
     from lipcli.evaluation.minimal_distances import build_attacks, evaluate_checkpoints
     from lipcli.evaluation.seeding import DEFAULT_SEED
 
-    try:
-        points = parse_eps(eps) if eps is not None else parse_eps(",".join(DEFAULT_EPS[norm]))
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--eps") from None
+    points = parse_eps_option(eps if eps is not None else ",".join(DEFAULT_EPS[norm]))
     host = ctx.obj
-    attacks = build_attacks(attack or [DEFAULT_ATTACK], _attack_options(options), host)
-    for name, instance in attacks.items():
+    built = build_attacks(attacks or [DEFAULT_ATTACK], attack_options(options), host)
+    for name, instance in built.items():
         native = getattr(instance, "norms", None)
         if native and norm not in native and not quiet:
             console.err.print(
@@ -96,7 +77,7 @@ def _run(
             )
     with RichReporter(quiet=quiet) as reporter:
         evaluations = evaluate_checkpoints(
-            paths, norm=norm, attacks=attacks, eps=points, out=out or default_out, by=by, limit=limit,
+            paths, norm=norm, attacks=built, eps=points, out=out, by=by, limit=limit,
             batch_size=batch_size, data_dir=data_dir, device=select_device(device, "--device"), host=host,
             reporter=reporter, seed=DEFAULT_SEED if seed is None else seed, save_adversarials=save_adversarials,
             masking_check=masking_check, overwrite=overwrite,
@@ -107,118 +88,112 @@ def _run(
     return evaluations
 
 
-def _distance(value: float | None) -> str:
-    return "inf" if value is None else f"{value:.4g}"
+def curve(
+    ctx: typer.Context,
+    checkpoints: Checkpoints,
+    norm: Norm = "l2",
+    attacks: Attacks = None,
+    limit: Limit = None,
+    batch_size: BatchSize = None,
+    eps: Eps = None,
+    out: Out = None,
+    data_dir: DataDir = None,
+    device: Device = "auto",
+    attack_option: AttackOptions = None,
+    seed: Seed = None,
+    save_adversarials: SaveAdversarials = False,
+    masking_check: MaskingCheckImages = 16,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+    as_json: Json = False,
+    verbose: Verbose = False,
+) -> None:
+    """Error curves: per test image the smallest adversarial distance found, and % error against distance.
+
+    Writes distances.csv, summary.json and curve.png/.svg (default folder: curve-NORM beside the
+    checkpoint, or in the current folder for several checkpoints, drawn on one plot). Random attacks draw
+    from --seed: the same seed and batch size give the same distances.
+    """
+    out = out or default_out(checkpoints, curve_folder(norm))
+    evaluations = _evaluate(
+        ctx, checkpoints, norm=norm, attacks=attacks, by="model", options=attack_option, limit=limit,
+        batch_size=batch_size, eps=eps, out=out, data_dir=data_dir, device=device, quiet=quiet, seed=seed,
+        save_adversarials=save_adversarials, masking_check=masking_check, overwrite=overwrite,
+    )
+    if as_json:
+        console.print_json([e.summary for e in evaluations])
+        return
+    first = evaluations[0].summary
+    table = Table(title=f"robustness ({first['norm']}, {', '.join(first['attacks'])})", title_justify="left")
+    for column in ("model", "images", "% error", "median", *(f"% err @{t}" for t in first["eps"]),
+                   "failures", "seconds", "queries"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for evaluation in evaluations:
+        s = evaluation.summary
+        table.add_row(
+            evaluation.label, str(s["images"]), percent(s["clean_error"]), distance(s["median_distance"]),
+            *(percent(v) for v in s["error_at"].values()), str(s["failures"]), f"{s['seconds']:.1f}",
+            str(s["queries"]),
+        )
+    console.out.print(table)
+    console.out.print(f"written to {out}", highlight=False)
 
 
-def _percent(value: float) -> str:
-    return f"{100 * value:.2f}"
+def attack(
+    ctx: typer.Context,
+    checkpoint: Checkpoint,
+    attacks: RequiredAttacks,
+    norm: Norm = "l2",
+    limit: Limit = None,
+    batch_size: BatchSize = None,
+    eps: Eps = None,
+    out: Out = None,
+    data_dir: DataDir = None,
+    device: Device = "auto",
+    attack_option: AttackOptions = None,
+    seed: Seed = None,
+    save_adversarials: SaveAdversarials = False,
+    masking_check: MaskingCheckImages = 16,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+    as_json: Json = False,
+    verbose: Verbose = False,
+) -> None:
+    """Compare attacks on one model: a curve per attack, each attack's time and queries, the strongest.
+
+    Writes distances.csv (a column per attack), summary.json and curve.png/.svg (default folder:
+    attacks-NORM beside the checkpoint).
+    """
+    out = out or default_out([checkpoint], attacks_folder(norm))
+    (evaluation,) = _evaluate(
+        ctx, [checkpoint], norm=norm, attacks=attacks, by="attack", options=attack_option, limit=limit,
+        batch_size=batch_size, eps=eps, out=out, data_dir=data_dir, device=device, quiet=quiet, seed=seed,
+        save_adversarials=save_adversarials, masking_check=masking_check, overwrite=overwrite,
+    )
+    s = evaluation.summary
+    if as_json:
+        console.print_json(s)
+        return
+    table = Table(
+        title=f"attacks on {evaluation.label} ({s['norm']}, {s['images']} images, {percent(s['clean_error'])} % "
+              f"clean error)", title_justify="left",
+    )
+    for column in ("attack", "median", *(f"% err @{t}" for t in s["eps"]), "failures", "best on",
+                   "seconds", "queries/image"):
+        table.add_column(column, justify="left" if column == "attack" else "right")
+    for name, row in s["per_attack"].items():
+        table.add_row(
+            name, distance(row["median_distance"]), *(percent(v) for v in row["error_at"].values()),
+            str(row["failures"]), str(row["best_on"]), f"{row['seconds']:.1f}", f"{row['queries_per_image']:.0f}",
+        )
+    table.add_row(
+        "min over attacks", distance(s["median_distance"]), *(percent(v) for v in s["error_at"].values()),
+        str(s["failures"]), "", f"{s['seconds']:.1f}", "", style="bold",
+    )
+    console.out.print(table)
+    console.out.print(f"strongest: {s['strongest']} (smallest median distance); written to {out}", highlight=False)
 
 
 def add_to(app: typer.Typer) -> None:
-    @app.command("curve")
-    def curve(
-        ctx: typer.Context,
-        checkpoints: Checkpoints,
-        norm: Norm = "l2",
-        attack: Attacks = None,
-        limit: Limit = None,
-        batch_size: BatchSize = None,
-        eps: Eps = None,
-        out: Out = None,
-        data_dir: DataDir = None,
-        device: Device = "auto",
-        attack_option: AttackOptions = None,
-        seed: Seed = None,
-        save_adversarials: SaveAdversarials = False,
-        masking_check: MaskingCheckImages = 16,
-        overwrite: Overwrite = False,
-        quiet: Quiet = False,
-        as_json: Json = False,
-    ) -> None:
-        """Error curves: per test image the smallest adversarial distance found, and % error against distance.
-
-        Writes distances.csv, summary.json and curve.png/.svg (default folder: curve-NORM beside the
-        checkpoint, or in the current folder for several checkpoints, drawn on one plot). Random attacks draw
-        from --seed: the same seed and batch size give the same distances.
-        """
-        default_out = checkpoints[0].parent / f"curve-{norm}" if len(checkpoints) == 1 else Path(f"curve-{norm}")
-        evaluations = _run(
-            ctx, checkpoints, norm=norm, attack=attack, by="model", options=attack_option, limit=limit,
-            batch_size=batch_size, eps=eps, out=out, data_dir=data_dir, device=device, quiet=quiet,
-            default_out=default_out, seed=seed, save_adversarials=save_adversarials, masking_check=masking_check,
-            overwrite=overwrite,
-        )
-        if as_json:
-            console.print_json([e.summary for e in evaluations])
-            return
-        first = evaluations[0].summary
-        table = Table(title=f"robustness ({first['norm']}, {', '.join(first['attacks'])})", title_justify="left")
-        for column in ("model", "images", "% error", "median", *(f"% err @{t}" for t in first["eps"]),
-                       "failures", "seconds", "queries"):
-            table.add_column(column, justify="left" if column == "model" else "right")
-        for evaluation in evaluations:
-            s = evaluation.summary
-            table.add_row(
-                evaluation.label, str(s["images"]), _percent(s["clean_error"]), _distance(s["median_distance"]),
-                *(_percent(v) for v in s["error_at"].values()), str(s["failures"]), f"{s['seconds']:.1f}",
-                str(s["queries"]),
-            )
-        console.out.print(table)
-        console.out.print(f"written to {out or default_out}", highlight=False)
-
-    @app.command("attack")
-    def attack_cmd(
-        ctx: typer.Context,
-        checkpoint: Checkpoint,
-        attack: Annotated[list[str], typer.Option("--attack", "-a", help="Attack name, repeatable (lipcli list attacks).")],
-        norm: Norm = "l2",
-        limit: Limit = None,
-        batch_size: BatchSize = None,
-        eps: Eps = None,
-        out: Out = None,
-        data_dir: DataDir = None,
-        device: Device = "auto",
-        attack_option: AttackOptions = None,
-        seed: Seed = None,
-        save_adversarials: SaveAdversarials = False,
-        masking_check: MaskingCheckImages = 16,
-        overwrite: Overwrite = False,
-        quiet: Quiet = False,
-        as_json: Json = False,
-    ) -> None:
-        """Compare attacks on one model: a curve per attack, each attack's time and queries, the strongest.
-
-        Writes distances.csv (a column per attack), summary.json and curve.png/.svg (default folder:
-        attacks-NORM beside the checkpoint).
-        """
-        default_out = checkpoint.parent / f"attacks-{norm}"
-        (evaluation,) = _run(
-            ctx, [checkpoint], norm=norm, attack=attack, by="attack", options=attack_option, limit=limit,
-            batch_size=batch_size, eps=eps, out=out, data_dir=data_dir, device=device, quiet=quiet,
-            default_out=default_out, seed=seed, save_adversarials=save_adversarials, masking_check=masking_check,
-            overwrite=overwrite,
-        )
-        s = evaluation.summary
-        if as_json:
-            console.print_json(s)
-            return
-        table = Table(
-            title=f"attacks on {evaluation.label} ({s['norm']}, {s['images']} images, {_percent(s['clean_error'])} % "
-                  f"clean error)", title_justify="left",
-        )
-        for column in ("attack", "median", *(f"% err @{t}" for t in s["eps"]), "failures", "best on",
-                       "seconds", "queries/image"):
-            table.add_column(column, justify="left" if column == "attack" else "right")
-        for name, row in s["per_attack"].items():
-            table.add_row(
-                name, _distance(row["median_distance"]), *(_percent(v) for v in row["error_at"].values()),
-                str(row["failures"]), str(row["best_on"]), f"{row['seconds']:.1f}", f"{row['queries_per_image']:.0f}",
-            )
-        table.add_row(
-            "min over attacks", _distance(s["median_distance"]), *(_percent(v) for v in s["error_at"].values()),
-            str(s["failures"]), "", f"{s['seconds']:.1f}", "", style="bold",
-        )
-        console.out.print(table)
-        console.out.print(f"strongest: {s['strongest']} (smallest median distance); written to {out or default_out}",
-                          highlight=False)
+    app.command("curve")(curve)
+    app.command("attack")(attack)
