@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
@@ -11,9 +11,6 @@ from rich.table import Table
 from lipcli.cli import console
 from lipcli.cli.options import Device, Json, Quiet, SetOverrides, Verbose, out_folder
 from lipcli.cli.progress import RichReporter
-
-if TYPE_CHECKING:
-    from lipcli.experiments.grid import Grid
 
 Experiment = Annotated[
     Path, typer.Argument(help="Experiment file with \\[grid] and \\[evaluate] tables.", exists=True, dir_okay=False)
@@ -41,34 +38,6 @@ def _conflict(run: object) -> str | None:
         return f"unreadable: {exc}"
 
 
-def apply_overrides(grid: Grid, overrides: list[str], out: Path | None) -> None:
-    """``--set KEY=VALUE`` on every run of ``grid``, the top layer as in ``lipcli train``: each run is resolved
-    again from the file, its grid values, then the overrides (a ``recipe`` given so goes below the file, as
-    in train), and its folder named again. A key the grid varies, or ``output.dir``, cannot be set."""
-    from lipcli.config.loader import load_toml, parse_override, resolve_layers
-    from lipcli.errors import ConfigError
-    from lipcli.experiments.grid import run_name
-
-    layers = [(f"--set {text}", *parse_override(text)) for text in overrides]
-    varied = {key for run in grid.runs for key in run.settings}
-    for _, key, _ in layers:
-        if key == "output.dir":
-            raise ConfigError("--set output.dir: a grid gives each run its own folder; use --out for their parent")
-        for axis in sorted(varied):
-            if key == axis or key.startswith(f"{axis}.") or axis.startswith(f"{key}."):
-                raise ConfigError(f"--set {key}: the grid varies {axis}; change its values in {grid.path}")
-    file_data = {k: v for k, v in load_toml(grid.path).items() if k not in ("grid", "evaluate")}
-    for run in grid.runs:
-        values = [(f"{grid.path}: grid {key} = {value!r}", key, value) for key, value in run.settings.items()]
-        config = resolve_layers(file_data, str(grid.path), values + layers)
-        if grid.evaluation.checkpoint == "best" and config.data.validation == 0:
-            raise ConfigError(f"--set: evaluate.checkpoint 'best' is chosen on held-out images, and run {run.name} "
-                              f"would hold none (data.validation = 0)")
-        run.name = run_name(config, run.settings)
-        config.output.dir = str((out or Path(config.output.root) / grid.path.stem) / run.name)
-        run.config = config
-
-
 def run(
     ctx: typer.Context,
     experiment: Experiment,
@@ -91,9 +60,7 @@ def run(
     from lipcli.experiments.grid import load_grid
     from lipcli.experiments.grid_runner import check_components, pending_stages, run_grid
 
-    grid = load_grid(experiment, out)
-    if overrides:
-        apply_overrides(grid, overrides, out)
+    grid = load_grid(experiment, out, overrides or ())
     check_components(grid, ctx.obj)
     if dry_run:
         rows = [{"run": r.name, "folder": r.config.output.dir, "needs": pending_stages(r, grid.evaluation),

@@ -19,10 +19,10 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from lipcli.attacks import NORMS
-from lipcli.config.loader import resolve_layers
+from lipcli.config.loader import parse_override, resolve_layers
 from lipcli.config.schema import ExperimentConfig
 from lipcli.config.toml_reader import load_toml
 from lipcli.curves import DEFAULT_EPS, parse_eps
@@ -103,9 +103,11 @@ class Grid:
     evaluation: EvaluationPlan
 
 
-def load_grid(path: Path, out: Path | None = None) -> Grid:
+def load_grid(path: Path, out: Path | None = None, overrides: Sequence[str] = ()) -> Grid:
     """Read and expand ``path``; every run is resolved (and so validated) now, with its folder under ``out``
-    (default: ``<output.root>/<file name without .toml>``)."""
+    (default: ``<output.root>/<file name without .toml>``). ``overrides`` (``lipcli run --set KEY=VALUE``) are
+    the top layer of every run, above the file and the grid's values; a key the grid varies, or ``output.dir``,
+    cannot be overridden."""
     data = dict(load_toml(path))
     axes = _axes(data.pop("grid", {}), path)
     evaluation = _evaluation(data.pop("evaluate", {}), path)
@@ -113,13 +115,20 @@ def load_grid(path: Path, out: Path | None = None) -> Grid:
     if "dir" in data.get("output", {}) or "output.dir" in keys:
         raise ConfigError(f"{path}: output.dir: a grid gives each run its own folder, under --out or "
                           f"<output.root>/{path.stem}; set output.root instead")
+    forced = [(f"--set {text}", *parse_override(text)) for text in overrides]
+    for _, key, _ in forced:
+        if key == "output.dir":
+            raise ConfigError("--set output.dir: a grid gives each run its own folder; use --out for their parent")
+        for axis in keys:
+            if key == axis or key.startswith(f"{axis}.") or axis.startswith(f"{key}."):
+                raise ConfigError(f"--set {key}: the grid varies {axis}; change its values in {path}")
     runs: list[PlannedRun] = []
     names: dict[str, dict[str, Any]] = {}
     identities: dict[str, dict[str, Any]] = {}
     for values in itertools.product(*(values for _, values in axes)):
         settings = dict(zip(keys, values, strict=True))
         layers = [(f"{path}: grid {key} = {value!r}", key, value) for key, value in settings.items()]
-        config = resolve_layers(data, str(path), layers)
+        config = resolve_layers(data, str(path), layers + forced)
         name = run_name(config, settings)
         if name in names:
             raise ConfigError(f"{path}: grid: the runs {names[name]} and {settings} both get the folder name {name!r}")
