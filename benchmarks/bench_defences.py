@@ -62,7 +62,7 @@ def timing(args: argparse.Namespace, host: PluginHost, device: torch.device) -> 
     steps: dict[str, Callable[[], None]] = {}
     for name, overrides in CANDIDATES.items():
         config = resolve(None, {}, [f"model.arch={args.arch}", *args.overrides, *overrides])
-        defence = build_defence(config.defence, host)
+        defence = build_defence(config.defence, host, tanh_head=config.model.tanh_head)
         model = build_model(config, info, host, defence).to(device).train()
         if config.training.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -110,9 +110,10 @@ def agreement(args: argparse.Namespace, host: PluginHost, device: torch.device) 
         trained = train(config, host=host)
         data = load_data(config.data, host)
         defences = {
-            m: build_defence(DefenceConfig(name="j2-lip", options={"wcat": {"method": m}}), host) for m in WCAT_METHODS
+            m: build_defence(DefenceConfig(name="j2-lip", options={"wcat": {"method": m}}), host,
+                             tanh_head=config.model.tanh_head) for m in WCAT_METHODS
         }
-        defences["j2"] = build_defence(DefenceConfig(name="j2"), host)  # the same step without the penalty
+        defences["j2"] = build_defence(DefenceConfig(name="j2"), host, tanh_head=config.model.tanh_head)  # no penalty
         model = build_model(config, data.info, host, defences["exact"]).to(device)
         model.load_state_dict(load_checkpoint(trained.run_dir / "last.pt")["model"])
     generator = torch.Generator().manual_seed(0)

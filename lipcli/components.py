@@ -127,14 +127,15 @@ def option_defaults(component: Component) -> dict[str, Any]:
     """The user options a factory accepts, with their defaults (``inspect.Parameter.empty`` when required); a
     factory given by reference is read from its source where possible, so listing options imports nothing."""
     factory = component.factory
-    read = factory.source_defaults() if isinstance(factory, Reference) else None
-    if read is not None:
-        return {name: default for name, default in read.items() if name not in LIPCLI_ARGUMENTS}
+    if isinstance(factory, Reference) and not factory.imported:
+        read = factory.source_defaults()
+        if read is not None:
+            return {name: default for name, default in read.items() if name not in LIPCLI_ARGUMENTS}
     try:
         parameters = inspect.signature(factory).parameters
     except (TypeError, ValueError):  # a builtin or C callable without a signature
         return {}
-    except (ImportError, AttributeError):  # a reference to nothing: building it says so, listing goes on
+    except Exception:  # noqa: BLE001 - a reference that does not import: building it says why, listing goes on
         return {}
     return {
         name: p.default for name, p in parameters.items()

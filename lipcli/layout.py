@@ -40,14 +40,24 @@ PLAN_FILE = "plan.json"
 """Beside each grid evaluation result: the ``[evaluate]`` settings it was measured with."""
 
 
+CURVE_PREFIX = "curve-"
+ROBUST_PREFIX = "robust-"
+"""The folders of curves and robust accuracies are these prefixes and the norm; a grid's stages are named so."""
+
+
 def curve_folder(norm: str) -> str:
     """The folder of a ``lipcli curve`` in ``norm``: ``curve-l2``, ``curve-linf``."""
-    return f"curve-{norm}"
+    return CURVE_PREFIX + norm
 
 
 def robust_folder(norm: str) -> str:
     """The folder of a ``lipcli robust`` in ``norm``."""
-    return f"robust-{norm}"
+    return ROBUST_PREFIX + norm
+
+
+def data_lipschitz_folder(dataset: str) -> str:
+    """The folder of a ``lipcli data-lipschitz`` of ``dataset``."""
+    return f"data-lipschitz-{dataset}"
 
 
 def attacks_folder(norm: str) -> str:

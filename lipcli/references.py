@@ -44,6 +44,11 @@ class Reference:
             self._target = target
         return self._target
 
+    @property
+    def imported(self) -> bool:
+        """Whether the factory has been imported (its real signature is then at hand)."""
+        return self._target is not None
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.resolve()(*args, **kwargs)
 
@@ -72,7 +77,7 @@ class Reference:
                 return None
             with open(origin, encoding="utf-8") as handle:
                 tree = ast.parse(handle.read(), origin)
-        except (ImportError, OSError, SyntaxError, ValueError):
+        except Exception:  # noqa: BLE001 - a parent package that fails to import, a file that does not parse
             return None
         function = _function(tree, attribute)
         if function is None or isinstance(function, dict):
@@ -95,30 +100,64 @@ def resolved(factory: Callable[..., Any]) -> Callable[..., Any]:
 
 def _function(tree: ast.Module, attribute: str) -> ast.FunctionDef | dict[str, Any] | None:
     """The function whose parameters are the factory's: the module-level function, or the ``__init__`` a class
-    defines or inherits from a class of the same module (single inheritance, undecorated, no metaclass keyword);
-    ``{}`` for a class whose chain ends at ``object`` without one; None where the source does not say."""
+    defines or inherits from a class of the same module (single inheritance); ``{}`` for a class whose chain ends
+    at ``object`` without one. None wherever the source might not say what the signature is: a name bound more than
+    once in the module (a second ``def``, ``f = partial(f, ...)``, ``C = dataclass(C)``), a decorator, a metaclass
+    keyword, ``__new__`` or ``__signature__`` in a class, several ``__init__``."""
+    bound = _bindings(tree)
     top = {node.name: node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
     node = top.get(attribute)
-    if isinstance(node, ast.FunctionDef):
-        return node
     seen: set[str] = set()
-    while isinstance(node, ast.ClassDef) and node.name not in seen:
+    while node is not None and node.name not in seen:
         seen.add(node.name)
-        if node.decorator_list or node.keywords:  # a dataclass or a metaclass may build another signature
+        if bound.count(node.name) != 1 or node.decorator_list:
+            return None
+        if isinstance(node, ast.FunctionDef):
+            return node
+        if node.keywords:
+            return None
+        members = [item.name for item in node.body if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        members += [target.id for item in node.body if isinstance(item, ast.Assign)
+                    for target in item.targets if isinstance(target, ast.Name)]
+        if "__new__" in members or "__signature__" in members or members.count("__init__") > 1:
             return None
         init = next((item for item in node.body if isinstance(item, ast.FunctionDef) and item.name == "__init__"), None)
         if init is not None:
-            return init
+            return None if init.decorator_list else init
         bases = [base.id for base in node.bases if isinstance(base, ast.Name)]
         if not node.bases or bases == ["object"]:
             return {}
         if len(node.bases) != 1 or len(bases) != 1:
             return None
         node = top.get(bases[0])
+        if not isinstance(node, ast.ClassDef):
+            return None
     return None
 
 
+def _bindings(tree: ast.Module) -> list[str]:
+    """Every name the module binds outside functions and classes, once per binding (``if`` and ``try`` bodies
+    included)."""
+    names: list[str] = []
+    pending: list[ast.stmt] = list(tree.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.append(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names += [n.id for target in targets for n in ast.walk(target) if isinstance(n, ast.Name)]
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names += [(alias.asname or alias.name).split(".")[0] for alias in node.names]
+        else:
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                pending += [child for child in getattr(node, field, []) if isinstance(child, ast.stmt)]
+            pending += [child for handler in getattr(node, "handlers", []) for child in handler.body]
+    return names
+
+
 def _parameters(function: ast.FunctionDef) -> dict[str, Any]:
+    """The parameters lipcli passes by keyword, with their defaults."""
     arguments = function.args
     if arguments.vararg or arguments.kwarg or arguments.posonlyargs:
         raise ValueError("*args, **kwargs or positional-only parameters: import the factory instead")

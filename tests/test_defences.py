@@ -534,6 +534,8 @@ def test_model_tanh_head_builds_exactly_what_the_tanh_preset_builds(
         assert name == other and torch.equal(value, expected), name
     names = build_defence(DefenceConfig(name="j2-lip"), host, tanh_head=True).names
     assert names[0] == "tanh-head" and names.count("tanh-head") == 1
+    with pytest.raises(ValueError, match="tanh-head"):  # a defence built without the flag would drop the head
+        build_model(tiny_config(tmp_path, "model.tanh_head=true"), info, host, build_defence(DefenceConfig(), host))
 
 
 @pytest.mark.parametrize(("settings", "label"), [

@@ -86,7 +86,8 @@ def _is_lipcli(module: str) -> bool:
 def private_imports(source: str, filename: str = "<source>") -> list[str]:
     """Each import of lipcli other than its public API in ``source``, as ``file:line: what``.
 
-    Allowed: ``from lipcli.api import ...``, ``import lipcli.api [as ...]``, ``from lipcli import api``.
+    Allowed: ``from lipcli.api import NAME`` for names in ``lipcli.api.__all__``, ``import lipcli.api [as ...]``,
+    ``from lipcli import api``.
     Everything else that names a lipcli module is reported: ``import lipcli``, ``import lipcli.x``,
     ``from lipcli.x import ...``, ``from lipcli import x`` (``hookimpl`` included), and a literal name given to
     ``importlib.import_module`` or ``__import__``. Imports inside functions and ``TYPE_CHECKING`` blocks count.
@@ -102,6 +103,9 @@ def private_imports(source: str, filename: str = "<source>") -> list[str]:
                 found += [f"{filename}:{node.lineno}: from lipcli import {name}" for name in bad]
             elif node.module != "lipcli.api":
                 found.append(f"{filename}:{node.lineno}: from {node.module} import ...")
+            else:  # the API module's own imports and helpers (``_LAZY``, ``importlib``) are not the API
+                bad = [a.name for a in node.names if a.name != "*" and a.name not in api.__all__]
+                found += [f"{filename}:{node.lineno}: from lipcli.api import {name}" for name in bad]
         elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
             function = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
             name = node.args[0].value
@@ -125,6 +129,7 @@ def private_imports(source: str, filename: str = "<source>") -> list[str]:
         "def build():\n    from lipcli.data import DatasetInfo",
         "import importlib\nimportlib.import_module('lipcli.training.defence')",
         "__import__('lipcli.models.heads')",
+        "from lipcli.api import _LAZY, importlib",
     ],
 )
 def test_a_private_import_is_caught(source: str) -> None:

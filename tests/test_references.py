@@ -88,6 +88,76 @@ def test_a_reference_imports_its_module_only_when_built(tmp_path: Path, monkeypa
     sys.modules.pop("lazy_factories")
 
 
+TRICKY = """
+    import dataclasses
+    import functools
+
+    def wider(function):
+        def wrapped(steps: int = 5, extra: float = 0.5):
+            return function(steps)
+        return wrapped
+
+    class WithNew:
+        def __new__(cls, steps: int = 3):
+            return super().__new__(cls)
+
+    def rebound(steps: int = 1):
+        return steps
+    rebound = functools.partial(rebound, steps=2)
+
+    @wider
+    def decorated(steps: int = 1):
+        return steps
+
+    def twice(steps: int = 1):
+        return steps
+    if True:
+        def twice(steps: int = 8):
+            return steps
+
+    class TwoInits:
+        def __init__(self, steps: int = 1) -> None:
+            pass
+
+        def __init__(self, steps: int = 2, more: int = 3) -> None:
+            pass
+
+    class Later:
+        x: int = 1
+    Later = dataclasses.dataclass(Later)
+"""
+
+
+@pytest.mark.parametrize("name", ["WithNew", "rebound", "decorated", "twice", "TwoInits", "Later"])
+def test_source_reading_declines_where_the_source_does_not_say_and_listing_imports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """Each of these has a signature other than the one its first ``def`` shows: reading the source must give
+    up (None), and the options listed come from the imported factory."""
+    module = f"tricky_{name.lower()}"
+    write_module(tmp_path, module, TRICKY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reference = Reference(f"{module}:{name}")
+    assert reference.source_defaults() is None
+    component = Component(name, reference, name, "test")
+    assert option_defaults(component) == imported_defaults(component)
+    sys.modules.pop(module)
+
+
+def test_a_module_that_fails_to_import_lists_without_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_module(tmp_path, "needs_a_driver", """
+        raise RuntimeError("needs a GPU driver")
+
+        def build(width=len("abc")):
+            return width
+    """)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    component = Component("net", Reference("needs_a_driver:build"), "a network", "test")
+    assert option_defaults(component) == {}  # one broken plugin does not break lipcli list
+    with pytest.raises(RuntimeError, match="GPU driver"):
+        component.factory()
+
+
 @pytest.mark.parametrize("text", ["no_colon", "module:", ":attr", "a b:c", "module:attr.sub"])
 def test_a_malformed_reference_is_refused(text: str) -> None:
     with pytest.raises(ValueError, match="package.module:attribute"):
@@ -109,3 +179,11 @@ def test_a_reference_to_nothing_lists_without_options_and_fails_when_built(host:
             component.factory()
     finally:
         host.unregister("nowhere-plugin")
+
+
+def test_fab_keeps_the_options_it_had_as_a_partial(host: PluginHost) -> None:
+    """``fab`` was ``partial(FAB, targets=0)``: the same options (``targets`` included), so results recorded with
+    them stay comparable and ``-O fab.targets=N`` still works."""
+    fab, fab_t = (host.registry("attack").get(name) for name in ("fab", "fab-t"))
+    assert option_defaults(fab) == {**option_defaults(fab_t), "targets": 0}
+    assert call_factory(fab, {"targets": 2}, "attack.fab").targets == 2

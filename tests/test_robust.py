@@ -326,7 +326,8 @@ def test_a_curve_is_matched_by_the_checkpoint_bytes_not_its_path(
 @pytest.mark.parametrize(("args", "message"), [
     (["--version", "fastest"], "unknown version 'fastest'"),
     (["--attack", "apgd-cee"], "Did you mean 'apgd-ce'"),
-    (["--attack", "deepfool"], "'deepfool' cannot run at a fixed eps"),
+    (["--attack", "deepfool"], "'deepfool' cannot run at a fixed eps (not an AttackAtBudget); use one of apgd-ce, "
+                               "apgd-t, fab, fab-t, square"),
     (["--attack", "apgd-ce", "--version", "fast"], "give --version or --attack, not both"),
     (["--version", "fast", "--eps", "8/0"], "not a number or fraction"),
     (["--version", "fast", "--eps", "0.1,0.1"], "given twice"),

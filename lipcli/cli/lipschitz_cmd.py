@@ -25,7 +25,7 @@ from lipcli.cli.options import (
     parse_eps_option,
 )
 from lipcli.cli.progress import RichReporter
-from lipcli.layout import STATS_FOLDER, default_out
+from lipcli.layout import STATS_FOLDER, data_lipschitz_folder, default_out
 
 NORMS = ("l2", "linf")
 
@@ -191,7 +191,7 @@ def data_lipschitz(
     if split not in ("train", "test"):
         raise typer.BadParameter(f"{split!r}: use train or test", param_hint="--split")
     config = resolve(None, {"data.dataset": dataset, "data.data_dir": str(data_dir) if data_dir else None})
-    folder = out or Path(f"data-lipschitz-{config.data.dataset}")
+    folder = out or Path(data_lipschitz_folder(config.data.dataset))
     with RichReporter(quiet=quiet) as reporter:
         report = measure(config.data, split=split, out=folder, limit=limit, curve=curve,
                          device=select_device(device, "--device"), host=ctx.obj, reporter=reporter,

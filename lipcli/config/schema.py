@@ -154,8 +154,9 @@ class ExperimentConfig:
     @property
     def defence_label(self) -> str:
         """The defence as run folders and tables name it: ``model.tanh_head = true`` shows as ``+tanh`` (the
-        preset that adds the same head), unless the defence already names the head."""
+        preset that adds the same head), unless the defence's name already says "tanh" (the test run folders have
+        always been named by: a new test would rename existing grids' folders and train them again)."""
         label = self.defence.label
-        if self.model.tanh_head and not {TANH_PRESET, TANH_HEAD} & set(label.split("+")):
+        if self.model.tanh_head and TANH_PRESET not in label:
             label += f"+{TANH_PRESET}"
         return label

@@ -48,6 +48,7 @@ from lipcli.plugin_host import PluginHost, get_host
 from lipcli.registry import Component
 from lipcli.reporting import Reporter
 from lipcli.result_files import write_summary
+from lipcli.references import resolved
 from lipcli.results_folder import Layout, claim, provenance, resume_settings
 
 LAYOUT = Layout(SUMMARY_FILE, (DISTANCES_FILE, ADVERSARIALS_FILE,
@@ -98,6 +99,15 @@ def _json_value(value: Any) -> Any:
     return value
 
 
+def _builds_budget_attacks(factory: Any) -> bool:
+    """Whether a factory is a class of :class:`AttackAtBudget` (a broken plugin's reference is not)."""
+    try:
+        target = resolved(factory)
+    except Exception:  # noqa: BLE001 - a plugin that cannot be imported offers nothing here
+        return False
+    return isinstance(target, type) and issubclass(target, AttackAtBudget)
+
+
 def build_attacks(
     names: list[str], options: Mapping[str, Mapping[str, Any]], host: PluginHost, *, at_budget: bool = False
 ) -> AttackSet:
@@ -118,7 +128,7 @@ def build_attacks(
         given = options.get(component.name, {})
         attack = call_factory(component, given, f"attack.{component.name}")
         if at_budget and not isinstance(attack, AttackAtBudget):
-            able = [c.name for c in registry if isinstance(c.factory, type) and issubclass(c.factory, AttackAtBudget)]
+            able = [c.name for c in registry if _builds_budget_attacks(c.factory)]
             raise ConfigError(f"attack {component.name!r} cannot run at a fixed eps (not an AttackAtBudget); "
                               f"use one of {', '.join(able) or 'none registered'}")
         if not at_budget and not callable(getattr(attack, "run", None)):

@@ -29,6 +29,7 @@ from lipcli.curves import DEFAULT_EPS, parse_eps
 from lipcli.errors import ConfigError
 from lipcli.evaluation.robust import VERSIONS
 from lipcli.evaluation.seeding import DEFAULT_SEED
+from lipcli.layout import CURVE_PREFIX, ROBUST_PREFIX, curve_folder
 from lipcli.suggestions import did_you_mean
 
 DEFAULT_ATTACK = "min-norm"
@@ -72,12 +73,12 @@ class EvaluationPlan:
         common = {"checkpoint": self.checkpoint, "limit": self.limit}
         if stage == "stats":
             return {**common, "eps": {n: self.eps_for(n) for n in NORMS}}
-        if stage.startswith("robust-"):
-            norm = stage.removeprefix("robust-")
-            curve = self.stage_plan(f"curve-{norm}") if norm in self.norms else None  # its distances count too
+        if stage.startswith(ROBUST_PREFIX):
+            norm = stage.removeprefix(ROBUST_PREFIX)
+            curve = self.stage_plan(curve_folder(norm)) if norm in self.norms else None  # its distances count too
             return {**common, "version": self.robust_version, "attacks": list(VERSIONS[self.robust_version]),
                     "eps": self.robust[norm], "seed": self.seed, "curve": curve}
-        norm = stage.removeprefix("curve-")
+        norm = stage.removeprefix(CURVE_PREFIX)
         attacks = self.attacks_for(norm)
         plan = {**common, "attacks": attacks, "attack_options": self.options_for(norm), "eps": self.eps_for(norm)}
         if self.seed != DEFAULT_SEED:  # recorded only when set, so curves measured before seeds existed stay current

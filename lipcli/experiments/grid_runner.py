@@ -53,9 +53,11 @@ from lipcli.files import sha256, write_text
 from lipcli.layout import (
     BEST,
     CONFIG_FILE,
+    CURVE_PREFIX,
     ERROR_FILE,
     LAST,
     PLAN_FILE,
+    ROBUST_PREFIX,
     STATS_FILE,
     SUMMARY_FILE,
     TRAINED,
@@ -120,8 +122,8 @@ def _describes(result: Path, checkpoint_hash: str | None, plan: EvaluationPlan, 
         return summary.get("checkpoint_sha256", checkpoint_hash) == checkpoint_hash
     if settings.get("checkpoint_sha256") != checkpoint_hash or summary.get("limit") != plan.limit:
         return False
-    if stage.startswith("curve-"):
-        planned = {name.lower() for name in plan.attacks_for(stage.removeprefix("curve-"))}
+    if stage.startswith(CURVE_PREFIX):
+        planned = {name.lower() for name in plan.attacks_for(stage.removeprefix(CURVE_PREFIX))}
         return {name.lower() for name in settings.get("attacks", {})} == planned and settings.get("seed") == plan.seed
     return True
 
@@ -242,8 +244,8 @@ def _run_stages(
                 [checkpoint], out=out, eps={n: plan.eps_for(n) for n in ("l2", "linf")}, limit=plan.limit,
                 batch_size=plan.batch_size, device=target_device, host=host, reporter=reporter, overwrite=True,
             )
-        elif stage.startswith("robust-"):
-            norm = stage.removeprefix("robust-")
+        elif stage.startswith(ROBUST_PREFIX):
+            norm = stage.removeprefix(ROBUST_PREFIX)
             attacks, options = build_ensemble(list(VERSIONS[plan.robust_version]), {}, host)
             evaluate_robust(
                 [checkpoint], norm=norm, attacks=attacks, options=options, eps=plan.robust[norm], out=out,
@@ -252,7 +254,7 @@ def _run_stages(
                 batch_size=plan.batch_size, device=target_device, host=host, reporter=reporter, overwrite=True,
             )
         else:
-            norm = stage.removeprefix("curve-")
+            norm = stage.removeprefix(CURVE_PREFIX)
             evaluate_checkpoints(
                 [checkpoint], norm=norm, attacks=build_attacks(plan.attacks_for(norm), plan.options_for(norm), host),
                 eps=plan.eps_for(norm), out=out, limit=plan.limit, batch_size=plan.batch_size,

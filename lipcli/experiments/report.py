@@ -38,7 +38,15 @@ from lipcli.errors import LipcliError
 from lipcli.experiments.grid import identity_tree
 from lipcli.figures import Series, describe, draw
 from lipcli.files import write_text
-from lipcli.layout import CONFIG_FILE, DISTANCES_FILE, PLAN_FILE
+from lipcli.layout import (
+    CONFIG_FILE,
+    DISTANCES_FILE,
+    PLAN_FILE,
+    STATS_CSV,
+    STATS_FILE,
+    STATS_FOLDER,
+    curve_folder,
+)
 
 
 @dataclass(frozen=True)
@@ -267,7 +275,7 @@ def _read_run(folder: Path, seed: int) -> Run | None:
     present. A stats file that cannot be read counts as missing."""
     run = Run(folder, seed)
     for norm, points in PAPER_EPS.items():
-        curve = read_distances(folder / f"curve-{norm}" / DISTANCES_FILE)
+        curve = read_distances(folder / curve_folder(norm) / DISTANCES_FILE)
         if curve is None:
             continue
         run.curves[norm], run.images[norm] = curve, curve.images
@@ -277,7 +285,7 @@ def _read_run(folder: Path, seed: int) -> Run | None:
         for text, eps in points:
             run.measure(f"{norm}_err_{text}", error_at(curve.minimum, eps), norm)
     try:
-        stats = json.loads((folder / "stats" / "stats.json").read_text())
+        stats = json.loads((folder / STATS_FOLDER / STATS_FILE).read_text())
         found = {"grad_loss_l2": float(stats["grad_loss_l2"]["max"]), "grad_loss_l1": float(stats["grad_loss_l1"]["max"]),
                  "jac_f_2inf": float(stats["jac_f_2inf_max"]), "jac_f_11": float(stats["jac_f_11_max"])}
         clean_error = float(stats["clean_error"])
@@ -287,7 +295,7 @@ def _read_run(folder: Path, seed: int) -> Run | None:
         run.measure(key, value, "stats")
     if "error" not in run.values:
         run.measure("error", clean_error, "stats")
-    images = _stats_images(folder / "stats", stats)
+    images = _stats_images(folder / STATS_FOLDER, stats)
     if images is not None:
         run.images["stats"] = images
     return run if run.values else None
@@ -295,7 +303,7 @@ def _read_run(folder: Path, seed: int) -> Run | None:
 
 def _stats_images(folder: Path, stats: dict[str, Any]) -> Images | None:
     """The images ``lipcli stats`` measured: the labels of its stats.csv, else the count in stats.json."""
-    labels = _labels(folder / "stats.csv")
+    labels = _labels(folder / STATS_CSV)
     if labels is not None:
         return Images(len(labels), labels)
     return Images(int(stats["images"])) if isinstance(stats.get("images"), int) else None

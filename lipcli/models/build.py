@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from lipcli.components import call_factory
-from lipcli.config.schema import ExperimentConfig
+from lipcli.config.schema import TANH_HEAD, ExperimentConfig
 from lipcli.data.types import DatasetInfo
 from lipcli.defence import ComposedDefence, build_defence
 from lipcli.errors import ConfigError
@@ -25,6 +25,9 @@ def build_model(
     host = host or get_host()
     component = host.registry("architecture").get(config.model.arch)
     defence = defence or build_defence(config.defence, host, tanh_head=config.model.tanh_head)
+    if config.model.tanh_head and TANH_HEAD not in defence.names:
+        raise ValueError("model.tanh_head is set and the defence given has no tanh-head primitive: build it with "
+                         "build_defence(config.defence, host, tanh_head=config.model.tanh_head)")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.training.seed)
         model = call_factory(

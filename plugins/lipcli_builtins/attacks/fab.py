@@ -154,13 +154,13 @@ class FAB(Attack, AttackAtBudget):
 
 
 class UntargetedFAB(FAB):
-    """Untargeted FAB: each step goes to the closest linearised boundary over all classes (``targets = 0``)."""
+    """FAB with ``targets = 0`` by default: each step goes to the closest linearised boundary over all classes."""
 
     def __init__(
-        self, steps: int = 100, restarts: int = 1, alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9,
-        bisect_steps: int = 20,
+        self, targets: int = 0, steps: int = 100, restarts: int = 1, alpha_max: float = 0.1, eta: float = 1.05,
+        beta: float = 0.9, bisect_steps: int = 20,
     ) -> None:
-        super().__init__(0, steps, restarts, alpha_max, eta, beta, bisect_steps)
+        super().__init__(targets, steps, restarts, alpha_max, eta, beta, bisect_steps)
 
 
 def _view(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
