@@ -305,3 +305,16 @@ def test_an_empty_test_set_is_an_error_not_a_nan_summary() -> None:
     empty = ImageSet(torch.zeros(0, 1, 2, 2), torch.zeros(0, dtype=torch.int64))
     with pytest.raises(LipcliError, match="no test images"):
         attack_set(Threshold(), empty, {"fail": Scripted(lambda images: images)}, "l2", batch_size=4, device=CPU)
+
+
+def test_an_attack_of_another_norm_is_noted_and_the_default_attack_is_one_name(host: Any) -> None:
+    """The engine says which attacks minimise another norm than the curve's (their distances are upper bounds);
+    ``lipcli curve`` and a grid's curves fall back on the same default attack."""
+    from lipcli.evaluation.minimal_distances import DEFAULT_ATTACK, build_attacks, native_norm_notes
+    from lipcli.experiments.grid import EvaluationPlan
+
+    attacks = build_attacks(["boundary", "min-norm"], {}, host)
+    assert native_norm_notes(attacks, "l2") == []
+    assert native_norm_notes(attacks, "linf") == [
+        "boundary minimises l2; its linf distances are measured on those adversarials"]
+    assert EvaluationPlan().attacks_for("l2") == [DEFAULT_ATTACK] and DEFAULT_ATTACK in host.registry("attack")

@@ -33,8 +33,6 @@ from lipcli.cli.options import (
 from lipcli.cli.progress import RichReporter
 from lipcli.layout import attacks_folder, curve_folder, default_out
 
-DEFAULT_ATTACK = "min-norm"
-
 Eps = Annotated[Optional[str], eps_option("Report error at these distances, e.g. 0.1,1.5 or 8/255.")]
 Out = Annotated[Optional[Path], out_folder("Folder for distances.csv, summary.json, curve.png.")]
 MaskingCheckImages = Annotated[
@@ -62,19 +60,19 @@ def _evaluate(
     """The curves of ``paths`` (one per model, or one per attack ``by="attack"``), warnings shown."""
     from lipcli.curves import DEFAULT_EPS
     from lipcli.device import select_device
-    from lipcli.evaluation.minimal_distances import build_attacks, evaluate_checkpoints
+    from lipcli.evaluation.minimal_distances import (
+        DEFAULT_ATTACK,
+        build_attacks,
+        evaluate_checkpoints,
+        native_norm_notes,
+    )
     from lipcli.evaluation.seeding import DEFAULT_SEED
 
     points = parse_eps_option(eps if eps is not None else ",".join(DEFAULT_EPS[norm]))
     host = ctx.obj
     built = build_attacks(attacks or [DEFAULT_ATTACK], attack_options(options), host)
-    for name, instance in built.items():
-        native = getattr(instance, "norms", None)
-        if native and norm not in native and not quiet:
-            console.err.print(
-                f"note: {name} minimises {'/'.join(native)}; its {norm} distances are measured on those adversarials",
-                highlight=False,
-            )
+    for note in [] if quiet else native_norm_notes(built, norm):
+        console.err.print(f"note: {note}", highlight=False)
     with RichReporter(quiet=quiet) as reporter:
         evaluations = evaluate_checkpoints(
             paths, norm=norm, attacks=built, eps=points, out=out, by=by, limit=limit,

@@ -45,10 +45,10 @@ from lipcli.layout import (
 )
 from lipcli.models.targets import load_targets, target_settings
 from lipcli.plugin_host import PluginHost, get_host
+from lipcli.references import resolved
 from lipcli.registry import Component
 from lipcli.reporting import Reporter
 from lipcli.result_files import write_summary
-from lipcli.references import resolved
 from lipcli.results_folder import Layout, claim, provenance, resume_settings
 
 LAYOUT = Layout(SUMMARY_FILE, (DISTANCES_FILE, ADVERSARIALS_FILE,
@@ -97,6 +97,21 @@ def _json_value(value: Any) -> Any:
     except (TypeError, ValueError):
         return repr(value)
     return value
+
+
+DEFAULT_ATTACK = "min-norm"
+"""The attack of ``lipcli curve`` and of a grid's curves when none is named."""
+
+
+def native_norm_notes(attacks: Mapping[str, Attack], norm: str) -> list[str]:
+    """One line per attack that minimises another norm than ``norm`` (its ``norms``): its distances in ``norm`` are
+    those of the adversarials it found for its own norm, an upper bound only."""
+    notes = []
+    for name, attack in attacks.items():
+        native = getattr(attack, "norms", None)
+        if native and norm not in native:
+            notes.append(f"{name} minimises {'/'.join(native)}; its {norm} distances are measured on those adversarials")
+    return notes
 
 
 def _builds_budget_attacks(factory: Any) -> bool:

@@ -27,12 +27,11 @@ from lipcli.config.schema import ExperimentConfig
 from lipcli.config.toml_reader import load_toml
 from lipcli.curves import DEFAULT_EPS, parse_eps
 from lipcli.errors import ConfigError
+from lipcli.evaluation.minimal_distances import DEFAULT_ATTACK
 from lipcli.evaluation.robust import VERSIONS
 from lipcli.evaluation.seeding import DEFAULT_SEED
 from lipcli.layout import CURVE_PREFIX, ROBUST_PREFIX, curve_folder
 from lipcli.suggestions import did_you_mean
-
-DEFAULT_ATTACK = "min-norm"
 
 
 @dataclass
