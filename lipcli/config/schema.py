@@ -154,8 +154,8 @@ class ExperimentConfig:
     @property
     def defence_label(self) -> str:
         """The defence as run folders and tables name it: ``model.tanh_head = true`` shows as ``+tanh`` (the
-        preset that adds the same head), unless the defence's name already says "tanh" (the test run folders have
-        always been named by: a new test would rename existing grids' folders and train them again)."""
+        preset that adds the same head), unless the defence's name already contains "tanh". That is the rule run
+        folders have always been named by; a stricter one would rename existing grids' folders and retrain them."""
         label = self.defence.label
         if self.model.tanh_head and TANH_PRESET not in label:
             label += f"+{TANH_PRESET}"
