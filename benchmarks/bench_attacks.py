@@ -51,6 +51,7 @@ from lipcli.evaluation.seeding import seeded  # noqa: E402
 from lipcli.gradients import frozen_eval  # noqa: E402
 from lipcli.models.targets import load_target  # noqa: E402
 from lipcli.plugin_host import PluginHost  # noqa: E402
+from lipcli.engine import make_engine  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from outside_attacks import outside_attacks  # noqa: E402
@@ -111,8 +112,7 @@ def file_hash(path: Path) -> str:
 
 
 def minimal_suite(args: argparse.Namespace, host: PluginHost, path: Path) -> None:
-    target = load_target(path, data_dir=Path(args.data_dir), limit=args.limit, device=torch.device(args.device),
-                         host=host)
+    target = load_target(path, make_engine(args.device, plugins=host), data_dir=Path(args.data_dir), limit=args.limit)
     images = target.test.as_float(target.test.images.to(args.device))
     labels = target.test.labels.to(args.device)
     model = target.model
@@ -181,8 +181,7 @@ def _print_norm(norm: str, results: dict[str, tuple[torch.Tensor, float, bool]],
 
 
 def deepfool_suite(args: argparse.Namespace, host: PluginHost, path: Path) -> None:
-    target = load_target(path, data_dir=Path(args.data_dir), limit=args.limit, device=torch.device(args.device),
-                         host=host)
+    target = load_target(path, make_engine(args.device, plugins=host), data_dir=Path(args.data_dir), limit=args.limit)
     images = target.test.as_float(target.test.images.to(args.device))
     labels = target.test.labels.to(args.device)
     with torch.no_grad():

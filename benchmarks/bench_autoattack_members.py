@@ -39,6 +39,7 @@ from lipcli.evaluation.seeding import seeded
 from lipcli.gradients import frozen_eval
 from lipcli.models.targets import load_target
 from lipcli.plugin_host import PluginHost
+from lipcli.engine import make_engine
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 CHECKPOINTS = [Path("/work/bench-models/j0.pt"), Path("/work/bench-models/j2-lip-tanh.pt")]
@@ -127,7 +128,7 @@ def main() -> None:
         for suite, limit in (("square", args.limit), ("fab", args.fab_limit)):
             if suite not in only:
                 continue
-            target = load_target(path, data_dir=FASHION, limit=limit, device=torch.device("cpu"), host=host)
+            target = load_target(path, make_engine("cpu", plugins=host), data_dir=FASHION, limit=limit)
             model = target.model.eval()
             images, labels = target.test.as_float(target.test.images), target.test.labels
             with torch.no_grad():

@@ -39,6 +39,7 @@ from lipcli.evaluation.seeding import DEFAULT_SEED, seeded
 from lipcli.gradients import frozen_eval
 from lipcli.models.targets import load_target
 from lipcli.plugin_host import PluginHost
+from lipcli.engine import make_engine
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 ATTACKS = ("boundary", "hsja", "foolbox-boundary", "foolbox-hsja")
@@ -203,7 +204,7 @@ def main() -> None:
     host, device = PluginHost(), torch.device(args.device)
     for path in args.checkpoints:
         # enough test images that ``max(counts)`` of them are classified correctly
-        target = load_target(path, data_dir=args.data_dir, limit=2 * max(counts), device=device, host=host)
+        target = load_target(path, make_engine(device, plugins=host), data_dir=args.data_dir, limit=2 * max(counts))
         images = target.test.as_float(target.test.images.to(device))
         labels = target.test.labels.to(device)
         with torch.no_grad():

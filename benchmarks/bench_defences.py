@@ -38,6 +38,7 @@ from lipcli.models.build import build_model
 from lipcli.plugin_host import PluginHost
 from lipcli.training.optim import build_optimizer
 from lipcli.training.trainer import train
+from lipcli.engine import make_engine
 
 WCAT_METHODS = ("exact", "worst", "fd")
 CANDIDATES = {
@@ -107,7 +108,7 @@ def agreement(args: argparse.Namespace, host: PluginHost, device: torch.device) 
             "training.batch_size=128", "training.lr=0.05", f"training.device={device.type!r}",
             f"output.dir={folder + '/run'!r}",
         ])
-        trained = train(config, host=host)
+        trained = train(config, make_engine(device, plugins=host))
         data = load_data(config.data, host)
         defences = {
             m: build_defence(DefenceConfig(name="j2-lip", options={"wcat": {"method": m}}), host,

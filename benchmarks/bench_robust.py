@@ -37,6 +37,7 @@ from lipcli.evaluation.seeding import seeded
 from lipcli.gradients import frozen_eval
 from lipcli.models.targets import load_target
 from lipcli.plugin_host import PluginHost
+from lipcli.engine import make_engine
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 MODELS = ["/work/bench-models/j0.pt", "/work/bench-models/j2-lip-tanh.pt"]
@@ -99,7 +100,7 @@ def main() -> None:
     device = torch.device(args.device)
     only = args.only.split(",")
     for path in args.checkpoints:
-        target = load_target(Path(path), data_dir=Path(args.data_dir), limit=args.limit, device=device, host=host)
+        target = load_target(Path(path), make_engine(device, plugins=host), data_dir=Path(args.data_dir), limit=args.limit)
         model = target.model
         images = target.test.as_float(target.test.images).to(device)
         labels = target.test.labels.to(device)

@@ -67,19 +67,19 @@ class Result:
 Check = Callable[[Component, PluginHost], None]
 
 
-def run_checks(host: PluginHost, kinds: list[str] | None = None, plugin: str | None = None) -> list[Result]:
+def run_checks(plugins: PluginHost, kinds: list[str] | None = None, plugin: str | None = None) -> list[Result]:
     """Every check of every component of ``kinds`` (all by default), of one ``plugin`` or of all."""
     results = []
     for kind in kinds or list(KINDS):
-        for component in host.registry(kind):
+        for component in plugins.registry(kind):
             if plugin is not None and component.plugin.lower() != plugin.lower():
                 continue
             for check_name, check in CHECKS[kind]:
-                results.append(run_check(kind, check_name, check, component, host))
+                results.append(run_check(kind, check_name, check, component, plugins))
     return results
 
 
-def run_check(kind: str, check_name: str, check: Check, component: Component, host: PluginHost) -> Result:
+def run_check(kind: str, check_name: str, check: Check, component: Component, plugins: PluginHost) -> Result:
     """One check, its outcome caught: a component that raises anything fails the check, with what it raised."""
     def result(status: str, detail: str = "") -> Result:
         return Result(kind, component.name, component.plugin, check_name, status, detail)
@@ -87,7 +87,7 @@ def run_check(kind: str, check_name: str, check: Check, component: Component, ho
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # a component using the global generator sees the same draws in every run
-            check(component, host)
+            check(component, plugins)
     except Skipped as exc:
         return result("skip", str(exc))
     except Violation as exc:
@@ -116,7 +116,7 @@ def _build(component: Component, info: DatasetInfo, seed: int = 0) -> nn.Module:
 # -- architectures -------------------------------------------------------------------------------------------
 
 
-def _architecture_output(component: Component, host: PluginHost) -> None:
+def _architecture_output(component: Component, plugins: PluginHost) -> None:
     for info in SHAPES:
         model = _build(component, info)
         for training in (True, False):
@@ -127,14 +127,14 @@ def _architecture_output(component: Component, host: PluginHost) -> None:
                      f"output {out.dtype}, finite: {bool(torch.isfinite(out).all())}")
 
 
-def _architecture_seeded(component: Component, host: PluginHost) -> None:
+def _architecture_seeded(component: Component, plugins: PluginHost) -> None:
     info = SHAPES[0]
     first, again, other = (_build(component, info, seed).state_dict() for seed in (3, 3, 4))
     _require(all(torch.equal(first[k], again[k]) for k in first), "the same seed gives different weights")
     _require(any(not torch.equal(first[k], other[k]) for k in first), "different seeds give the same weights")
 
 
-def _architecture_double_backprop(component: Component, host: PluginHost) -> None:
+def _architecture_double_backprop(component: Component, plugins: PluginHost) -> None:
     info = SHAPES[1]
     model = _build(component, info).train()
     x = _images(info, 2).requires_grad_()
@@ -146,7 +146,7 @@ def _architecture_double_backprop(component: Component, host: PluginHost) -> Non
     _require(all(bool(torch.isfinite(g).all()) for g in grads), "double backpropagation gives non-finite gradients")
 
 
-def _architecture_batch_independent(component: Component, host: PluginHost) -> None:
+def _architecture_batch_independent(component: Component, plugins: PluginHost) -> None:
     info = SHAPES[1]
     model = _build(component, info)
     with torch.no_grad():
@@ -170,15 +170,15 @@ def _contract_model(info: DatasetInfo) -> nn.Module:
     )
 
 
-def _defence_expands(component: Component, host: PluginHost) -> None:
+def _defence_expands(component: Component, plugins: PluginHost) -> None:
     """A preset names registered primitives (``expand`` raises, naming the preset, when one is unknown); ``j0``,
     no defence, expands to none."""
-    expand(DefenceConfig(name=component.name), host.registry("defence"))
+    expand(DefenceConfig(name=component.name), plugins.registry("defence"))
 
 
-def _defence_loss(component: Component, host: PluginHost) -> None:
+def _defence_loss(component: Component, plugins: PluginHost) -> None:
     info = SHAPES[1]
-    defence = build_defence(DefenceConfig(name=component.name), host)
+    defence = build_defence(DefenceConfig(name=component.name), plugins)
     model = defence.prepare_model(_contract_model(info), info)
     _require(isinstance(model, nn.Module), "prepare_model did not return an nn.Module")
     images = _images(info, 8)
@@ -219,7 +219,7 @@ def _easy_case() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     return model, images, labels
 
 
-def _attack_proposals(component: Component, host: PluginHost) -> None:
+def _attack_proposals(component: Component, plugins: PluginHost) -> None:
     model, images, labels = _easy_case()
     attack = call_factory(component, {}, f"attack.{component.name}")
     minimal = callable(getattr(attack, "run", None))
@@ -267,7 +267,7 @@ def _minimal_distances(model: nn.Module, images: torch.Tensor, labels: torch.Ten
 # -- data sets -----------------------------------------------------------------------------------------------
 
 
-def _dataset_splits(component: Component, host: PluginHost) -> None:
+def _dataset_splits(component: Component, plugins: PluginHost) -> None:
     try:
         splits = component.factory(data_dir=None, download=False)
     except DataError as exc:

@@ -164,11 +164,11 @@ def _with_options(
     return [(name, {**params, **options.get(name, {})}) for name, params in expanded]
 
 
-def build_defence(config: DefenceConfig, host: PluginHost, *, tanh_head: bool = False) -> ComposedDefence:
+def build_defence(config: DefenceConfig, plugins: PluginHost, *, tanh_head: bool = False) -> ComposedDefence:
     """The configured defence: presets expanded, options applied, every primitive instantiated. ``tanh_head``
     (``model.tanh_head``) puts the ``tanh-head`` primitive first where the defence does not name it: the one way
     the head is built."""
-    registry = host.registry("defence")
+    registry = plugins.registry("defence")
     expanded = _expand(config, registry)
     if tanh_head and all(name != TANH_HEAD for name, _, _ in expanded):
         expanded.insert(0, (registry.get(TANH_HEAD).name, {}, "model.tanh_head"))

@@ -35,3 +35,7 @@ class Reporter:
 
     def info(self, text: str) -> None:
         """A one-line status message (where the run is written, device in use)."""
+
+
+SILENT = Reporter()
+"""The reporter of calls that are given none: progress goes nowhere."""

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from lipcli.cli.app import build_app
 from lipcli.config import ExperimentConfig, resolve
+from lipcli.engine import Engine, make_engine
 from lipcli.plugin_host import PluginHost
 
 
@@ -30,6 +31,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def host() -> PluginHost:
     """The installed plugins, independent of the developer's LIPCLI_* environment variables."""
     return PluginHost(environ={})
+
+
+@pytest.fixture(scope="session")
+def engine(host: PluginHost) -> Engine:
+    """The engine context of the tests: those plugins, on the CPU, silent."""
+    return make_engine("cpu", plugins=host)
 
 
 def _tiny_config(tmp_path: Path, *overrides: str) -> ExperimentConfig:

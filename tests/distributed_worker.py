@@ -12,6 +12,7 @@ from torch import nn
 from lipcli import hookimpl
 from lipcli.config import resolve
 from lipcli.plugin_host import PluginHost
+from lipcli.engine import make_engine
 
 
 class NoNormPlugin:
@@ -55,7 +56,7 @@ def train_steps(rank: int, world: int, port: int, out: str, defence: str, steps:
     distributed.setup()
     succeeded = False
     try:
-        train(steps_config(Path(out), defence, steps, *extra), host=host())
+        train(steps_config(Path(out), defence, steps, *extra), make_engine("cpu", plugins=host()))
         succeeded = True
     finally:
         distributed.teardown(succeeded)

@@ -25,6 +25,7 @@ from lipcli.device import select_device
 from lipcli.plugin_host import PluginHost
 from lipcli.precision import full_float32
 from lipcli.training.trainer import train
+from lipcli.engine import Engine
 
 pytestmark = pytest.mark.cuda
 CUDA = torch.device("cuda")
@@ -86,7 +87,7 @@ def test_full_float32_makes_gpu_convolutions_ieee() -> None:
 
 @pytest.mark.parametrize("method", ["exact", "worst", "fd"])
 def test_j2_lip_trains_on_the_gpu_with_amp(
-    host: PluginHost, tiny_config: Callable[..., Any], tmp_path: Path, method: str
+    engine: Engine, tiny_config: Callable[..., Any], tmp_path: Path, method: str
 ) -> None:
     config = tiny_config(
         tmp_path, "data.dataset=digits", "defence.name=j2-lip", "training.epochs=4", "training.device=cuda",
@@ -94,7 +95,7 @@ def test_j2_lip_trains_on_the_gpu_with_amp(
         "model.options={width=16}",
     )
     config.data.options = {}
-    rows = train(config, host=host).history
+    rows = train(config, engine).history
     assert all(row["penalty"] > 0 and row["grad_norm_max"] > 0 for row in rows)
     assert rows[-1]["test_error"] < 0.1, rows[-1]
 

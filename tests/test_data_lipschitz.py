@@ -135,7 +135,7 @@ def test_data_lipschitz_command_on_digits(run: Callable[..., Any], tmp_path: Pat
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--dataset", "digitz"], "Did you mean 'digits'"),
-    (["--dataset", "digits", "--split", "validation"], "--split"),
+    (["--dataset", "digits", "--split", "validation"], "split: unknown split 'validation'; use train or test"),
 ])
 def test_data_lipschitz_bad_input(run: Callable[..., Any], tmp_path: Path, args: list[str], message: str) -> None:
     result = run("data-lipschitz", *args, "--out", tmp_path / "x", "--no-curve")

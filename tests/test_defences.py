@@ -32,6 +32,7 @@ from lipcli.models.heads import TanhHead, WithHead
 from lipcli.plugin_host import PluginHost
 from lipcli.training.clean_error import clean_error_and_loss
 from lipcli.training.trainer import train
+from lipcli.engine import Engine
 
 LOSS_RTOL = 1e-10
 """Relative tolerance for library losses/gradients of a float64 model against hand computations."""
@@ -553,14 +554,14 @@ def test_the_defence_label_names_the_tanh_head_once(
 
 
 def test_tanh_head_training_checkpoint_and_load_model(
-    host: PluginHost, tiny_config: Callable[..., Any], tmp_path: Path
+    host: PluginHost, engine: Engine, tiny_config: Callable[..., Any], tmp_path: Path
 ) -> None:
     config = tiny_config(tmp_path, "defence.name=j2-lip+tanh", "training.epochs=1")
-    result = train(config, host=host)
+    result = train(config, engine)
     checkpoint = load_checkpoint(result.run_dir / "last.pt")
     assert "head.t" in checkpoint["model"]
     assert checkpoint["model"]["head.t"].item() != 1.0  # the scale was trained
-    model = lipcli.load_model(result.run_dir / "last.pt", host=host)
+    model = lipcli.load_model(result.run_dir / "last.pt", plugins=host)
     assert isinstance(model.head, TanhHead) and not model.training
     test_set = load_data(config.data, host).test.subset(config.evaluation.limit)
     error, loss = clean_error_and_loss(model, test_set, config.evaluation.batch_size, torch.device("cpu"))
@@ -575,11 +576,11 @@ def test_tanh_head_training_checkpoint_and_load_model(
 @pytest.mark.parametrize("suffix", ["", "+tanh"])
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_preset_trains_one_epoch_on_digits(
-    host: PluginHost, tiny_config: Callable[..., Any], tmp_path: Path, preset: str, suffix: str
+    engine: Engine, tiny_config: Callable[..., Any], tmp_path: Path, preset: str, suffix: str
 ) -> None:
     config = tiny_config(tmp_path, "data.dataset=digits", "training.epochs=1", f"defence.name={preset}{suffix}")
     config.data.options = {}  # overrides merge option tables: "data.options={}" would keep synthetic's keys
-    result = train(config, host=host)
+    result = train(config, engine)
     rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1
     row = rows[0]

@@ -19,6 +19,7 @@ from lipcli.checkpoint import load_checkpoint
 from lipcli.data.batches import shard
 from lipcli.layout import LOCK_FILE as LOCK
 from lipcli.training.trainer import train
+from lipcli.engine import make_engine
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 
@@ -58,7 +59,7 @@ def test_distributed_steps_equal_the_single_process_steps(tmp_path: Path, defenc
     """Same seed, same global batch of 32: two processes of 16 take the same steps as one process of 32,
     penalty included (its maximum is over the global batch, its gradient reaches the right process)."""
     mp.spawn(train_steps, args=(2, free_port(), str(tmp_path / "two"), defence, steps, extra), nprocs=2, join=True)
-    train(steps_config(tmp_path / "one", defence, steps, *extra), host=host())
+    train(steps_config(tmp_path / "one", defence, steps, *extra), make_engine("cpu", plugins=host()))
     two, one = (load_checkpoint(tmp_path / name / "last.pt") for name in ("two", "one"))
     assert one["step"] == two["step"] == steps
     for key, value in one["model"].items():
@@ -86,7 +87,7 @@ def test_torchrun_resumes_a_single_process_run_and_its_checkpoint_loads_in_one_p
 
     monkeypatch.setattr(trainer._Run, "_epoch", stop_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
-        trainer.train(config)
+        trainer.train(config, make_engine("cpu", plugins=host()))
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
 
     done = torchrun("train", "--resume", tmp_path / "run", "--quiet")

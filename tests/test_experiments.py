@@ -26,6 +26,7 @@ from lipcli.experiments.grid_runner import (
 from lipcli.experiments.report import collect, csv_text, latex, markdown, write_report
 from lipcli.plugin_host import PluginHost
 from lipcli.training import trainer
+from lipcli.engine import Engine
 
 BASE = """
 [data]
@@ -103,7 +104,7 @@ def test_grid_errors_name_the_key(tmp_path: Path, grid: str, evaluate: str, mess
         load_grid(experiment(tmp_path, grid, evaluate), tmp_path / "runs")
 
 
-def test_a_finished_grid_is_skipped_and_an_interrupted_run_resumes(tmp_path: Path, host: PluginHost,
+def test_a_finished_grid_is_skipped_and_an_interrupted_run_resumes(tmp_path: Path, engine: Engine,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     path = experiment(tmp_path, '[grid]\n"defence.name" = ["j0", "j2"]\n')
     grid = load_grid(path, tmp_path / "runs")
@@ -115,7 +116,7 @@ def test_a_finished_grid_is_skipped_and_an_interrupted_run_resumes(tmp_path: Pat
         return real_epoch(self, epoch, *args)
 
     monkeypatch.setattr(trainer._Run, "_epoch", interrupted)
-    outcomes = run_grid(grid, host=host)
+    outcomes = run_grid(grid, engine)
     assert [o.status for o in outcomes] == ["failed", "done"]  # the failure does not stop the grid
     assert "simulated crash" in outcomes[0].message
     crashed = Path(grid.runs[0].config.output.dir)
@@ -125,7 +126,7 @@ def test_a_finished_grid_is_skipped_and_an_interrupted_run_resumes(tmp_path: Pat
 
     monkeypatch.setattr(trainer._Run, "_epoch", real_epoch)
     finished = (Path(grid.runs[1].config.output.dir) / "stats" / "stats.json").stat().st_mtime_ns
-    outcomes = run_grid(load_grid(path, tmp_path / "runs"), host=host)
+    outcomes = run_grid(load_grid(path, tmp_path / "runs"), engine)
     assert [(o.status, o.stages) for o in outcomes] == [("done", ["resume", "curve-l2", "stats"]), ("skipped", [])]
     assert [json.loads(line)["epoch"] for line in (crashed / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert (Path(grid.runs[1].config.output.dir) / "stats" / "stats.json").stat().st_mtime_ns == finished
@@ -138,13 +139,13 @@ def test_a_finished_grid_is_skipped_and_an_interrupted_run_resumes(tmp_path: Pat
     assert [pending_stages(r, grid.evaluation) for r in grid.runs] == [["curve-linf"], ["curve-linf"]]
 
 
-def test_a_changed_configuration_is_refused_not_mixed(tmp_path: Path, host: PluginHost) -> None:
+def test_a_changed_configuration_is_refused_not_mixed(tmp_path: Path, engine: Engine) -> None:
     path = experiment(tmp_path, '[grid]\n"training.seed" = [0]\n', "[evaluate]\nnorms = []\nstats = false\n")
-    assert [o.status for o in run_grid(load_grid(path, tmp_path / "runs"), host=host)] == ["done"]
+    assert [o.status for o in run_grid(load_grid(path, tmp_path / "runs"), engine)] == ["done"]
     path.write_text(path.read_text().replace("lr = 0.05", "lr = 0.02"))
     grid = load_grid(path, tmp_path / "runs")
     assert "training.lr" in configuration_conflict(grid.runs[0])
-    (outcome,) = run_grid(grid, host=host)
+    (outcome,) = run_grid(grid, engine)
     assert outcome.status == "failed" and "training.lr" in outcome.message
 
 
@@ -333,29 +334,29 @@ def test_every_example_expands_and_names_real_components(name: str, host: Plugin
     check_components(load_grid(path), host)
 
 
-def finished_run(tmp_path: Path, host: PluginHost, evaluate: str = EVALUATE) -> tuple[Path, Any]:
+def finished_run(tmp_path: Path, engine: Engine, evaluate: str = EVALUATE) -> tuple[Path, Any]:
     path = experiment(tmp_path, '[grid]\n"training.seed" = [0]\n', evaluate)
     grid = load_grid(path, tmp_path / "runs")
-    assert [o.status for o in run_grid(grid, host=host)] == ["done"]
+    assert [o.status for o in run_grid(grid, engine)] == ["done"]
     return path, grid
 
 
-def test_an_extended_run_is_evaluated_again_and_an_unfinished_extension_resumed(tmp_path: Path, host: PluginHost) -> None:
+def test_an_extended_run_is_evaluated_again_and_an_unfinished_extension_resumed(tmp_path: Path, engine: Engine) -> None:
     """Evaluations belong to the checkpoint they measured (its step, in plan.json), not to the marker that
     training once finished: after ``lipcli train --resume RUN --epochs N`` they are stale. (Multistep: an
     extended cosine run is not the longer run, and its grid would refuse it.)"""
     multistep = BASE.replace("[training]", '[training]\nlr_schedule = "multistep"')
     path = experiment(tmp_path, '[grid]\n"training.seed" = [0]\n', base=multistep)
     grid = load_grid(path, tmp_path / "runs")
-    assert [o.status for o in run_grid(grid, host=host)] == ["done"]
+    assert [o.status for o in run_grid(grid, engine)] == ["done"]
     folder = Path(grid.runs[0].config.output.dir)
     assert json.loads((folder / "curve-l2" / "plan.json").read_text())["checkpoint_step"] == 2 * 4  # 2 epochs of 4
     longer = experiment(tmp_path, '[grid]\n"training.seed" = [0]\n', base=multistep.replace("epochs = 2", "epochs = 3"),
                         name="longer")
     longer_grid = load_grid(longer, tmp_path / "runs")
-    trainer.resume(folder, host=host, epochs=3)  # the user extends the run, then the grid file
+    trainer.resume(folder, engine, epochs=3)  # the user extends the run, then the grid file
     assert pending_stages(longer_grid.runs[0], longer_grid.evaluation) == ["curve-l2", "stats"]
-    outcomes = run_grid(longer_grid, host=host)
+    outcomes = run_grid(longer_grid, engine)
     assert [(o.status, o.stages) for o in outcomes] == [("done", ["curve-l2", "stats"])]
     assert json.loads((folder / "curve-l2" / "plan.json").read_text())["checkpoint_step"] == 3 * 4
     # an extension cut short: last.pt is an epoch short of the configuration, trained.json notwithstanding
@@ -395,7 +396,7 @@ def test_the_report_marks_results_measured_on_a_best_pt_chosen_on_the_test_error
     assert len(marked) == 1 and marked[0].seeds == [1]
 
 
-def test_what_counts_as_done(tmp_path: Path, host: PluginHost) -> None:
+def test_what_counts_as_done(tmp_path: Path, host: PluginHost, engine: Engine) -> None:
     path, grid = finished_run(tmp_path, host)
     run, folder = grid.runs[0], Path(grid.runs[0].config.output.dir)
     assert json.loads((folder / "curve-l2" / "plan.json").read_text())["limit"] == 8
@@ -411,13 +412,13 @@ def test_what_counts_as_done(tmp_path: Path, host: PluginHost) -> None:
                        base=BASE.replace('dataset = "synthetic"', 'dataset = "synthetic"\ndata_dir = "/elsewhere"')
                        .replace('device = "cpu"', 'device = "cuda:7"'), name="moved")
     moved_grid = load_grid(moved, tmp_path / "runs")
-    assert [o.status for o in run_grid(moved_grid, host=host)] == ["skipped"]  # no CUDA needed to skip
+    assert [o.status for o in run_grid(moved_grid, engine)] == ["skipped"]  # no CUDA needed to skip
     # training again from scratch (checkpoints and marker removed) makes every evaluation stale
     for name in ("trained.json", "last.pt"):
         (folder / name).unlink()
     assert pending_stages(run, grid.evaluation) == ["train", "curve-l2", "stats"]
     # best.pt left by a crash before the first last.pt does not block the new start
-    outcomes = run_grid(load_grid(path, tmp_path / "runs"), host=host)
+    outcomes = run_grid(load_grid(path, tmp_path / "runs"), engine)
     assert [o.status for o in outcomes] == ["done"] and (folder / "last.pt").is_file(), outcomes[0].message
     assert not (folder / "error.txt").exists()
 

@@ -19,6 +19,7 @@ from lipcli.experiments.grid import load_grid
 from lipcli.experiments.grid_runner import pending_stages, run_grid
 from lipcli.layout import LOCK_FILE, PARTIAL
 from lipcli.plugin_host import PluginHost
+from lipcli.engine import Engine
 
 FAST = ["-a", "deepfool", "--masking-check", "0", "--device", "cpu", "--quiet"]
 
@@ -159,30 +160,30 @@ class _Interrupted(Attack):
 
 
 def test_partial_results_of_other_images_or_devices_are_not_resumed(checkpoint: Path, tmp_path: Path,
-                                                                    host: PluginHost) -> None:
+                                                                    engine: Engine) -> None:
     """A batch whose attacked images differ (on another device a borderline image may be classified otherwise)
     is attacked again, and partial results written on another kind of device are refused."""
     from lipcli.evaluation.journal import BatchRecord, Journal
 
-    common = dict(norm="l2", eps=[("1", 1.0)], limit=40, batch_size=8, device=torch.device("cpu"), host=host,
+    common = dict(norm="l2", eps=[("1", 1.0)], limit=40, batch_size=8,
                   masking_check=0)
     out = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
-        evaluate_checkpoints([checkpoint], attacks={"noise": _Interrupted(3)}, out=out, **common)
+        evaluate_checkpoints([checkpoint], engine, attacks={"noise": _Interrupted(3)}, out=out, **common)
     journal = Journal(out)
     first = sorted((out / PARTIAL).glob("noise-*.0.pt"))[0]
     saved = torch.load(first, weights_only=True)
     record = BatchRecord(saved["rows"][1:], saved["distances"][1:], 0.0, 0, 0)
     journal.save("noise", 0, record)  # as if one image had been classified otherwise there
     again = _Interrupted(None)
-    evaluate_checkpoints([checkpoint], attacks={"noise": again}, out=out, **common)
+    evaluate_checkpoints([checkpoint], engine, attacks={"noise": again}, out=out, **common)
     assert again.calls == _batches_attacked(out) - 1  # batch 0 attacked again, batch 1 resumed
     with pytest.raises(KeyboardInterrupt):
-        evaluate_checkpoints([checkpoint], attacks={"noise": _Interrupted(2)}, out=tmp_path / "gpu", **common)
+        evaluate_checkpoints([checkpoint], engine, attacks={"noise": _Interrupted(2)}, out=tmp_path / "gpu", **common)
     settings_file = tmp_path / "gpu" / PARTIAL / "settings.json"
     settings_file.write_text(settings_file.read_text().replace('"device_type": "cpu"', '"device_type": "cuda"'))
     with pytest.raises(LipcliError, match="device_type: 'cuda' there, 'cpu' now"):
-        evaluate_checkpoints([checkpoint], attacks={"noise": _Interrupted(None)}, out=tmp_path / "gpu", **common)
+        evaluate_checkpoints([checkpoint], engine, attacks={"noise": _Interrupted(None)}, out=tmp_path / "gpu", **common)
 
 
 def _batches_attacked(out: Path) -> int:
@@ -191,33 +192,33 @@ def _batches_attacked(out: Path) -> int:
     return len(attacked)
 
 
-def test_an_interrupted_curve_resumes_its_finished_batches(checkpoint: Path, tmp_path: Path, host: PluginHost) -> None:
-    common = dict(norm="l2", eps=[("1", 1.0)], limit=40, batch_size=8, device=torch.device("cpu"), host=host,
+def test_an_interrupted_curve_resumes_its_finished_batches(checkpoint: Path, tmp_path: Path, engine: Engine) -> None:
+    common = dict(norm="l2", eps=[("1", 1.0)], limit=40, batch_size=8,
                   masking_check=0)
     first = _Interrupted(None)
-    evaluate_checkpoints([checkpoint], attacks={"noise": first}, out=tmp_path / "whole", **common)
+    evaluate_checkpoints([checkpoint], engine, attacks={"noise": first}, out=tmp_path / "whole", **common)
     batches = first.calls
     out = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
-        evaluate_checkpoints([checkpoint], attacks={"noise": _Interrupted(3)}, out=out, **common)
+        evaluate_checkpoints([checkpoint], engine, attacks={"noise": _Interrupted(3)}, out=out, **common)
     assert len(list((out / PARTIAL).glob("noise-*.pt"))) == 2 and not (out / "summary.json").exists()
     again = _Interrupted(None)
-    evaluate_checkpoints([checkpoint], attacks={"noise": again}, out=out, **common)
+    evaluate_checkpoints([checkpoint], engine, attacks={"noise": again}, out=out, **common)
     assert again.calls == batches - 2 >= 1  # only the batches the first run had not finished
     assert (out / "distances.csv").read_text() == (tmp_path / "whole" / "distances.csv").read_text()
     assert not (out / PARTIAL).exists()
 
 
 def test_partial_results_of_other_settings_are_not_mixed_in(checkpoint: Path, tmp_path: Path,
-                                                            host: PluginHost) -> None:
-    common = dict(norm="l2", eps=[("1", 1.0)], batch_size=8, device=torch.device("cpu"), host=host, masking_check=0)
+                                                            engine: Engine) -> None:
+    common = dict(norm="l2", eps=[("1", 1.0)], batch_size=8, masking_check=0)
     out = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
-        evaluate_checkpoints([checkpoint], attacks={"noise": _Interrupted(3)}, out=out, limit=40, **common)
+        evaluate_checkpoints([checkpoint], engine, attacks={"noise": _Interrupted(3)}, out=out, limit=40, **common)
     with pytest.raises(LipcliError, match="partial results of an interrupted run of other settings"):
-        evaluate_checkpoints([checkpoint], attacks={"noise": _Interrupted(None)}, out=out, limit=32, **common)
+        evaluate_checkpoints([checkpoint], engine, attacks={"noise": _Interrupted(None)}, out=out, limit=32, **common)
     fresh = _Interrupted(None)
-    evaluate_checkpoints([checkpoint], attacks={"noise": fresh}, out=out, limit=32, overwrite=True, **common)
+    evaluate_checkpoints([checkpoint], engine, attacks={"noise": fresh}, out=out, limit=32, overwrite=True, **common)
     assert fresh.calls >= 3  # nothing was taken from the other run's batches
 
 
@@ -238,13 +239,13 @@ attacks = { l2 = ["deepfool"] }
 """
 
 
-def test_the_grid_trusts_results_not_markers(run: Callable[..., Any], tmp_path: Path, host: PluginHost) -> None:
+def test_the_grid_trusts_results_not_markers(run: Callable[..., Any], tmp_path: Path, engine: Engine) -> None:
     """The reported case: ``lipcli curve RUN/last.pt --limit 10`` inside a grid replaced a 16-image curve while
     plan.json still said 16, and the grid called the run complete."""
     path = tmp_path / "grid.toml"
     path.write_text(GRID)
     grid = load_grid(path, tmp_path / "runs")
-    assert [o.status for o in run_grid(grid, host=host)] == ["done"]
+    assert [o.status for o in run_grid(grid, engine)] == ["done"]
     folder = Path(grid.runs[0].config.output.dir)
     assert pending_stages(grid.runs[0], grid.evaluation) == []
     refused = run("curve", folder / "last.pt", "--limit", 10, *FAST)
@@ -252,7 +253,7 @@ def test_the_grid_trusts_results_not_markers(run: Callable[..., Any], tmp_path: 
     assert pending_stages(grid.runs[0], grid.evaluation) == []
     assert run("curve", folder / "last.pt", "--limit", 10, "--overwrite", *FAST).exit_code == 0
     assert pending_stages(grid.runs[0], grid.evaluation) == ["curve-l2"]
-    assert [o.status for o in run_grid(grid, host=host)] == ["done"]
+    assert [o.status for o in run_grid(grid, engine)] == ["done"]
     assert json.loads((folder / "curve-l2" / "summary.json").read_text())["images"] == 16
 
 

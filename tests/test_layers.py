@@ -19,7 +19,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
      "lipcli.gradients",
      "lipcli.checkpoint", "lipcli.results_folder", "lipcli.curves", "lipcli.figures", "lipcli.result_files"),
     ("lipcli.config",),
-    ("lipcli.registry", "lipcli.components", "lipcli.plugin_host"),
+    ("lipcli.registry", "lipcli.components", "lipcli.plugin_host", "lipcli.engine"),
     ("lipcli.data", "lipcli.models", "lipcli.attacks", "lipcli.defence"),
     ("lipcli.training", "lipcli.evaluation", "lipcli.lipschitz"),
     ("lipcli.experiments", "lipcli.contracts"),

@@ -20,6 +20,7 @@ from lipcli.lipschitz.operator_norms import circulant_norm, layer_map, operator_
 from lipcli.lipschitz.statistics import model_statistics, radius
 from lipcli.models.heads import TanhHead, WithHead
 from lipcli.plugin_host import PluginHost
+from lipcli.engine import Engine
 
 CPU = torch.device("cpu")
 EPS = {"l2": [("0.1", 0.1)], "linf": [("8/255", 8 / 255)]}
@@ -203,11 +204,11 @@ def test_certified_radius_is_exactly_eq_2_on_an_affine_model() -> None:
     torch.testing.assert_close(stats.per_image["certified_l2"], truth / math.sqrt(2), rtol=1e-5, atol=1e-7)
 
 
-def test_certified_radius_is_never_above_an_attack(host: PluginHost, tanh_checkpoint: Path) -> None:
+def test_certified_radius_is_never_above_an_attack(host: PluginHost, engine: Engine, tanh_checkpoint: Path) -> None:
     """On a trained model with a tanh head, per image: certified l2 radius <= the min-norm attack's distance."""
     from lipcli.models.targets import load_target
 
-    target = load_target(tanh_checkpoint, data_dir=None, limit=60, device=CPU, host=host)
+    target = load_target(tanh_checkpoint, engine, data_dir=None, limit=60)
     stats = model_statistics(target.model, target.test, target.info, eps=EPS, batch_size=30, device=CPU)
     images = target.test.as_float(target.test.images)
     attack = host.registry("attack").get("min-norm").factory(steps=20)

@@ -24,6 +24,7 @@ from lipcli.experiments.grid import load_grid
 from lipcli.layout import ADVERSARIALS_FILE
 from lipcli.models.targets import load_target
 from lipcli.plugin_host import PluginHost
+from lipcli.engine import Engine
 
 CPU = torch.device("cpu")
 
@@ -140,7 +141,7 @@ def test_same_seed_same_distances_file(run: Callable[..., Any], checkpoint: Path
 
 
 def test_saved_adversarials_are_misclassified_at_the_recorded_distance(
-    run: Callable[..., Any], checkpoint: Path, tmp_path: Path, host: PluginHost
+    run: Callable[..., Any], checkpoint: Path, tmp_path: Path, engine: Engine
 ) -> None:
     out = tmp_path / "adv"
     result = run("attack", checkpoint, "--limit", "40", "--device", "cpu", "-q", "--save-adversarials", "--seed", "2",
@@ -151,7 +152,7 @@ def test_saved_adversarials_are_misclassified_at_the_recorded_distance(
     assert saved["indices"].tolist() == [int(r[0]) for r in rows] == list(range(40))
     assert saved["labels"].tolist() == [int(r[1]) for r in rows]
     assert saved["distances"].tolist() == [float(r[-1]) for r in rows]  # the min column, exactly
-    target = load_target(checkpoint, data_dir=None, limit=40, device=CPU, host=host)
+    target = load_target(checkpoint, engine, data_dir=None, limit=40)
     images = target.test.as_float(target.test.images)
     points, recorded = saved["adversarials"], saved["distances"]
     found = torch.isfinite(recorded)

@@ -21,6 +21,7 @@ from lipcli.cli.app import build_app
 from lipcli.config import dumps
 from lipcli.plugin_host import PluginHost
 from lipcli.training.trainer import resume, train
+from lipcli.engine import Engine
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -76,15 +77,15 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path: Path, host
     assert [r["test_error"] for r in rows_a] == [r["test_error"] for r in rows_b]
 
 
-def test_resume_of_a_finished_run_changes_nothing(tmp_path: Path, host: PluginHost, tiny_config) -> None:  # type: ignore[no-untyped-def]
-    first = train(tiny_config(tmp_path), host=host)
+def test_resume_of_a_finished_run_changes_nothing(tmp_path: Path, engine: Engine, tiny_config) -> None:  # type: ignore[no-untyped-def]
+    first = train(tiny_config(tmp_path), engine)
     before = (first.run_dir / "last.pt").read_bytes()
-    again = resume(first.run_dir, host=host)
+    again = resume(first.run_dir, engine)
     assert len(again.history) == 2 and (first.run_dir / "last.pt").read_bytes() == before
 
 
-def test_resume_refuses_extra_configuration(tmp_path: Path, host: PluginHost, tiny_config) -> None:  # type: ignore[no-untyped-def]
-    run = train(tiny_config(tmp_path), host=host).run_dir
+def test_resume_refuses_extra_configuration(tmp_path: Path, host: PluginHost, engine: Engine, tiny_config) -> None:  # type: ignore[no-untyped-def]
+    run = train(tiny_config(tmp_path), engine).run_dir
     result = CliRunner().invoke(build_app(host), ["train", "--resume", str(run), "--epochs", "9", "--lr", "0.5"])
     assert result.exit_code == 2 and "resumed run keeps its own configuration" in result.output
 
@@ -100,15 +101,15 @@ def stored_config(run: Path) -> dict[str, Any]:
     return tomllib.loads((run / "config.toml").read_text())
 
 
-def test_extending_a_finished_run_equals_training_longer(tmp_path: Path, host: PluginHost, tiny_config) -> None:  # type: ignore[no-untyped-def]
+def test_extending_a_finished_run_equals_training_longer(tmp_path: Path, host: PluginHost, engine: Engine, tiny_config) -> None:  # type: ignore[no-untyped-def]
     """A 1-epoch run extended to 2 epochs (``--resume RUN --epochs 2``) ends with the weights of a 2-epoch run
     trained in one go: the multistep rate falls after epoch 1 in both, and the generators are restored."""
-    short = train(tiny_config(tmp_path / "a", "training.epochs=1", *DETERMINISTIC), host=host).run_dir
+    short = train(tiny_config(tmp_path / "a", "training.epochs=1", *DETERMINISTIC), engine).run_dir
     result = CliRunner().invoke(build_app(host), ["train", "--resume", str(short), "--epochs", "2", "--quiet", "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["epochs"] == 2 and summary["best_val_error"] == min(r["val_error"] for r in rows(short))
-    straight = train(tiny_config(tmp_path / "b", "training.epochs=2", *DETERMINISTIC), host=host).run_dir
+    straight = train(tiny_config(tmp_path / "b", "training.epochs=2", *DETERMINISTIC), engine).run_dir
     a, b = load_checkpoint(short / "last.pt"), load_checkpoint(straight / "last.pt")
     assert a["epoch"] == b["epoch"] == 2 and a["step"] == b["step"] == 16
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
@@ -119,12 +120,12 @@ def test_extending_a_finished_run_equals_training_longer(tmp_path: Path, host: P
     assert {**a["config"], "output": None} == {**b["config"], "output": None}
 
 
-def test_an_extended_cosine_run_follows_the_longer_schedule(tmp_path: Path, host: PluginHost, tiny_config) -> None:  # type: ignore[no-untyped-def]
+def test_an_extended_cosine_run_follows_the_longer_schedule(tmp_path: Path, engine: Engine, tiny_config) -> None:  # type: ignore[no-untyped-def]
     cosine = ["training.lr_schedule=cosine", "training.lr=0.08"]
-    run = train(tiny_config(tmp_path / "a", "training.epochs=1", *cosine), host=host).run_dir
+    run = train(tiny_config(tmp_path / "a", "training.epochs=1", *cosine), engine).run_dir
     assert [r["lr"] for r in rows(run)] == [0.08]
-    resume(run, host=host, epochs=3)
-    straight = train(tiny_config(tmp_path / "b", "training.epochs=3", *cosine), host=host).run_dir
+    resume(run, engine, epochs=3)
+    straight = train(tiny_config(tmp_path / "b", "training.epochs=3", *cosine), engine).run_dir
     # epoch starts of a 3-epoch cosine: 0.08 (1 + cos(k pi / 3)) / 2 = 0.08, 0.06, 0.02
     expected = [0.08, 0.04 * (1 + math.cos(math.pi / 3)), 0.04 * (1 + math.cos(2 * math.pi / 3))]
     assert [r["lr"] for r in rows(run)] == [r["lr"] for r in rows(straight)] == pytest.approx(expected, rel=1e-12)
@@ -134,29 +135,29 @@ def test_an_extended_cosine_run_follows_the_longer_schedule(tmp_path: Path, host
     assert stored_config(run)["training"]["earlier_plans"] == [[1, 1]]
     assert load_checkpoint(run / "last.pt")["config"]["training"]["earlier_plans"] == [[1, 1]]
     assert stored_config(straight)["training"].get("earlier_plans", []) == []
-    again = train(tiny_config(tmp_path / "c", "training.epochs=3", *cosine, "training.earlier_plans=[[1, 1]]"), host=host)
+    again = train(tiny_config(tmp_path / "c", "training.epochs=3", *cosine, "training.earlier_plans=[[1, 1]]"), engine)
     assert [r["lr"] for r in rows(again.run_dir)] == [r["lr"] for r in rows(run)]
     assert [r["loss"] for r in rows(again.run_dir)] == pytest.approx([r["loss"] for r in rows(run)], rel=1e-6)
 
 
-def test_an_extended_multistep_run_records_no_earlier_plan(tmp_path: Path, host: PluginHost, tiny_config) -> None:  # type: ignore[no-untyped-def]
+def test_an_extended_multistep_run_records_no_earlier_plan(tmp_path: Path, engine: Engine, tiny_config) -> None:  # type: ignore[no-untyped-def]
     """Milestones do not depend on the planned length: the extended run is the longer one."""
-    run = train(tiny_config(tmp_path, "training.epochs=1", "training.lr_schedule=multistep"), host=host).run_dir
-    resume(run, host=host, epochs=2)
+    run = train(tiny_config(tmp_path, "training.epochs=1", "training.lr_schedule=multistep"), engine).run_dir
+    resume(run, engine, epochs=2)
     assert stored_config(run)["training"]["epochs"] == 2
     assert stored_config(run)["training"].get("earlier_plans", []) == []
 
 
-def test_a_run_stopped_by_max_steps_is_not_extended(tmp_path: Path, host: PluginHost, tiny_config) -> None:  # type: ignore[no-untyped-def]
-    run = train(tiny_config(tmp_path, "training.max_steps=3"), host=host).run_dir
+def test_a_run_stopped_by_max_steps_is_not_extended(tmp_path: Path, host: PluginHost, engine: Engine, tiny_config) -> None:  # type: ignore[no-untyped-def]
+    run = train(tiny_config(tmp_path, "training.max_steps=3"), engine).run_dir
     result = CliRunner().invoke(build_app(host), ["train", "--resume", str(run), "--epochs", "4"])
     assert result.exit_code == 2
     assert "training.max_steps: " in result.output and "stopped at its max_steps (3)" in result.output
     assert stored_config(run)["training"]["epochs"] == 2
 
 
-def test_a_run_cannot_be_shortened_below_the_epochs_done(tmp_path: Path, host: PluginHost, tiny_config) -> None:  # type: ignore[no-untyped-def]
-    run = train(tiny_config(tmp_path), host=host).run_dir
+def test_a_run_cannot_be_shortened_below_the_epochs_done(tmp_path: Path, host: PluginHost, engine: Engine, tiny_config) -> None:  # type: ignore[no-untyped-def]
+    run = train(tiny_config(tmp_path), engine).run_dir
     before = (run / "last.pt").read_bytes(), (run / "config.toml").read_text()
     result = CliRunner().invoke(build_app(host), ["train", "--resume", str(run), "--epochs", "1"])
     assert result.exit_code == 2
@@ -187,15 +188,15 @@ def legacy_checkpoint(run: Path) -> None:
     (run / "config.toml").write_text(dumps(payload["config"]))
 
 
-def test_a_checkpoint_from_before_held_out_validation_resumes(tmp_path: Path, host: PluginHost, tiny_config) -> None:  # type: ignore[no-untyped-def]
+def test_a_checkpoint_from_before_held_out_validation_resumes(tmp_path: Path, engine: Engine, tiny_config) -> None:  # type: ignore[no-untyped-def]
     """Such a run trained on every image and kept a best.pt chosen on the test error: it resumes on every image
     at the multistep rate its scheduler had, and its best.pt is left alone (no longer updated)."""
-    old = train(tiny_config(tmp_path / "a", "training.epochs=1", "data.validation=0", *DETERMINISTIC), host=host).run_dir
+    old = train(tiny_config(tmp_path / "a", "training.epochs=1", "data.validation=0", *DETERMINISTIC), engine).run_dir
     legacy_checkpoint(old)
     (old / "best.pt").write_bytes((old / "last.pt").read_bytes())
     kept = (old / "best.pt").read_bytes()
-    result = resume(old, host=host, epochs=2)
-    straight = train(tiny_config(tmp_path / "b", "training.epochs=2", "data.validation=0", *DETERMINISTIC), host=host)
+    result = resume(old, engine, epochs=2)
+    straight = train(tiny_config(tmp_path / "b", "training.epochs=2", "data.validation=0", *DETERMINISTIC), engine)
     a, b = load_checkpoint(old / "last.pt"), load_checkpoint(straight.run_dir / "last.pt")
     assert a["step"] == b["step"] == 16  # all 256 images: 8 steps per epoch
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
@@ -220,15 +221,15 @@ def test_resume_refuses_a_malicious_checkpoint(tmp_path: Path, host: PluginHost)
     assert not marker.exists()
 
 
-def test_resume_tolerates_a_metrics_line_cut_short_by_a_crash(tmp_path: Path, host: PluginHost, tiny_config) -> None:  # type: ignore[no-untyped-def]
+def test_resume_tolerates_a_metrics_line_cut_short_by_a_crash(tmp_path: Path, engine: Engine, tiny_config) -> None:  # type: ignore[no-untyped-def]
     # an interrupted run: stopped after epoch 1 (8 steps), then the stopping limit is lifted
     cfg = tiny_config(tmp_path, "training.epochs=3", "training.max_steps=8")
-    run = train(cfg, host=host).run_dir
+    run = train(cfg, engine).run_dir
     with open(run / "metrics.jsonl", "a") as handle:
         handle.write('{"epoch": 2, "lo')
     payload = load_checkpoint(run / "last.pt")
     payload["config"]["training"]["max_steps"] = None
     save_checkpoint(run / "last.pt", {k: v for k, v in payload.items() if k not in ("format", "format_version")})
-    result = resume(run, host=host)
+    result = resume(run, engine)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3] and len(result.history) == 3

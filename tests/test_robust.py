@@ -35,6 +35,7 @@ from lipcli.experiments.grid import load_grid
 from lipcli.experiments.grid_runner import pending_stages, run_grid
 from lipcli.gradients import frozen_eval
 from lipcli.plugin_host import PluginHost
+from lipcli.engine import Engine
 
 CPU = torch.device("cpu")
 
@@ -363,14 +364,14 @@ version = "fast"
 """
 
 
-def test_a_grid_measures_robust_accuracy_after_its_curves(tmp_path: Path, host: PluginHost) -> None:
+def test_a_grid_measures_robust_accuracy_after_its_curves(tmp_path: Path, engine: Engine) -> None:
     path = tmp_path / "exp.toml"
     path.write_text(GRID)
     grid = load_grid(path, tmp_path / "runs")
     assert grid.evaluation.robust == {"linf": [("8/255", 8 / 255), ("0.2", 0.2)]}
     (planned,) = grid.runs
     assert pending_stages(planned, grid.evaluation) == ["train", "curve-linf", "robust-linf"]
-    assert [o.status for o in run_grid(grid, host=host)] == ["done"]
+    assert [o.status for o in run_grid(grid, engine)] == ["done"]
     folder = Path(planned.config.output.dir) / "robust-linf"
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["curve"] and summary["attacks"] == ["apgd-ce", "apgd-t"] and summary["images"] == 8

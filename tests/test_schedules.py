@@ -19,9 +19,9 @@ from lipcli.config import build, resolve
 from lipcli.config.schema import TrainingConfig
 from lipcli.data.batches import epoch_order, num_batches, shard, steps_per_epoch
 from lipcli.errors import ConfigError
-from lipcli.plugin_host import PluginHost
 from lipcli.training.optim import learning_rate
 from lipcli.training.trainer import train
+from lipcli.engine import Engine
 
 
 def training(**values: Any) -> TrainingConfig:
@@ -100,7 +100,7 @@ def test_unknown_schedule_and_negative_warmup_name_their_key() -> None:
 
 
 def test_the_rate_of_every_step_and_the_metrics_lr_column(
-    tmp_path: Path, host: PluginHost, tiny_config: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, engine: Engine, tiny_config: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A tiny one-cycle run with warm-up: every step's rate, in every parameter group, is the schedule's, and
     the lr column is the rate of each epoch's first step."""
@@ -113,7 +113,7 @@ def test_the_rate_of_every_step_and_the_metrics_lr_column(
 
     monkeypatch.setattr(torch.optim.SGD, "step", recording_step)
     cfg = tiny_config(tmp_path, "training.lr_schedule=cyclic", "training.warmup_epochs=0.5", "training.lr=0.05")
-    result = train(cfg, host=host)
+    result = train(cfg, engine)
     # 256 images, 26 held out: 230 at batch 32 are 8 steps per epoch, 16 in all; the peak is at 0.8 epochs
     assert result.steps == 16 and len(used) == 16 and all(len(set(rates)) == 1 for rates in used)
     rates = [rates[0] for rates in used]

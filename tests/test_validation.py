@@ -28,6 +28,7 @@ from lipcli.experiments.grid import load_grid
 from lipcli.layout import LOCK_FILE as LOCK
 from lipcli.plugin_host import PluginHost
 from lipcli.training import trainer
+from lipcli.engine import Engine, make_engine
 
 # 20 labels: class 0 x 9, class 1 x 6, class 2 x 4, class 3 x 1
 LABELS = torch.tensor([0, 1, 0, 2, 0, 1, 0, 3, 0, 1, 2, 0, 1, 0, 2, 0, 1, 0, 2, 1])
@@ -128,7 +129,7 @@ def test_no_held_out_image_is_ever_trained_on(tmp_path: Path, tiny_config: Calla
     host.register(_RecordingPlugin(), "recording")
     _RecordingDefence.batches = []
     cfg = tiny_config(tmp_path, "defence.name=record", "data.validation=40", "data.validation_seed=3")
-    trainer.train(cfg, host=host)
+    trainer.train(cfg, make_engine("cpu", plugins=host))
     data = load_data(cfg.data, host).train
     train, held = split_indices(data.labels, 40, 3)
     seen = torch.cat(_RecordingDefence.batches).flatten(1)
@@ -154,11 +155,11 @@ def _scripted_clean_error(val: list[float], test: list[float]) -> Callable[..., 
 
 
 def test_best_pt_is_the_epoch_of_lowest_validation_error_not_test_error(
-    tmp_path: Path, host: PluginHost, tiny_config: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, engine: Engine, tiny_config: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # validation picks epoch 2 (0.2; epoch 4 ties it and an earlier epoch is kept); the test set would pick 3
     monkeypatch.setattr(trainer, "clean_error_and_loss", _scripted_clean_error([0.5, 0.2, 0.3, 0.2], [0.1, 0.4, 0.05, 0.3]))
-    result = trainer.train(tiny_config(tmp_path, "training.epochs=4"), host=host)
+    result = trainer.train(tiny_config(tmp_path, "training.epochs=4"), engine)
     rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["val_error"] for r in rows] == [0.5, 0.2, 0.3, 0.2] and [r["val_loss"] for r in rows] == [1.0, 0.4, 0.6, 0.4]
     assert [r["test_error"] for r in rows] == [0.1, 0.4, 0.05, 0.3]  # still recorded every epoch
@@ -168,9 +169,9 @@ def test_best_pt_is_the_epoch_of_lowest_validation_error_not_test_error(
 
 
 def test_without_held_out_images_there_is_no_best_pt(
-    tmp_path: Path, host: PluginHost, tiny_config: Callable[..., Any], run: Callable[..., Any]
+    tmp_path: Path, engine: Engine, tiny_config: Callable[..., Any], run: Callable[..., Any]
 ) -> None:
-    result = trainer.train(tiny_config(tmp_path, "data.validation=0"), host=host)
+    result = trainer.train(tiny_config(tmp_path, "data.validation=0"), engine)
     assert sorted(p.name for p in result.run_dir.iterdir() if p.name != LOCK) == ["config.toml", "last.pt", "metrics.jsonl"]
     rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["val_error"] for r in rows] == [None, None] and all(r["test_error"] is not None for r in rows)

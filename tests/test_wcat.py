@@ -25,6 +25,7 @@ from lipcli.data.types import DatasetInfo
 from lipcli.models.build import build_model
 from lipcli.plugin_host import PluginHost
 from lipcli.training.trainer import train
+from lipcli.engine import Engine
 
 INFO = DatasetInfo("t", 1, 8, 8, 4)
 
@@ -350,7 +351,7 @@ def test_statistics_stay_accurate_when_the_mean_dwarfs_the_spread(host: PluginHo
 
 
 def test_worst_and_fd_train_j2_lip_on_digits_as_well_as_exact(
-    host: PluginHost, tiny_config: Callable[..., Any], tmp_path: Path
+    engine: Engine, tiny_config: Callable[..., Any], tmp_path: Path
 ) -> None:
     """A short j2-lip training on digits (small CNN, same seed): worst and fd reach exact's test error within
     1.5 points. (With the gradient fd had before, its error was far above: see the changelog.)"""
@@ -361,14 +362,14 @@ def test_worst_and_fd_train_j2_lip_on_digits_as_well_as_exact(
             "training.batch_size=64", f"defence.options.wcat.method={method!r}", "model.options={width=16}",
         )
         config.data.options = {}
-        errors[method] = train(config, host=host).history[-1]["test_error"]
+        errors[method] = train(config, engine).history[-1]["test_error"]
     assert errors["exact"] < 0.08, errors  # a trained model, not a degenerate one
     for method in ("worst", "fd"):
         assert abs(errors[method] - errors["exact"]) <= 0.015, errors
 
 
 def test_a_penalty_that_matters_is_minimised_alike_by_exact_and_worst(
-    host: PluginHost, tiny_config: Callable[..., Any], tmp_path: Path
+    engine: Engine, tiny_config: Callable[..., Any], tmp_path: Path
 ) -> None:
     """The presets' penalty (0.1/B) barely changes the test error: whether its gradient is right shows in what
     it penalises. With lam = 0.1 per example, the largest input-gradient norm of the last epoch is far below
@@ -386,6 +387,6 @@ def test_a_penalty_that_matters_is_minimised_alike_by_exact_and_worst(
             "model.options={width=16}", *overrides,
         )
         config.data.options = {}
-        norms[name] = train(config, host=host).history[-1]["grad_norm_max"]
+        norms[name] = train(config, engine).history[-1]["grad_norm_max"]
     assert norms["exact"] < 0.6 * norms["j2"] and norms["worst"] < 0.6 * norms["j2"], norms
     assert abs(norms["worst"] / norms["exact"] - 1) < 0.15, norms

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from lipcli.cli import console
 from lipcli.cli.options import Device, Json, Quiet, SetOverrides, Verbose, out_folder
-from lipcli.cli.progress import RichReporter
+from lipcli.cli.progress import command_engine
 
 Experiment = Annotated[
     Path, typer.Argument(help="Experiment file with \\[grid] and \\[evaluate] tables.", exists=True, dir_okay=False)
@@ -56,7 +56,6 @@ def run(
     configuration (not a key the grid varies). A failed run is reported and the others go on; the exit code
     is then 1.
     """
-    from lipcli.device import select_device
     from lipcli.experiments.grid import load_grid
     from lipcli.experiments.grid_runner import check_components, pending_stages, run_grid
 
@@ -77,9 +76,8 @@ def run(
             table.add_row(str(number), row["run"], needs, settings)
         console.out.print(table)
         return
-    select_device(device, "--device")
-    with RichReporter(quiet=quiet) as reporter:
-        outcomes = run_grid(grid, device=device, host=ctx.obj, reporter=reporter)
+    with command_engine(ctx, device, quiet=quiet) as engine:
+        outcomes = run_grid(grid, engine, device=device)
     failed = [o for o in outcomes if o.status == "failed"]
     if as_json:
         console.print_json([{"run": o.run.name, "folder": o.run.config.output.dir, "status": o.status,

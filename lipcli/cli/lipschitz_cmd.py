@@ -24,7 +24,7 @@ from lipcli.cli.options import (
     out_folder,
     parse_eps_option,
 )
-from lipcli.cli.progress import RichReporter
+from lipcli.cli.progress import command_engine
 from lipcli.layout import STATS_FOLDER, data_lipschitz_folder, default_out
 
 NORMS = ("l2", "linf")
@@ -141,15 +141,14 @@ def stats(
     Writes stats.json and stats.csv (one row per image) into --out (default: stats/ beside the checkpoint;
     for several checkpoints, stats/ here with a sub-folder each).
     """
-    from lipcli.device import select_device
     from lipcli.lipschitz.measure import measure_checkpoints
 
     sizes = stats_eps(eps, eps_l2, eps_linf)
     out = out or default_out(checkpoints, STATS_FOLDER)
-    with RichReporter(quiet=quiet) as reporter:
+    with command_engine(ctx, device, quiet=quiet) as engine:
         measured = measure_checkpoints(
-            checkpoints, out=out, eps=sizes, limit=limit, batch_size=batch_size, data_dir=data_dir,
-            device=select_device(device, "--device"), host=ctx.obj, reporter=reporter, overwrite=overwrite,
+            checkpoints, engine, out=out, eps=sizes, limit=limit, batch_size=batch_size, data_dir=data_dir,
+            overwrite=overwrite,
         )
     for m in measured:
         if m.summary["bound"]["unavailable"]:
@@ -183,23 +182,17 @@ def data_lipschitz(
     curve's output (distances.csv, summary.json, curve.png) into --out (default: data-lipschitz-NAME/).
     """
     from lipcli.config import resolve
-    from lipcli.device import select_device
     from lipcli.layout import DATA_LIPSCHITZ_FILE
     from lipcli.lipschitz.dataset_report import data_lipschitz as measure
 
-    split = split.strip().lower()
-    if split not in ("train", "test"):
-        raise typer.BadParameter(f"{split!r}: use train or test", param_hint="--split")
     config = resolve(None, {"data.dataset": dataset, "data.data_dir": str(data_dir) if data_dir else None})
     folder = out or Path(data_lipschitz_folder(config.data.dataset))
-    with RichReporter(quiet=quiet) as reporter:
-        report = measure(config.data, split=split, out=folder, limit=limit, curve=curve,
-                         device=select_device(device, "--device"), host=ctx.obj, reporter=reporter,
-                         overwrite=overwrite)
+    with command_engine(ctx, device, quiet=quiet) as engine:
+        report = measure(config.data, engine, split=split, out=folder, limit=limit, curve=curve, overwrite=overwrite)
     if as_json:
         console.print_json(report)
         return
-    table = Table(title=f"data Lipschitz constant: {report['dataset']} ({split})", title_justify="left")
+    table = Table(title=f"data Lipschitz constant: {report['dataset']} ({report['split']})", title_justify="left")
     table.add_column("quantity")
     table.add_column("value", justify="right")
     pair = report["pair"]

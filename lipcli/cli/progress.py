@@ -9,9 +9,10 @@ step instead, with the count, the time so far and the time left.
 from __future__ import annotations
 
 import datetime
-import os
 import time
-from typing import Any
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Iterator
 
 from rich.progress import (
     BarColumn,
@@ -24,6 +25,11 @@ from rich.progress import (
 
 from lipcli.cli import console
 from lipcli.reporting import Reporter, Task
+
+if TYPE_CHECKING:
+    import typer
+
+    from lipcli.engine import Engine
 
 _REFRESH_SECONDS = 0.25
 
@@ -69,7 +75,7 @@ class RichReporter(Reporter):
     """Draws progress bars and epoch lines on stderr."""
 
     def __init__(self, quiet: bool = False) -> None:
-        self.quiet = quiet or os.environ.get("RANK", "0") != "0"  # under torchrun, rank 0 reports for all
+        self.quiet = quiet or console.out.quiet  # under torchrun, rank 0 reports for all
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -108,6 +114,17 @@ class RichReporter(Reporter):
     def info(self, text: str) -> None:
         if not self.quiet:
             console.err.print(text, highlight=False)
+
+
+@contextmanager
+def command_engine(ctx: typer.Context, device: str = "auto", *, quiet: bool = False) -> Iterator[Engine]:
+    """The engine context of a command: the app's plugins (``ctx.obj``), progress drawn on stderr while it
+    runs, and the ``--device`` chosen."""
+    from lipcli.engine import make_engine
+
+    engine = make_engine(device, plugins=ctx.obj)
+    with RichReporter(quiet=quiet) as reporter:
+        yield replace(engine, reporter=reporter)
 
 
 def _duration(seconds: float) -> str:

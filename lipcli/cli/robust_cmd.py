@@ -29,7 +29,7 @@ from lipcli.cli.options import (
     out_folder,
     parse_eps_option,
 )
-from lipcli.cli.progress import RichReporter
+from lipcli.cli.progress import command_engine
 from lipcli.layout import default_out, robust_folder
 
 RobustEps = Annotated[str, eps_option("Budgets in the norm's units for inputs in [0, 1], e.g. 8/255 or 0.5,1.0.")]
@@ -52,7 +52,6 @@ def _evaluate(
     data_dir: Path | None, device: str, seed: int | None, out: Path, quiet: bool, overwrite: bool,
 ) -> list[Any]:
     """Robust accuracy of ``paths``, warnings shown."""
-    from lipcli.device import select_device
     from lipcli.evaluation.robust import build_ensemble, ensemble_names, evaluate_robust
     from lipcli.evaluation.seeding import DEFAULT_SEED
 
@@ -61,12 +60,11 @@ def _evaluate(
         raise typer.BadParameter("give at least one eps", param_hint="--eps")
     recorded, names = ensemble_names(version, attacks)
     built, resolved = build_ensemble(names, attack_options(options), ctx.obj)
-    with RichReporter(quiet=quiet) as reporter:
+    with command_engine(ctx, device, quiet=quiet) as engine:
         evaluations = evaluate_robust(
-            paths, norm=norm, attacks=built, options=resolved, eps=points, out=out, version=recorded,
+            paths, engine, norm=norm, attacks=built, options=resolved, eps=points, out=out, version=recorded,
             seed=DEFAULT_SEED if seed is None else seed,
-            curves=curve, limit=limit, batch_size=batch_size, data_dir=data_dir,
-            device=select_device(device, "--device"), host=ctx.obj, reporter=reporter, overwrite=overwrite,
+            curves=curve, limit=limit, batch_size=batch_size, data_dir=data_dir, overwrite=overwrite,
         )
     for evaluation in evaluations:
         for warning in evaluation.summary["warnings"]:

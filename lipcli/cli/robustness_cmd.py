@@ -30,7 +30,7 @@ from lipcli.cli.options import (
     out_folder,
     parse_eps_option,
 )
-from lipcli.cli.progress import RichReporter
+from lipcli.cli.progress import command_engine
 from lipcli.layout import attacks_folder, curve_folder, default_out
 
 Eps = Annotated[Optional[str], eps_option("Report error at these distances, e.g. 0.1,1.5 or 8/255.")]
@@ -59,7 +59,6 @@ def _evaluate(
 ) -> list[Any]:
     """The curves of ``paths`` (one per model, or one per attack ``by="attack"``), warnings shown."""
     from lipcli.curves import DEFAULT_EPS
-    from lipcli.device import select_device
     from lipcli.evaluation.minimal_distances import (
         DEFAULT_ATTACK,
         build_attacks,
@@ -69,15 +68,13 @@ def _evaluate(
     from lipcli.evaluation.seeding import DEFAULT_SEED
 
     points = parse_eps_option(eps if eps is not None else ",".join(DEFAULT_EPS[norm]))
-    host = ctx.obj
-    built = build_attacks(attacks or [DEFAULT_ATTACK], attack_options(options), host)
+    built = build_attacks(attacks or [DEFAULT_ATTACK], attack_options(options), ctx.obj)
     for note in [] if quiet else native_norm_notes(built, norm):
         console.err.print(f"note: {note}", highlight=False)
-    with RichReporter(quiet=quiet) as reporter:
+    with command_engine(ctx, device, quiet=quiet) as engine:
         evaluations = evaluate_checkpoints(
-            paths, norm=norm, attacks=built, eps=points, out=out, by=by, limit=limit,
-            batch_size=batch_size, data_dir=data_dir, device=select_device(device, "--device"), host=host,
-            reporter=reporter, seed=DEFAULT_SEED if seed is None else seed, save_adversarials=save_adversarials,
+            paths, engine, norm=norm, attacks=built, eps=points, out=out, by=by, limit=limit,
+            batch_size=batch_size, data_dir=data_dir, seed=DEFAULT_SEED if seed is None else seed, save_adversarials=save_adversarials,
             masking_check=masking_check, overwrite=overwrite,
         )
     for evaluation in evaluations:

@@ -20,7 +20,7 @@ from lipcli.cli.options import (
     SetOverrides,
     Verbose,
 )
-from lipcli.cli.progress import RichReporter
+from lipcli.cli.progress import command_engine
 
 Dataset = Annotated[Optional[str], typer.Option("--dataset", help="Data set name (lipcli list datasets).")]
 Arch = Annotated[Optional[str], typer.Option("--arch", help="Architecture (lipcli list architectures).")]
@@ -92,12 +92,12 @@ def train(
                 "with it",
                 param_hint="--resume",
             )
-        with RichReporter(quiet=quiet) as reporter:
-            result = trainer.resume(resume, host=ctx.obj, reporter=reporter, device=device, epochs=epochs)
+        with command_engine(ctx, quiet=quiet) as engine:
+            result = trainer.resume(resume, engine, device=device, epochs=epochs)
     else:
         resolved = resolve(config, flags, overrides or [])
-        with RichReporter(quiet=quiet) as reporter:
-            result = trainer.train(resolved, host=ctx.obj, reporter=reporter)
+        with command_engine(ctx, quiet=quiet) as engine:
+            result = trainer.train(resolved, engine)
     summary = {
         "run_dir": str(result.run_dir), "epochs": len(result.history), "steps": result.steps,
         "best_val_error": result.best_val_error, **{f"final_{k}": v for k, v in result.final.items()},

@@ -9,17 +9,17 @@ from lipcli.config.schema import DataConfig
 from lipcli.data.types import DataSplits
 from lipcli.distributed import barrier, current
 from lipcli.errors import ConfigError, LipcliWarning
-from lipcli.plugin_host import PluginHost, get_host
+from lipcli.plugin_host import PluginHost
 
 
-def load_data(config: DataConfig, host: PluginHost | None = None) -> DataSplits:
+def load_data(config: DataConfig, plugins: PluginHost) -> DataSplits:
     """The data set ``config.dataset`` with its options; the plugin owns reading and validation.
 
     A data set registered with ``files=False`` reads no files: a ``data_dir`` given for it is warned about.
 
     With several processes, the first process of each machine reads (and downloads) first and the others
     then read what it left, so that no two processes download into the same folder at once."""
-    component = (host or get_host()).registry("dataset").get(config.dataset)
+    component = plugins.registry("dataset").get(config.dataset)
     if config.data_dir and component.metadata.get("files") is False and current().main:
         warnings.warn(f"data.data_dir: {component.name!r} reads no files; {config.data_dir!r} is ignored",
                       LipcliWarning, stacklevel=2)

@@ -27,7 +27,7 @@ from lipcli.evaluation.accounting import QueryCounter, measured_distances
 from lipcli.evaluation.journal import BatchRecord, Journal
 from lipcli.evaluation.seeding import DEFAULT_SEED, seeded
 from lipcli.gradients import frozen_eval, input_gradient
-from lipcli.reporting import Reporter
+from lipcli.reporting import SILENT, Reporter
 
 MASKING_SHARE = 0.05
 """Warn about gradient masking when more than this share of the attacked images shows a sign of it."""
@@ -83,7 +83,7 @@ def attack_set(
     *,
     batch_size: int,
     device: torch.device,
-    reporter: Reporter | None = None,
+    reporter: Reporter = SILENT,
     seed: int = DEFAULT_SEED,
     keep_adversarials: bool = False,
     journal: Journal | None = None,
@@ -98,7 +98,6 @@ def attack_set(
         raise ValueError("no attack given")
     if len(data) == 0:
         raise DataError("no test images to attack")
-    reporter = reporter or Reporter()
     with frozen_eval(model):
         predictions, zero_gradients = _clean_pass(model, data, batch_size, device, reporter)
         correct = predictions == data.labels

@@ -22,7 +22,8 @@ import torch
 from lipcli.attacks import NORMS, Attack, AttackAtBudget
 from lipcli.components import call_factory, option_defaults
 from lipcli.data.types import ImageSet
-from lipcli.distributed import barrier, current
+from lipcli.distributed import barrier
+from lipcli.engine import Engine
 from lipcli.errors import ConfigError
 from lipcli.evaluation import results
 from lipcli.evaluation.attack_set import RobustnessResult, attack_set
@@ -43,11 +44,11 @@ from lipcli.layout import (
     FIGURE_FILE,
     SUMMARY_FILE,
 )
+from lipcli.models.each_checkpoint import Planned, for_each_checkpoint
 from lipcli.models.targets import load_targets, target_settings
-from lipcli.plugin_host import PluginHost, get_host
+from lipcli.plugin_host import PluginHost
 from lipcli.references import resolved
 from lipcli.registry import Component
-from lipcli.reporting import Reporter
 from lipcli.result_files import write_summary
 from lipcli.results_folder import Layout, claim, provenance, resume_settings
 
@@ -124,14 +125,14 @@ def _builds_budget_attacks(factory: Any) -> bool:
 
 
 def build_attacks(
-    names: list[str], options: Mapping[str, Mapping[str, Any]], host: PluginHost, *, at_budget: bool = False
+    names: list[str], options: Mapping[str, Mapping[str, Any]], plugins: PluginHost, *, at_budget: bool = False
 ) -> AttackSet:
     """Attack objects by registered name; ``options[name]`` are passed to the factory (``attack.<name>.<key>``).
 
     ``at_budget``: every attack must run at a fixed eps (an :class:`AttackAtBudget`, for ``lipcli robust``);
     one that cannot is refused, naming those that can.
     """
-    registry = host.registry("attack")
+    registry = plugins.registry("attack")
     # Option keys name attacks as the user wrote them: resolve them like --attack names (any case).
     options = {registry.get(key).name if key in registry else key: value for key, value in options.items()}
     attacks: dict[str, Attack] = {}
@@ -163,6 +164,7 @@ def evaluation_batch_size(images: int, configured: int) -> int:
 
 def evaluate_checkpoints(
     paths: list[Path],
+    engine: Engine,
     *,
     norm: str,
     attacks: dict[str, Attack],
@@ -172,9 +174,6 @@ def evaluate_checkpoints(
     limit: int | None = None,
     batch_size: int | None = None,
     data_dir: Path | None = None,
-    device: torch.device,
-    host: PluginHost | None = None,
-    reporter: Reporter | None = None,
     seed: int = DEFAULT_SEED,
     save_adversarials: bool = False,
     masking_check: int = CHECK_IMAGES,
@@ -191,65 +190,63 @@ def evaluate_checkpoints(
         raise ConfigError(f"norm: unknown norm {norm!r}; use one of {', '.join(NORMS)}")
     if by not in ("model", "attack"):
         raise ValueError(f"by must be 'model' or 'attack', not {by!r}")
-    host = host or get_host()
-    reporter = reporter or Reporter()
     options = getattr(attacks, "options", None) or {}
     planned = []
-    for label, folder, target in load_targets(paths, out, data_dir=data_dir, limit=limit, device=device, host=host):
+    for label, folder, target in load_targets(paths, out, engine, data_dir=data_dir, limit=limit):
         size = batch_size or evaluation_batch_size(len(target.test), target.config.evaluation.batch_size)
-        settings = {
+        planned.append(Planned(label, folder, target, {
             **target_settings(target), "norm": norm, "attacks": {name: options.get(name) for name in attacks},
             "seed": seed, "batch_size": size,
-        }
-        planned.append((label, folder, target, size, settings))
-    evaluations = []
+        }))
+
+    def evaluate(plan: Planned) -> Evaluation:
+        target, journal = plan.target, Journal(plan.folder)
+        engine.reporter.info(f"{plan.label}: {len(target.test)} test images of {target.info.name}, norm {norm}, "
+                             f"on {engine.device}")
+        result = attack_set(
+            target.model, target.test, attacks, norm, batch_size=plan.settings["batch_size"], device=engine.device,
+            reporter=engine.reporter, seed=seed, keep_adversarials=save_adversarials, journal=journal,
+        )
+        if journal.resumed:
+            engine.reporter.info(f"{plan.label}: resumed {journal.resumed} attack batches measured by an "
+                                 f"interrupted run in {plan.folder}")
+        check = _masking_check(target.model, target.test, result, attacks, engine, images=masking_check, seed=seed)
+        if check and check.warning():
+            result.warnings.append(check.warning())
+        summary = results.summarise(
+            result, eps, options, settings=plan.settings, checkpoint=str(target.path), label=plan.label,
+            dataset=target.info.name, data_dir=target.config.data.data_dir if data_dir is None else str(data_dir),
+            limit=limit, **provenance(engine.device), masking_check=asdict(check) if check else None,
+        )
+        return Evaluation(plan.label, plan.folder, result, summary)
+
+    def write(plan: Planned, evaluation: Evaluation) -> None:
+        results.write_distances(plan.folder / DISTANCES_FILE, evaluation.result)
+        if save_adversarials:
+            results.write_adversarials(plan.folder / ADVERSARIALS_FILE, evaluation.result, seed)
+        else:  # an earlier run's points are not this run's
+            (plan.folder / ADVERSARIALS_FILE).unlink(missing_ok=True)
+        write_summary(plan.folder / SUMMARY_FILE, evaluation.summary)  # last: it marks the folder complete
+        Journal(plan.folder).finish()
+
     with ExitStack() as held:
         if len(planned) > 1:  # the figure of several checkpoints, in ``out`` itself
-            figure = {"norm": norm, "checkpoints": {label: s["checkpoint_sha256"] for label, _, _, _, s in planned}}
+            figure = {"norm": norm, "checkpoints": {p.label: p.settings["checkpoint_sha256"] for p in planned}}
             held.enter_context(claim({out: figure}, FIGURE_LAYOUT, overwrite=overwrite))
-        held.enter_context(claim({folder: settings for _, folder, _, _, settings in planned}, LAYOUT,
-                                 overwrite=overwrite, partial=resume_settings(device)))
-        for label, folder, target, size, settings in planned:
-            reporter.info(f"{label}: {len(target.test)} test images of {target.info.name}, norm {norm}, on {device}")
-            journal = Journal(folder)
-            result = attack_set(
-                target.model, target.test, attacks, norm, batch_size=size, device=device, reporter=reporter,
-                seed=seed, keep_adversarials=save_adversarials, journal=journal,
-            )
-            if journal.resumed:
-                reporter.info(f"{label}: resumed {journal.resumed} attack batches measured by an interrupted run "
-                              f"in {folder}")
-            check = _masking_check(target.model, target.test, result, attacks, host, images=masking_check,
-                                   device=device, seed=seed)
-            if check and check.warning():
-                result.warnings.append(check.warning())
-            summary = results.summarise(
-                result, eps, options, settings=settings, checkpoint=str(target.path), label=label, dataset=target.info.name,
-                data_dir=target.config.data.data_dir if data_dir is None else str(data_dir), limit=limit,
-                **provenance(device), masking_check=asdict(check) if check else None,
-            )
-            barrier()  # every process has written its partial results before they are removed
-            if current().main:  # every process holds the joined result; one writes it
-                results.write_distances(folder / DISTANCES_FILE, result)
-                if save_adversarials:
-                    results.write_adversarials(folder / ADVERSARIALS_FILE, result, seed)
-                else:  # an earlier run's points are not this run's
-                    (folder / ADVERSARIALS_FILE).unlink(missing_ok=True)
-                write_summary(folder / SUMMARY_FILE, summary)  # last: it marks the folder complete
-                journal.finish()
-            evaluations.append(Evaluation(label, folder, result, summary))
-        if current().main:
+        evaluations = for_each_checkpoint(planned, LAYOUT, engine, evaluate=evaluate, write=write,
+                                          overwrite=overwrite, partial=resume_settings(engine.device))
+        if engine.main:
             results.draw_evaluations(out / CURVE_FILE,
                                      [(e.label, e.result, e.summary) for e in evaluations], by=by, eps=eps)
             if len(planned) > 1:
                 write_summary(out / FIGURE_FILE, {"settings": figure})
-        barrier()  # the files exist for every process once this returns
+        barrier()  # the figure exists for every process once this returns
     return evaluations
 
 
 def _masking_check(
     model: torch.nn.Module, data: ImageSet, result: RobustnessResult, attacks: Mapping[str, Attack],
-    host: PluginHost, *, images: int, device: torch.device, seed: int,
+    engine: Engine, *, images: int, seed: int,
 ) -> MaskingCheck | None:
     """The gradient-free check (:mod:`lipcli.evaluation.masking`) against the gradient attacks' per-image
     minimum; None when disabled (``images = 0``) or when no gradient attack ran."""
@@ -258,7 +255,7 @@ def _masking_check(
     sighted = [a.distances for a in result.attacks if a.name not in blind]
     if images <= 0 or not sighted:
         return None
-    attack = host.registry("attack").get(CHECK_ATTACK).factory(queries=CHECK_QUERIES)
+    attack = engine.plugins.registry("attack").get(CHECK_ATTACK).factory(queries=CHECK_QUERIES)
     with frozen_eval(model):
         return gradient_free_check(model, data, torch.stack(sighted).min(0).values, attack, CHECK_ATTACK,
-                                   result.norm, images=images, device=device, seed=seed)
+                                   result.norm, images=images, device=engine.device, seed=seed)

@@ -43,7 +43,7 @@ from torch import nn
 from lipcli.attacks import NORMS, AttackAtBudget, within_budget
 from lipcli.data.batches import iterate_batches, num_batches
 from lipcli.data.types import ImageSet
-from lipcli.distributed import all_reduce, barrier, current, owned
+from lipcli.distributed import all_reduce, owned
 from lipcli.errors import ConfigError, DataError
 from lipcli.evaluation.accounting import QueryCounter, measured_distances
 from lipcli.evaluation.minimal_distances import build_attacks
@@ -51,11 +51,13 @@ from lipcli.evaluation.seeding import DEFAULT_SEED, seeded
 from lipcli.files import sha256, write_text
 from lipcli.gradients import frozen_eval
 from lipcli.layout import DISTANCES_FILE, ROBUST_FILE, SUMMARY_FILE
+from lipcli.engine import Engine
+from lipcli.models.each_checkpoint import Planned, for_each_checkpoint
 from lipcli.models.targets import load_targets, target_settings
-from lipcli.plugin_host import PluginHost, get_host
-from lipcli.reporting import Reporter
+from lipcli.plugin_host import PluginHost
+from lipcli.reporting import SILENT, Reporter
 from lipcli.result_files import write_summary
-from lipcli.results_folder import Layout, claim, provenance
+from lipcli.results_folder import Layout, provenance
 from lipcli.suggestions import did_you_mean
 
 VERSIONS = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"), "fast": ("apgd-ce", "apgd-t")}
@@ -138,11 +140,11 @@ def ensemble_names(version: str | None, attacks: list[str] | None) -> tuple[str,
 
 
 def build_ensemble(
-    names: list[str], options: Mapping[str, Mapping[str, Any]], host: PluginHost
+    names: list[str], options: Mapping[str, Mapping[str, Any]], plugins: PluginHost
 ) -> tuple[dict[str, AttackAtBudget], dict[str, dict[str, Any]]]:
     """(attacks by registered name, each one's options with every default filled in), in the order given; an
     attack that cannot run at a fixed eps is refused (:func:`lipcli.evaluation.minimal_distances.build_attacks`)."""
-    attacks = build_attacks(names, options, host, at_budget=True)
+    attacks = build_attacks(names, options, plugins, at_budget=True)
     return dict(attacks), attacks.options
 
 
@@ -171,7 +173,7 @@ def robust_accuracy(
     device: torch.device,
     seed: int = DEFAULT_SEED,
     known: KnownDistances | None = None,
-    reporter: Reporter | None = None,
+    reporter: Reporter = SILENT,
 ) -> RobustResult:
     """Run the ensemble ``attacks`` (in order) at each eps ``(as written, value)``; restores the model's mode."""
     if norm not in NORMS:
@@ -183,7 +185,6 @@ def robust_accuracy(
         raise ConfigError(f"eps: a value is given twice in {', '.join(text for text, _ in eps)}")
     if len(data) == 0:
         raise DataError("no test images to attack")
-    reporter = reporter or Reporter()
     batches = num_batches(len(data), batch_size)
     results: dict[str, EpsResult] = {}
     with frozen_eval(model):
@@ -389,6 +390,7 @@ class RobustEvaluation:
 
 def evaluate_robust(
     paths: list[Path],
+    engine: Engine,
     *,
     norm: str,
     attacks: Mapping[str, AttackAtBudget],
@@ -401,9 +403,6 @@ def evaluate_robust(
     limit: int | None = None,
     batch_size: int | None = None,
     data_dir: Path | None = None,
-    device: torch.device,
-    host: PluginHost | None = None,
-    reporter: Reporter | None = None,
     overwrite: bool = False,
 ) -> list[RobustEvaluation]:
     """Robust accuracy of every checkpoint; writes robust.csv and summary.json under ``out`` (directly for one
@@ -411,40 +410,40 @@ def evaluate_robust(
     A folder holding results of other settings is refused before any work unless ``overwrite``."""
     if curves and len(curves) != len(paths):
         raise ConfigError(f"curve: give one curve result per checkpoint ({len(paths)}), not {len(curves)}")
-    host = host or get_host()
-    reporter = reporter or Reporter()
-    planned = load_targets(paths, out, data_dir=data_dir, limit=limit, device=device, host=host)
-    knowns, settings = [], {}
-    for number, (label, folder, target) in enumerate(planned):
+    planned, knowns = [], {}
+    for number, (label, folder, target) in enumerate(load_targets(paths, out, engine, data_dir=data_dir,
+                                                                  limit=limit)):
         size = batch_size or target.config.evaluation.batch_size
         known = None
         if curves:
             known = read_curve(curves[number], norm=norm, checkpoint=target.path, dataset=target.info.name,
                                labels=target.test.labels)
-        knowns.append((size, known))
-        settings[folder] = {
+        knowns[folder] = known
+        planned.append(Planned(label, folder, target, {
             **target_settings(target), "norm": norm, "eps": dict(eps), "version": version,
             "attacks": {name: dict(options.get(name, {})) for name in attacks}, "seed": seed, "batch_size": size,
             "curve_sha256": None if known is None else sha256(known.source),
-        }
-    evaluations = []
-    with claim(settings, LAYOUT, overwrite=overwrite):
-        for (label, folder, target), (size, known) in zip(planned, knowns):
-            reporter.info(f"{label}: {len(target.test)} test images of {target.info.name}, {norm} eps "
-                          f"{', '.join(text for text, _ in eps)}, {version} ({', '.join(attacks)}), on {device}")
-            result = robust_accuracy(
-                target.model, target.test, attacks, norm, eps, batch_size=size, device=device, seed=seed,
-                known=known, reporter=reporter,
-            )
-            summary = summarise(
-                result, options, settings=settings[folder], checkpoint=str(target.path), label=label,
-                dataset=target.info.name, version=version, curve=None if known is None else str(known.source),
-                data_dir=target.config.data.data_dir if data_dir is None else str(data_dir), limit=limit,
-                **provenance(device),
-            )
-            if current().main:
-                write_outcomes(folder / ROBUST_FILE, result)
-                write_summary(folder / SUMMARY_FILE, summary)
-            evaluations.append(RobustEvaluation(label, folder, result, summary))
-    barrier()
-    return evaluations
+        }))
+
+    def evaluate(plan: Planned) -> RobustEvaluation:
+        target, known = plan.target, knowns[plan.folder]
+        engine.reporter.info(f"{plan.label}: {len(target.test)} test images of {target.info.name}, {norm} eps "
+                             f"{', '.join(text for text, _ in eps)}, {version} ({', '.join(attacks)}), on "
+                             f"{engine.device}")
+        result = robust_accuracy(
+            target.model, target.test, attacks, norm, eps, batch_size=plan.settings["batch_size"],
+            device=engine.device, seed=seed, known=known, reporter=engine.reporter,
+        )
+        summary = summarise(
+            result, options, settings=plan.settings, checkpoint=str(target.path), label=plan.label,
+            dataset=target.info.name, version=version, curve=None if known is None else str(known.source),
+            data_dir=target.config.data.data_dir if data_dir is None else str(data_dir), limit=limit,
+            **provenance(engine.device),
+        )
+        return RobustEvaluation(plan.label, plan.folder, result, summary)
+
+    def write(plan: Planned, evaluation: RobustEvaluation) -> None:
+        write_outcomes(plan.folder / ROBUST_FILE, evaluation.result)
+        write_summary(plan.folder / SUMMARY_FILE, evaluation.summary)
+
+    return for_each_checkpoint(planned, LAYOUT, engine, evaluate=evaluate, write=write, overwrite=overwrite)

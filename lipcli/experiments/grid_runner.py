@@ -44,7 +44,7 @@ from lipcli.config.schema import TrainingConfig
 from lipcli.config.toml_reader import load_toml
 from lipcli.defence import build_defence
 from lipcli.device import select_device
-from lipcli.distributed import barrier, broadcast, current
+from lipcli.distributed import barrier, broadcast
 from lipcli.errors import ConfigError, LipcliError
 from lipcli.evaluation.minimal_distances import build_attacks, evaluate_checkpoints
 from lipcli.evaluation.robust import VERSIONS, build_ensemble, evaluate_robust
@@ -65,8 +65,8 @@ from lipcli.layout import (
     robust_folder,
 )
 from lipcli.lipschitz.measure import measure_checkpoints
-from lipcli.plugin_host import PluginHost, get_host
-from lipcli.reporting import Reporter
+from lipcli.plugin_host import PluginHost
+from lipcli.engine import Engine
 from lipcli.results_folder import SETTINGS_KEY
 from lipcli.training import trainer
 
@@ -159,14 +159,14 @@ def _as_json(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def check_components(grid: Grid, host: PluginHost) -> None:
+def check_components(grid: Grid, plugins: PluginHost) -> None:
     """Every run's data set, architecture and defence, and every attack with its options, exist: a typo fails
     before hours of training, with the run named."""
     for run in grid.runs:
         try:
-            host.registry("dataset").get(run.config.data.dataset)
-            host.registry("architecture").get(run.config.model.arch)
-            build_defence(run.config.defence, host, tanh_head=run.config.model.tanh_head)
+            plugins.registry("dataset").get(run.config.data.dataset)
+            plugins.registry("architecture").get(run.config.model.arch)
+            build_defence(run.config.defence, plugins, tanh_head=run.config.model.tanh_head)
         except LipcliError as exc:
             raise type(exc)(f"{grid.path}: run {run.name}: {exc}") from None
     plan = grid.evaluation
@@ -175,17 +175,15 @@ def check_components(grid: Grid, host: PluginHost) -> None:
         if name.lower() not in listed:
             raise ConfigError(f"{grid.path}: evaluate.attack_options.{name}: not an attack of evaluate.attacks")
     for norm in plan.norms:
-        build_attacks(plan.attacks_for(norm), plan.options_for(norm), host)
+        build_attacks(plan.attacks_for(norm), plan.options_for(norm), plugins)
     if plan.robust:
-        build_ensemble(list(VERSIONS[plan.robust_version]), {}, host)
+        build_ensemble(list(VERSIONS[plan.robust_version]), {}, plugins)
 
 
-def run_grid(
-    grid: Grid, *, device: str = "auto", host: PluginHost | None = None, reporter: Reporter | None = None
-) -> list[Outcome]:
-    """Bring every run of ``grid`` to completion, one after the other; failures do not stop the others."""
-    host = host or get_host()
-    reporter = reporter or Reporter()
+def run_grid(grid: Grid, engine: Engine, *, device: str = "auto") -> list[Outcome]:
+    """Bring every run of ``grid`` to completion, one after the other; failures do not stop the others.
+    ``device`` (not ``auto``) overrides every run's ``training.device``; a run is evaluated where it trained."""
+    reporter = engine.reporter
     outcomes = []
     with reporter.task("runs", len(grid.runs)) as task:
         for number, run in enumerate(grid.runs, start=1):
@@ -194,18 +192,18 @@ def run_grid(
             reporter.info(f"run {number}/{len(grid.runs)} {run.name}: " + (", ".join(stages) or "complete, skipped"))
             error_file = Path(run.config.output.dir) / ERROR_FILE
             try:
-                _run_stages(run, stages, grid.evaluation, device, host, reporter)
-                if current().main:
+                _run_stages(run, stages, grid.evaluation, device, engine)
+                if engine.main:
                     error_file.unlink(missing_ok=True)
                 outcomes.append(Outcome(run, "done" if stages else "skipped", stages, time.perf_counter() - started))
             except Exception as exc:  # noqa: BLE001 - one failed run must not stop the grid
-                if current().enabled:  # the others may be inside a collective: only torchrun can stop them
+                if engine.process.enabled:  # the others may be inside a collective: only torchrun can stop them
                     _write_error(error_file, traceback.format_exc())
                     raise
                 message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 if not isinstance(exc, LipcliError):
                     message = f"{type(exc).__name__}: {message}"
-                if current().main:
+                if engine.main:
                     _write_error(error_file, traceback.format_exc())
                 reporter.info(f"run {run.name} failed: {message}")
                 outcomes.append(Outcome(run, "failed", stages, time.perf_counter() - started, message))
@@ -215,10 +213,10 @@ def run_grid(
 
 
 def _run_stages(
-    run: PlannedRun, stages: list[str], plan: EvaluationPlan, device: str, host: PluginHost, reporter: Reporter
+    run: PlannedRun, stages: list[str], plan: EvaluationPlan, device: str, engine: Engine
 ) -> None:
     folder = Path(run.config.output.dir)
-    conflict = broadcast(configuration_conflict(run) if current().main else None)
+    conflict = broadcast(configuration_conflict(run) if engine.main else None)
     if conflict:
         raise LipcliError(f"{folder}: {conflict}; remove the folder or write the grid elsewhere with --out")
     if not stages:
@@ -227,40 +225,40 @@ def _run_stages(
         run.config.training.device = device
     if "train" in stages:
         (folder / BEST).unlink(missing_ok=True)  # left by a crash before the first last.pt: start over
-        trainer.train(run.config, host=host, reporter=reporter)
+        trainer.train(run.config, engine)
     elif "resume" in stages:
-        trainer.resume(folder, host=host, reporter=reporter, device=run.config.training.device)
-    if stages[0] in ("train", "resume") and current().main:
+        trainer.resume(folder, engine, device=run.config.training.device)
+    if stages[0] in ("train", "resume") and engine.main:
         write_text(folder / TRAINED, json.dumps({"finished": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
     evaluations = [stage for stage in stages if stage not in ("train", "resume")]
     if not evaluations:
         return
     checkpoint = folder / (LAST if plan.checkpoint == "last" else BEST)
-    target_device = select_device(run.config.training.device)
+    where = engine.on(select_device(run.config.training.device))
     for stage in evaluations:
         out = folder / stage
         if stage == "stats":
             measure_checkpoints(
-                [checkpoint], out=out, eps={n: plan.eps_for(n) for n in ("l2", "linf")}, limit=plan.limit,
-                batch_size=plan.batch_size, device=target_device, host=host, reporter=reporter, overwrite=True,
+                [checkpoint], where, out=out, eps={n: plan.eps_for(n) for n in ("l2", "linf")}, limit=plan.limit,
+                batch_size=plan.batch_size, overwrite=True,
             )
         elif stage.startswith(ROBUST_PREFIX):
             norm = stage.removeprefix(ROBUST_PREFIX)
-            attacks, options = build_ensemble(list(VERSIONS[plan.robust_version]), {}, host)
+            attacks, options = build_ensemble(list(VERSIONS[plan.robust_version]), {}, engine.plugins)
             evaluate_robust(
-                [checkpoint], norm=norm, attacks=attacks, options=options, eps=plan.robust[norm], out=out,
+                [checkpoint], where, norm=norm, attacks=attacks, options=options, eps=plan.robust[norm], out=out,
                 version=plan.robust_version, seed=plan.seed,
                 curves=[folder / curve_folder(norm)] if norm in plan.norms else None, limit=plan.limit,
-                batch_size=plan.batch_size, device=target_device, host=host, reporter=reporter, overwrite=True,
+                batch_size=plan.batch_size, overwrite=True,
             )
         else:
             norm = stage.removeprefix(CURVE_PREFIX)
+            attacks = build_attacks(plan.attacks_for(norm), plan.options_for(norm), engine.plugins)
             evaluate_checkpoints(
-                [checkpoint], norm=norm, attacks=build_attacks(plan.attacks_for(norm), plan.options_for(norm), host),
-                eps=plan.eps_for(norm), out=out, limit=plan.limit, batch_size=plan.batch_size,
-                device=target_device, host=host, reporter=reporter, seed=plan.seed, overwrite=True,
+                [checkpoint], where, norm=norm, attacks=attacks, eps=plan.eps_for(norm), out=out, limit=plan.limit,
+                batch_size=plan.batch_size, seed=plan.seed, overwrite=True,
             )
-        if current().main:
+        if engine.main:
             measured = _measured_plan(plan, stage, _trained_so_far(checkpoint))
             write_text(out / PLAN_FILE, json.dumps(measured, indent=2) + "\n")
 

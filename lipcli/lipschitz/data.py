@@ -24,7 +24,7 @@ import torch
 
 from lipcli.data.types import ImageSet
 from lipcli.precision import full_float32
-from lipcli.reporting import Reporter
+from lipcli.reporting import SILENT, Reporter
 
 UNIT_ROUNDOFF = 2.0 ** -24
 
@@ -86,10 +86,9 @@ def _flat(data: ImageSet) -> torch.Tensor:
 
 
 def closest_pair(
-    data: ImageSet, *, chunk: int = 4096, device: torch.device | None = None, reporter: Reporter | None = None
+    data: ImageSet, *, chunk: int = 4096, device: torch.device | None = None, reporter: Reporter = SILENT
 ) -> ClosestPair:
     """The exact closest pair of images with different labels in ``data`` (distance ``inf`` when none)."""
-    reporter = reporter or Reporter()
     device = device or torch.device("cpu")
     order = torch.argsort(data.labels, stable=True)  # label-sorted, so single-label blocks can be skipped
     sorted_labels = data.labels[order]
@@ -131,7 +130,7 @@ def _one_label(labels: torch.Tensor, first: tuple[int, int], second: tuple[int, 
 
 def nearest_distinct(
     queries: ImageSet, reference: ImageSet, *, chunk: int = 4096, candidates: int = 16,
-    device: torch.device | None = None, reporter: Reporter | None = None,
+    device: torch.device | None = None, reporter: Reporter = SILENT,
 ) -> torch.Tensor:
     """Per query image, the exact l2 distance (float64 ``[Q]``) to the nearest reference image with a
     different label; ``inf`` where the reference has no other label.
@@ -139,7 +138,6 @@ def nearest_distinct(
     Each query keeps its ``candidates`` nearest approximate distances; when the largest kept one could still
     hide the true nearest (within twice the tolerance of the smallest), the query is recomputed in full.
     """
-    reporter = reporter or Reporter()
     device = device or torch.device("cpu")
     result = torch.full((len(queries),), math.inf, dtype=torch.float64)
     if len(reference) == 0:

@@ -15,15 +15,18 @@ from lipcli.config.schema import DataConfig
 from lipcli.curves import DEFAULT_EPS, parse_eps
 from lipcli.data.load import load_data
 from lipcli.data.types import DataSplits, ImageSet
+from lipcli.engine import Engine
+from lipcli.errors import ConfigError
 from lipcli.layout import CURVE_FILE, DATA_LIPSCHITZ_FILE, DISTANCES_FILE, SUMMARY_FILE
 from lipcli.lipschitz.data import closest_pair, conflicting_duplicates, nearest_distinct
-from lipcli.plugin_host import PluginHost
 from lipcli.reporting import Reporter
 from lipcli.result_files import curve_summary, write_per_image, write_summary
 from lipcli.results_folder import Layout, claim, provenance
 
 NEAREST = "nearest-distinct"
 """The name of the nearest-neighbour distances' column in distances.csv and of the measure in summary.json."""
+SPLITS = ("train", "test")
+"""The splits whose constant can be measured."""
 LAYOUT = Layout(DATA_LIPSCHITZ_FILE, (DISTANCES_FILE, SUMMARY_FILE, *(f"{CURVE_FILE}.{kind}" for kind in ("png", "svg"))))
 
 
@@ -38,21 +41,22 @@ def drop_conflicts(data: ImageSet) -> tuple[ImageSet, torch.Tensor, torch.Tensor
 
 def data_lipschitz(
     config: DataConfig,
+    engine: Engine,
     *,
     split: str,
     out: Path,
     limit: int | None = None,
     curve: bool = True,
     chunk: int = 4096,
-    device: torch.device,
-    host: PluginHost | None = None,
-    reporter: Reporter | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Measure, write ``out/data-lipschitz.json`` (and the curve files when ``curve``), return the report.
-    A folder holding results of other settings is refused before any work unless ``overwrite``."""
-    reporter = reporter or Reporter()
-    splits = load_data(config, host)
+    """Measure ``split`` (train or test), write ``out/data-lipschitz.json`` (and the curve files when
+    ``curve``), return the report. A folder holding results of other settings is refused before any work
+    unless ``overwrite``."""
+    split = split.strip().lower()
+    if split not in SPLITS:
+        raise ConfigError(f"split: unknown split {split!r}; use {' or '.join(SPLITS)}")
+    splits = load_data(config, engine.plugins)
     data = splits.train if split == "train" else splits.test
     test = splits.test.subset(limit)
     settings = {
@@ -60,8 +64,8 @@ def data_lipschitz(
         "curve": {"images": len(test), "images_sha256": test.sha256()} if curve else None,
     }
     with claim({out: settings}, LAYOUT, overwrite=overwrite):
-        return _measure(splits, data, test, settings, out=out, curve=curve, chunk=chunk, device=device,
-                        reporter=reporter, data_dir=config.data_dir)
+        return _measure(splits, data, test, settings, out=out, curve=curve, chunk=chunk, device=engine.device,
+                        reporter=engine.reporter, data_dir=config.data_dir)
 
 
 def _measure(

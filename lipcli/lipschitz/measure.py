@@ -6,16 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from lipcli.distributed import barrier, current
+from lipcli.engine import Engine
 from lipcli.layout import STATS_CSV, STATS_FILE
-from lipcli.lipschitz.statistics import model_statistics
+from lipcli.lipschitz.statistics import Statistics, model_statistics
+from lipcli.models.each_checkpoint import Planned, for_each_checkpoint
 from lipcli.models.targets import load_targets, target_settings
-from lipcli.plugin_host import PluginHost, get_host
-from lipcli.reporting import Reporter
 from lipcli.result_files import write_per_image, write_summary
-from lipcli.results_folder import Layout, claim, provenance
+from lipcli.results_folder import Layout, provenance
 
 LAYOUT = Layout(STATS_FILE, (STATS_CSV,))
 
@@ -31,42 +28,43 @@ class Measured:
 
 def measure_checkpoints(
     paths: list[Path],
+    engine: Engine,
     *,
     out: Path,
     eps: dict[str, list[tuple[str, float]]],
     limit: int | None = None,
     batch_size: int | None = None,
     data_dir: Path | None = None,
-    device: torch.device,
-    host: PluginHost | None = None,
-    reporter: Reporter | None = None,
     overwrite: bool = False,
 ) -> list[Measured]:
     """Measure every checkpoint on its test images and write its files under ``out`` (directly for one
     checkpoint, else one sub-folder per checkpoint); a folder holding results of other settings is refused
     before any work unless ``overwrite``."""
-    host = host or get_host()
-    reporter = reporter or Reporter()
-    planned = load_targets(paths, out, data_dir=data_dir, limit=limit, device=device, host=host)
-    settings = {folder: {**target_settings(target), "eps": {norm: dict(points) for norm, points in eps.items()}}
-                for _, folder, target in planned}
-    measured = []
-    with claim(settings, LAYOUT, overwrite=overwrite):
-        for label, folder, target in planned:
-            reporter.info(f"{label}: {len(target.test)} test images of {target.info.name}, on {device}")
-            statistics = model_statistics(
-                target.model, target.test, target.info, eps=eps,
-                batch_size=batch_size or target.config.evaluation.batch_size, device=device, reporter=reporter,
-            )
-            summary = {
-                "settings": settings[folder], "checkpoint": str(target.path), "label": label,
-                "dataset": target.info.name, "limit": limit,
-                "data_dir": target.config.data.data_dir if data_dir is None else str(data_dir),
-                **provenance(device), **statistics.summary,
-            }
-            if current().main:  # every process holds the joined statistics; one writes them
-                write_per_image(folder / STATS_CSV, statistics.labels, statistics.predictions, statistics.per_image)
-                write_summary(folder / STATS_FILE, summary)
-            measured.append(Measured(label, folder, summary))
-        barrier()
-    return measured
+    planned = [
+        Planned(label, folder, target, {**target_settings(target), "eps": {n: dict(p) for n, p in eps.items()}})
+        for label, folder, target in load_targets(paths, out, engine, data_dir=data_dir, limit=limit)
+    ]
+
+    def evaluate(plan: Planned) -> tuple[Statistics, Measured]:
+        target = plan.target
+        engine.reporter.info(f"{plan.label}: {len(target.test)} test images of {target.info.name}, on {engine.device}")
+        statistics = model_statistics(
+            target.model, target.test, target.info, eps=eps,
+            batch_size=batch_size or target.config.evaluation.batch_size, device=engine.device,
+            reporter=engine.reporter,
+        )
+        summary = {
+            "settings": plan.settings, "checkpoint": str(target.path), "label": plan.label,
+            "dataset": target.info.name, "limit": limit,
+            "data_dir": target.config.data.data_dir if data_dir is None else str(data_dir),
+            **provenance(engine.device), **statistics.summary,
+        }
+        return statistics, Measured(plan.label, plan.folder, summary)
+
+    def write(plan: Planned, measured: tuple[Statistics, Measured]) -> None:
+        statistics, result = measured
+        write_per_image(plan.folder / STATS_CSV, statistics.labels, statistics.predictions, statistics.per_image)
+        write_summary(plan.folder / STATS_FILE, result.summary)
+
+    done = for_each_checkpoint(planned, LAYOUT, engine, evaluate=evaluate, write=write, overwrite=overwrite)
+    return [result for _, result in done]

@@ -32,7 +32,7 @@ from lipcli.errors import DataError
 from lipcli.gradients import frozen_eval
 from lipcli.lipschitz.bound import BoundUnavailable, product_bound
 from lipcli.lipschitz.jacobian import jacobian_norms
-from lipcli.reporting import Reporter
+from lipcli.reporting import SILENT, Reporter
 
 PER_IMAGE = (
     "loss", "margin", "grad_loss_l2", "grad_loss_l1", "jac_f_2inf", "jac_f_11", "jac_z_2inf", "jac_z_infinf",
@@ -64,13 +64,12 @@ def model_statistics(
     eps: dict[str, list[tuple[str, float]]],
     batch_size: int,
     device: torch.device,
-    reporter: Reporter | None = None,
+    reporter: Reporter = SILENT,
 ) -> Statistics:
     """Statistics of ``model`` (eval mode, parameters frozen) over ``data``; ``eps[norm]`` are the attack
     sizes for Lemma 2.2's predictions, as (text as written, value)."""
     if len(data) == 0:
         raise DataError("no test images to measure")
-    reporter = reporter or Reporter()
     measured = PER_IMAGE[:1] + PER_IMAGE[2:8]
     # rows this process did not measure stay 0, so that a sum over the processes joins their batches
     per_image = {name: torch.zeros(len(data), dtype=torch.float64) for name in measured}

@@ -1,4 +1,5 @@
-"""``lipcli.load_model``: a trained model back from its checkpoint, ready for evaluation."""
+"""A trained model back from its checkpoint, ready for evaluation (``lipcli.load_model`` and every
+evaluation command)."""
 
 from __future__ import annotations
 
@@ -15,17 +16,8 @@ from lipcli.models.build import build_model
 from lipcli.plugin_host import PluginHost
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", host: PluginHost | None = None) -> nn.Module:
-    """The model saved in ``path`` (tanh head included), in eval mode, taking inputs in [0, 1].
-
-    The architecture is rebuilt from the configuration and data metadata stored in the checkpoint, so the
-    plugin that provided it must be installed.
-    """
-    return restore(path, device, host)[0]
-
-
 def restore(
-    path: str | Path, device: str | torch.device = "cpu", host: PluginHost | None = None
+    path: str | Path, device: str | torch.device, plugins: PluginHost
 ) -> tuple[nn.Module, ExperimentConfig, DatasetInfo]:
     """(model in eval mode, the run's configuration, its data set's metadata) from a checkpoint."""
     payload = load_checkpoint(Path(path), map_location=device)
@@ -34,7 +26,7 @@ def restore(
         info = DatasetInfo.from_dict(payload["dataset"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: checkpoint metadata is incomplete ({exc})") from None
-    model = build_model(config, info, host)
+    model = build_model(config, info, plugins)
     weights = payload.get("model")
     if not isinstance(weights, dict):
         raise CheckpointError(f"{path}: checkpoint holds no model weights")

@@ -8,17 +8,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from lipcli.config import ExperimentConfig
 from lipcli.data.load import load_data
 from lipcli.data.types import DatasetInfo, ImageSet
+from lipcli.engine import Engine
 from lipcli.errors import DataError
 from lipcli.files import sha256
 from lipcli.layout import CONFIG_FILE
 from lipcli.models.loading import restore
-from lipcli.plugin_host import PluginHost
 
 
 @dataclass
@@ -33,13 +32,12 @@ class Target:
     test: ImageSet
 
 
-def load_target(
-    path: Path, *, data_dir: Path | None, limit: int | None, device: torch.device, host: PluginHost | None = None
-) -> Target:
-    """The checkpoint's model on ``device`` (eval mode) and the first ``limit`` test images (all if None)."""
-    model, config, info = restore(path, device, host)
+def load_target(path: Path, engine: Engine, *, data_dir: Path | None, limit: int | None) -> Target:
+    """The checkpoint's model on the engine's device (eval mode) and the first ``limit`` test images (all if
+    None)."""
+    model, config, info = restore(path, engine.device, engine.plugins)
     data_config = config.data if data_dir is None else dataclasses.replace(config.data, data_dir=str(data_dir))
-    splits = load_data(data_config, host)
+    splits = load_data(data_config, engine.plugins)
     found, trained = splits.info, info
     if (found.input_shape, found.num_classes) != (trained.input_shape, trained.num_classes):
         raise DataError(
@@ -52,12 +50,11 @@ def load_target(
 
 
 def load_targets(
-    paths: list[Path], out: Path, *, data_dir: Path | None, limit: int | None, device: torch.device,
-    host: PluginHost | None = None,
+    paths: list[Path], out: Path, engine: Engine, *, data_dir: Path | None, limit: int | None
 ) -> list[tuple[str, Path, Target]]:
     """(label, output folder, target) per checkpoint, all loaded before any work, so that every folder can be
     checked (:func:`lipcli.results_folder.claim`) before the first attack runs."""
-    return [(label, folder, load_target(path, data_dir=data_dir, limit=limit, device=device, host=host))
+    return [(label, folder, load_target(path, engine, data_dir=data_dir, limit=limit))
             for path, (label, folder) in zip(paths, output_folders(paths, out))]
 
 

@@ -10,12 +10,12 @@ from torch import nn
 from lipcli.data.batches import iterate_batches, num_batches
 from lipcli.data.types import ImageSet
 from lipcli.distributed import all_reduce, owned
-from lipcli.reporting import Reporter
+from lipcli.reporting import SILENT, Reporter
 
 
 @torch.no_grad()
 def clean_error_and_loss(
-    model: nn.Module, data: ImageSet, batch_size: int, device: torch.device, reporter: Reporter | None = None,
+    model: nn.Module, data: ImageSet, batch_size: int, device: torch.device, reporter: Reporter = SILENT,
     description: str = "test",
 ) -> tuple[float, float]:
     """(error rate, mean cross-entropy) of ``model`` on ``data``; restores the model's train/eval mode.
@@ -25,7 +25,7 @@ def clean_error_and_loss(
     wrong = torch.zeros((), device=device)
     loss = torch.zeros((), device=device, dtype=torch.float64)
     try:
-        with (reporter or Reporter()).task(description, num_batches(len(data), batch_size)) as task:
+        with reporter.task(description, num_batches(len(data), batch_size)) as task:
             for number, (images, labels) in enumerate(iterate_batches(data, batch_size, device)):
                 if owned(number):
                     logits = model(images)

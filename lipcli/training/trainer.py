@@ -47,8 +47,7 @@ from lipcli.errors import CheckpointError, ConfigError, LipcliError, LipcliWarni
 from lipcli.files import write_text
 from lipcli.layout import BEST, CONFIG_FILE, LAST, METRICS_FILE
 from lipcli.models.build import build_model
-from lipcli.plugin_host import PluginHost, get_host
-from lipcli.reporting import Reporter
+from lipcli.engine import Engine
 from lipcli.results_folder import locked, locked_everywhere
 from lipcli.training import run_dir as runs
 from lipcli.training.clean_error import clean_error_and_loss
@@ -95,16 +94,14 @@ def reproducibility(seed: int, deterministic: bool) -> Iterator[None]:
         torch.backends.cudnn.benchmark = previous[1]
 
 
-def train(
-    config: ExperimentConfig, *, host: PluginHost | None = None, reporter: Reporter | None = None
-) -> TrainResult:
+def train(config: ExperimentConfig, engine: Engine) -> TrainResult:
     """Train the configured model into a new run folder: config.toml, metrics.jsonl, last.pt and, when
     ``data.validation`` holds images out, best.pt (the epoch of lowest validation error)."""
-    return _Run(config, host or get_host(), reporter or Reporter()).fit(None, None)
+    return _Run(config, engine).fit(None, None)
 
 
 def resume(
-    run_dir: Path, *, host: PluginHost | None = None, reporter: Reporter | None = None, device: str | None = None,
+    run_dir: Path, engine: Engine, *, device: str | None = None,
     epochs: int | None = None,
 ) -> TrainResult:
     """Continue a run from its ``last.pt``, with the configuration stored in it.
@@ -128,7 +125,7 @@ def resume(
         config.training.device = device
     if epochs is not None:
         _extend(config.training, run_dir, int(payload["epoch"]), int(payload["step"]), epochs)
-    return _Run(config, host or get_host(), reporter or Reporter()).fit(payload, run_dir)
+    return _Run(config, engine).fit(payload, run_dir)
 
 
 def _extend(tc: TrainingConfig, run_dir: Path, done: int, step: int, epochs: int) -> None:
@@ -150,8 +147,8 @@ def _extend(tc: TrainingConfig, run_dir: Path, done: int, step: int, epochs: int
 class _Run:
     """One training run's state, from setup to the last epoch."""
 
-    def __init__(self, config: ExperimentConfig, host: PluginHost, reporter: Reporter) -> None:
-        self.config, self.host, self.reporter = config, host, reporter
+    def __init__(self, config: ExperimentConfig, engine: Engine) -> None:
+        self.config, self.plugins, self.reporter = config, engine.plugins, engine.reporter
 
     def fit(self, checkpoint: dict[str, Any] | None, run_dir: Path | None) -> TrainResult:
         """Train from scratch into a new folder (no checkpoint), or on from ``checkpoint`` in ``run_dir``; the
@@ -174,7 +171,7 @@ class _Run:
             raise ConfigError("training.sync_batchnorm: PyTorch's SyncBatchNorm needs CUDA devices")
         # every process draws its own random numbers (PGD's random starts, ...); rank 0 draws a single process's
         with reproducibility(tc.seed + _RANK_SEED_STRIDE * group.rank, tc.deterministic):
-            data = load_data(config.data, self.host)
+            data = load_data(config.data, self.plugins)
             train_set, val_set = hold_out(
                 data.train.subset(config.data.train_limit), config.data.validation, config.data.validation_seed
             )
@@ -187,8 +184,8 @@ class _Run:
             if len(train_set) < tc.batch_size and group.main:
                 warnings.warn(f"training.batch_size: {tc.batch_size} is more than the {len(train_set)} training "
                               "images; every epoch is one step", LipcliWarning, stacklevel=2)
-            defence = build_defence(config.defence, self.host, tanh_head=config.model.tanh_head)
-            model = build_model(config, data.info, self.host, defence).to(device)
+            defence = build_defence(config.defence, self.plugins, tanh_head=config.model.tanh_head)
+            model = build_model(config, data.info, self.plugins, defence).to(device)
             if tc.channels_last:
                 model = model.to(memory_format=torch.channels_last)
             optimizer = build_optimizer(model, tc)
