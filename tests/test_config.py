@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import pytest
 
 from lipcli.config import ExperimentConfig, build, build_stored, dumps, resolve
-from lipcli.config.loader import parse_override
+from lipcli.config.loader import parse_override, validate
+from lipcli.config.schema import PositiveInt
 from lipcli.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -125,6 +128,51 @@ def test_ranges_are_checked() -> None:
         resolve(None, {}, ["training.batch_size=0"])
     with pytest.raises(ConfigError, match="training.lr: must be positive"):
         resolve(None, {}, ["training.lr=0"])
+
+
+def test_a_range_error_names_where_the_value_came_from(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^--set training\.batch_size=0: training\.batch_size: must be at least 1"):
+        resolve(None, {}, ["training.batch_size=0"])
+    path = write(tmp_path, "[data]\ncutout = -1\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: data\.cutout: must be at least 0, got -1"):
+        resolve(path)
+
+
+@dataclass
+class Table:
+    """A table of its own (as a grid's ``[evaluate]`` is), with each kind of annotation the checks know."""
+
+    mode: Literal["fast", "slow"] = "fast"
+    eps: list[str | float] | str | None = None
+    names: dict[str, list[str]] = field(default_factory=dict)
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    count: PositiveInt | None = None
+
+
+def test_a_table_of_its_own_is_checked_by_the_same_rules() -> None:
+    table = {"mode": "slow", "eps": ["8/255", 1], "names": {"a": ["x"]}, "options": {"x": {"n": [1]}}, "count": 2}
+    assert validate(Table, table, "f.toml", "t") == Table("slow", ["8/255", 1.0], {"a": ["x"]}, {"x": {"n": [1]}}, 2)
+    assert validate(Table, {"eps": "8/255"}, "f.toml", "t").eps == "8/255"
+    assert validate(Table, {}, "f.toml", "t") == Table()
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ({"mode": "fats"}, "f.toml: t.mode: expected 'fast' or 'slow', got 'fats' (str). Did you mean 'fast'?"),
+    ({"mode": "quick"}, "f.toml: t.mode: expected 'fast' or 'slow', got 'quick' (str)"),
+    ({"mode": 1}, "f.toml: t.mode: expected 'fast' or 'slow', got 1 (int)"),
+    ({"eps": ["8/255", True]}, "f.toml: t.eps[1]: expected a string or a number, got True (bool)"),
+    ({"eps": True}, "f.toml: t.eps: expected a list or a string, got True (bool)"),
+    ({"names": {"a": "x"}}, "f.toml: t.names.a: expected a list, got 'x' (str)"),
+    ({"names": {"a": [1]}}, "f.toml: t.names.a[0]: expected a string, got 1 (int)"),
+    ({"options": {"x": 3}}, "f.toml: t.options.x: expected a table, got 3 (int)"),
+    ({"count": 0}, "f.toml: t.count: must be at least 1, got 0"),
+    ({"cuont": 1}, "f.toml: unknown key 't.cuont'. Did you mean 't.count'?"),
+    (3, "f.toml: t: expected a table, got 3 (int)"),
+])
+def test_errors_of_a_table_of_its_own_name_its_dotted_key(table: Any, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        validate(Table, table, "f.toml", "t")
+    assert str(info.value) == message
 
 
 def test_invalid_toml_names_the_file(tmp_path: Path) -> None:

@@ -92,10 +92,14 @@ def test_a_grid_value_can_set_several_keys_at_once(tmp_path: Path) -> None:
     ("[grid]\ntraining.lr = 0.1\n", "", "grid.training.lr: expected a non-empty list"),
     ('[grid]\n"training.lr" = [0.1, "fast"]\n', "", "training.lr: expected a number"),
     ('[grid]\n"data.train_limit" = [64, 64]\n', "", "both get the folder name"),
-    ("", "[evaluate]\nnorm = ['l2']\n", "evaluate.norm'. Did you mean 'norms'"),
+    ("", "[evaluate]\nnorm = ['l2']\n", "evaluate.norm'. Did you mean 'evaluate.norms'"),
     ("", "[evaluate]\nnorms = ['l3']\n", "evaluate.norms"),
     ("", "[evaluate]\neps = { linf = '8/0' }\n", "evaluate.eps.linf"),
     ("", "[evaluate]\ncheckpoint = 'first'\n", "evaluate.checkpoint"),
+    ("", "[evaluate]\ncheckpoint = 'bets'\n", "exp.toml: evaluate.checkpoint: expected 'last' or 'best', got 'bets'.*"
+                                              "Did you mean 'best'"),
+    ("", "[evaluate]\nlimit = 0\n", "exp.toml: evaluate.limit: must be at least 1, got 0"),
+    ("", "[evaluate]\nattacks = { l2 = ['pgd-l2', 3] }\n", "evaluate.attacks.l2[1]: expected a string, got 3"),
     ('[output]\ndir = "runs/mine"\n[grid]\n"training.lr" = [0.1]\n', "", "output.dir: a grid gives each run its own"),
     ('[grid]\n"output.dir" = ["a", "b"]\n', "", "exp.toml: output.dir: a grid gives each run its own folder"),
 ])

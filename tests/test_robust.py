@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from test_attacks import CLASSES, SHAPE, Affine, exact_distances
 from test_defences import _one_thread  # noqa: F401 - one intra-op thread for these tiny models
 from torch import nn
 
-from lipcli.attacks import BUDGET_TOLERANCE, AttackAtBudget
+from lipcli.attacks import BUDGET_TOLERANCE, NORMS, AttackAtBudget
 from lipcli.attacks.base import in_box
 from lipcli.data.types import ImageSet
 from lipcli.errors import DataError
@@ -31,7 +32,7 @@ from lipcli.evaluation.robust import (
     robust_accuracy,
 )
 from lipcli.evaluation.seeding import seeded
-from lipcli.experiments.grid import load_grid
+from lipcli.experiments.grid import RobustTable, load_grid
 from lipcli.experiments.grid_runner import pending_stages, run_grid
 from lipcli.gradients import frozen_eval
 from lipcli.plugin_host import PluginHost
@@ -384,7 +385,10 @@ def test_a_grid_measures_robust_accuracy_after_its_curves(tmp_path: Path, engine
 
 @pytest.mark.parametrize(("table", "message"), [
     ('[evaluate.robust]\nlinf = ["8/255"]\nversion = "slow"\n', "evaluate.robust.version: expected standard or fast"),
-    ('[evaluate.robust]\nlinf2 = ["8/255"]\n', "unknown key 'evaluate.robust.linf2'. Did you mean 'linf'"),
+    ('[evaluate.robust]\nlinf2 = ["8/255"]\n',
+     "unknown key 'evaluate.robust.linf2'. Did you mean 'evaluate.robust.linf'"),
+    ('[evaluate.robust]\nl2 = ["0.1", true]\n',
+     r"evaluate.robust.l2\[1\]: expected a string or an integer or a number, got True"),
     ('[evaluate.robust]\nl2 = ["x"]\n', "evaluate.robust.l2: not a number"),
     ("[evaluate]\nrobust = 3\n", "evaluate.robust: expected a table"),
 ])
@@ -395,3 +399,8 @@ def test_grid_robust_errors_name_the_key(tmp_path: Path, table: str, message: st
     path.write_text(GRID.split("[evaluate]")[0] + table)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         load_grid(path, tmp_path / "runs")
+
+
+def test_the_robust_table_has_a_key_per_norm() -> None:
+    """``[evaluate.robust]``'s schema spells out one key per norm: a new norm needs its key there too."""
+    assert [f.name for f in fields(RobustTable)] == [*NORMS, "version"]

@@ -13,23 +13,19 @@ import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, TypeVar
 
 from lipcli.config.recipes import load_recipe
-from lipcli.config.schema import LR_SCHEDULES, ExperimentConfig
+from lipcli.config.schema import LR_SCHEDULES, AtLeast, ExperimentConfig
 from lipcli.config.toml_reader import load_toml, tomllib
 from lipcli.errors import ConfigError
 from lipcli.suggestions import did_you_mean, suggest
 
-_LOWER_BOUNDS: dict[str, float] = {
-    "data.crop_padding": 0, "data.cutout": 0, "data.train_limit": 1, "data.validation": 0, "data.validation_seed": 0,
-    "training.epochs": 1, "training.batch_size": 1, "training.momentum": 0, "training.weight_decay": 0,
-    "training.lr_gamma": 0, "training.warmup_epochs": 0, "training.max_steps": 1, "training.seed": 0,
-    "evaluation.batch_size": 1, "evaluation.limit": 1,
-}
-"""Range checks done once on the merged configuration (types are checked while merging)."""
+T = TypeVar("T")
 
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+_PYTHON_TYPES: dict[Any, type | tuple[type, ...]] = {int: int, float: (int, float), bool: bool, str: str}
+"""What each scalar annotation accepts from TOML (a bool is never taken for a number)."""
 
 
 def parse_override(text: str, option: str = "--set", form: str = "section.key=value") -> tuple[str, Any]:
@@ -91,18 +87,25 @@ def resolve_layers(
     return build(tree)
 
 
+def validate(cls: type[T], table: Any, source: str, key: str = "") -> T:
+    """``table`` read over the defaults of the schema dataclass ``cls`` (a whole configuration, or a table of its
+    own such as a grid's ``[evaluate]``), by the checks every configuration table gets: types, bounds, choices,
+    unknown keys. Errors name ``source`` and the dotted key, under ``key`` (the table's own key, if any)."""
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{source}: {key or 'configuration'}: expected a table, got {_show(table)}")
+    tree = dataclasses.asdict(cls())
+    _merge(tree, cls, table, source, f"{key}." if key else "")
+    return _instantiate(cls, tree)
+
+
 def build(tree: Mapping[str, Any]) -> ExperimentConfig:
-    """An :class:`ExperimentConfig` from a plain (already validated) nested dict, e.g. a checkpoint's."""
-    fresh = ExperimentConfig().to_dict()
-    _merge(fresh, ExperimentConfig, tree, "configuration", "")
-    for dotted, low in _LOWER_BOUNDS.items():
-        section, key = dotted.split(".")
-        value = fresh[section][key]
-        if value is not None and value < low:
-            raise ConfigError(f"{dotted}: must be at least {low}, got {value}")
-    if fresh["training"]["lr"] <= 0:
-        raise ConfigError(f"training.lr: must be positive, got {fresh['training']['lr']}")
-    milestones, schedule = fresh["training"]["lr_milestones"], fresh["training"]["lr_schedule"]
+    """An :class:`ExperimentConfig` from a plain (already validated) nested dict, e.g. a checkpoint's; the keys are
+    checked one by one by :func:`validate`, then the rules that join several keys here."""
+    config = validate(ExperimentConfig, tree, "configuration")
+    training, data = config.training, config.data
+    if training.lr <= 0:
+        raise ConfigError(f"training.lr: must be positive, got {training.lr}")
+    milestones, schedule = training.lr_milestones, training.lr_schedule
     if any(m < 0 for m in milestones):
         raise ConfigError(f"training.lr_milestones: epochs must be at least 0, got {milestones}")
     if schedule not in LR_SCHEDULES:
@@ -114,20 +117,20 @@ def build(tree: Mapping[str, Any]) -> ExperimentConfig:
             f"training.lr_milestones: only the multistep schedule has milestones, and training.lr_schedule is "
             f"{schedule!r}; set training.lr_schedule = \"multistep\" to use them, or training.lr_milestones = []"
         )
-    for i, plan in enumerate(fresh["training"]["earlier_plans"]):
-        if len(plan) != 2 or plan[0] < 1 or not 0 <= plan[1] <= fresh["training"]["epochs"]:
+    for i, plan in enumerate(training.earlier_plans):
+        if len(plan) != 2 or plan[0] < 1 or not 0 <= plan[1] <= training.epochs:
             raise ConfigError(
                 f"training.earlier_plans[{i}]: expected [epochs, until_epoch] with epochs >= 1 and "
                 f"0 <= until_epoch <= training.epochs, got {plan}"
             )
-    validation = fresh["data"]["validation"]
+    validation = data.validation
     if isinstance(validation, float) and validation >= 1:
         if not validation.is_integer():
             raise ConfigError(
                 f"data.validation: a count of images must be a whole number (or a fraction below 1), got {validation}"
             )
-        fresh["data"]["validation"] = int(validation)
-    return _instantiate(ExperimentConfig, fresh)
+        data.validation = int(validation)
+    return config
 
 
 def build_stored(tree: Mapping[str, Any]) -> ExperimentConfig:
@@ -157,25 +160,20 @@ def _instantiate(cls: type, tree: Mapping[str, Any]) -> Any:
 
 
 def _merge(tree: dict[str, Any], cls: type, data: Mapping[str, Any], source: str, prefix: str) -> None:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     for key, value in data.items():
         dotted = f"{prefix}{key}"
         if key not in hints:
             close = [f"{prefix}{k}" for k in suggest(key, list(hints))]
-            hint_text = (
-                "Did you mean " + " or ".join(repr(c) for c in close) + "?"
-                if close else "Valid keys: " + ", ".join(f"{prefix}{k}" for k in hints) + "."
-            )
-            raise ConfigError(f"{source}: unknown key {dotted!r}. {hint_text}")
+            valid = "Valid keys: " + ", ".join(f"{prefix}{k}" for k in hints) + "."
+            raise ConfigError(f"{source}: unknown key {dotted!r}. {_did_you_mean(close) if close else valid}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{source}: {dotted}: expected a table [{dotted}], got {_show(value)}")
             _merge(tree[key], hint, value, source, f"{dotted}.")
-        elif _is_options(hint):
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"{source}: {dotted}: expected a table, got {_show(value)}")
-            tree[key] = _merged_tables(tree[key], value)
+        elif typing.get_origin(hint) is dict:
+            tree[key] = _merged_tables(tree[key], _check(hint, value, source, dotted))
         else:
             tree[key] = _check(hint, value, source, dotted)
 
@@ -201,46 +199,64 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any, source: str) -> None
     _merge(tree, ExperimentConfig, {parts[0]: nested}, source, "")
 
 
-def _is_options(hint: Any) -> bool:
-    return typing.get_origin(hint) is dict
-
-
 def _check(hint: Any, value: Any, source: str, dotted: str) -> Any:
-    """Validate (and normalise: int to float) one scalar or list value against its annotation."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
+    """Validate (and normalise: int to float) one value against its annotation: a scalar, a ``Literal`` choice,
+    a list or a table of such values, a union of them, or one of them ``Annotated`` with an :class:`AtLeast`."""
+    if hint is Any:
+        return value
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    suggestion = ""
+    if origin is typing.Annotated:
+        value = _check(args[0], value, source, dotted)
+        for bound in hint.__metadata__:
+            if isinstance(bound, AtLeast) and value < bound.low:
+                raise ConfigError(f"{source}: {dotted}: must be at least {bound.low}, got {value}")
+        return value
     if origin in (typing.Union, types.UnionType):
         if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
             return None
         inner = [a for a in args if a is not type(None)]
-        if len(inner) == 1:
-            return _check(inner[0], value, source, dotted)
+        shape = list if isinstance(value, list) else dict if isinstance(value, Mapping) else None
+        shaped = [a for a in inner if shape and typing.get_origin(a) is shape]
+        if len(inner) == 1 or shaped:  # a list or table is checked as the one it can be: the error names its item
+            return _check((shaped or inner)[0], value, source, dotted)
         for option in inner:  # in order: int before float keeps a whole count an integer
             with contextlib.suppress(ConfigError):
                 return _check(option, value, source, dotted)
-        expected = " or ".join(_TYPE_NAMES[a] for a in inner)
-        raise ConfigError(f"{source}: {dotted}: expected {expected}, got {_show(value)}")
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{source}: {dotted}: expected a table, got {_show(value)}")
-        return dict(value)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{source}: {dotted}: expected a list, got {_show(value)}")
-        return [_check(args[0], item, source, f"{dotted}[{i}]") for i, item in enumerate(value)]
-    ok = (
-        (hint is bool and isinstance(value, bool))
-        or (hint is int and isinstance(value, int) and not isinstance(value, bool))
-        or (hint is float and isinstance(value, (int, float)) and not isinstance(value, bool))
-        or (hint is str and isinstance(value, str))
-    )
-    if not ok:
-        raise ConfigError(f"{source}: {dotted}: expected {_TYPE_NAMES[hint]}, got {_show(value)}")
-    if hint is float:
-        value = float(value)
-        if not math.isfinite(value):
-            raise ConfigError(f"{source}: {dotted}: expected a finite number, got {value}")
-    return value
+    elif origin is typing.Literal:
+        if any(type(value) is type(choice) and value == choice for choice in args):
+            return value
+        close = suggest(str(value), [str(choice) for choice in args])
+        suggestion = f". {_did_you_mean(close)}" if close else ""
+    elif origin is dict:
+        if isinstance(value, Mapping):
+            return {key: _check(args[1], item, source, f"{dotted}.{key}") for key, item in value.items()}
+    elif origin is list:
+        if isinstance(value, list):
+            return [_check(args[0], item, source, f"{dotted}[{i}]") for i, item in enumerate(value)]
+    elif isinstance(value, _PYTHON_TYPES[hint]) and (hint is bool or not isinstance(value, bool)):
+        if hint is not float:
+            return value
+        if math.isfinite(value):
+            return float(value)
+        raise ConfigError(f"{source}: {dotted}: expected a finite number, got {float(value)}")
+    raise ConfigError(f"{source}: {dotted}: expected {_describe(hint)}, got {_show(value)}{suggestion}")
+
+
+def _did_you_mean(close: list[str]) -> str:
+    return "Did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
+def _describe(hint: Any) -> str:
+    """What an annotation accepts, as an error says it: ``an integer or a number``, ``'last' or 'best'``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Annotated:
+        return _describe(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args if a is not type(None))
+    if origin is typing.Literal:
+        return " or ".join(repr(choice) for choice in args)
+    return {list: "a list", dict: "a table"}.get(origin) or _TYPE_NAMES[hint]
 
 
 def _show(value: Any) -> str:

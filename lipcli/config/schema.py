@@ -8,7 +8,20 @@ which owns their validation.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Annotated, Any
+
+
+@dataclass(frozen=True)
+class AtLeast:
+    """A number's lower bound, ``Annotated[int, AtLeast(1)]``: checked with the value's type as each layer is read,
+    so the error names where the value came from."""
+
+    low: int
+
+
+PositiveInt = Annotated[int, AtLeast(1)]
+NonNegativeInt = Annotated[int, AtLeast(0)]
+NonNegativeFloat = Annotated[float, AtLeast(0)]
 
 LR_SCHEDULES = ("multistep", "cosine", "cyclic")
 """The values of ``training.lr_schedule`` (see :func:`lipcli.training.optim.learning_rate`)."""
@@ -22,19 +35,19 @@ class DataConfig:
     data_dir: str | None = None
     download: bool = True
     options: dict[str, Any] = field(default_factory=dict)
-    crop_padding: int = 0
+    crop_padding: NonNegativeInt = 0
     """Random crop of the zero-padded image, this many pixels per side (CIFAR recipe: 4)."""
     flip: bool = False
     """Random horizontal flip."""
-    cutout: int = 0
+    cutout: NonNegativeInt = 0
     """Side of the square cutout in pixels (CIFAR-10: 16, CIFAR-100: 8); 0 disables it."""
-    train_limit: int | None = None
+    train_limit: PositiveInt | None = None
     """Train on the first N training images only (smoke runs)."""
-    validation: int | float | None = None
+    validation: Annotated[int | float, AtLeast(0)] | None = None
     """Training images held out to choose ``best.pt`` on (never the test set): a count (a whole number >= 1)
     or a fraction (0 < v < 1) of the training set after ``train_limit``, stratified by class; 0 holds out
     none (no ``best.pt``). Unset: 10 % of the training set, at most 5,000 images."""
-    validation_seed: int = 0
+    validation_seed: NonNegativeInt = 0
     """Seed of the held-out draw, apart from ``training.seed``: runs differing only in seed share the images."""
 
 
@@ -82,12 +95,12 @@ class DefenceConfig:
 class TrainingConfig:
     """Optimiser, schedule and run control."""
 
-    epochs: int = 10
-    batch_size: int = 128
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 128
     lr: float = 0.1
-    momentum: float = 0.9
+    momentum: NonNegativeFloat = 0.9
     nesterov: bool = False
-    weight_decay: float = 5e-4
+    weight_decay: NonNegativeFloat = 5e-4
     """Coefficient of the explicit penalty weight_decay * sum ||W||^2 over weights (not biases or norms)."""
     lr_schedule: str = "cosine"
     """``cosine`` (default), ``multistep`` (lr_milestones, lr_gamma) or ``cyclic`` (one-cycle), set before every
@@ -95,15 +108,15 @@ class TrainingConfig:
     constant rate stayed at 22.3 %; the paper's recipes state multistep."""
     lr_milestones: list[int] = field(default_factory=list)
     """Epochs after which the learning rate is multiplied by lr_gamma (``multistep``)."""
-    lr_gamma: float = 0.2
+    lr_gamma: NonNegativeFloat = 0.2
     earlier_plans: list[list[int]] = field(default_factory=list)
     """Written by ``lipcli train --resume RUN --epochs N`` on a cosine or cyclic run: ``[[epochs, until], ...]``,
     the epochs the run was planned for before each extension and the epoch count at which it was extended.
     The steps of those first ``until`` epochs followed that plan's schedule, so the run is not taken for one
     planned with its final length from the start, and training from its config.toml repeats it exactly."""
-    warmup_epochs: float = 0.0
+    warmup_epochs: NonNegativeFloat = 0.0
     """Linear warm-up over this many epochs, multiplying any schedule's rate by min(1, (step + 1) / warm-up steps)."""
-    seed: int = 0
+    seed: NonNegativeInt = 0
     device: str = "auto"
     deterministic: bool = False
     """Deterministic kernels; with the CPU this makes a resumed run end with bit-identical weights."""
@@ -113,7 +126,7 @@ class TrainingConfig:
     """With several processes (torchrun), BatchNorm statistics over the global batch (SyncBatchNorm; CUDA only)."""
     amp: bool = False
     """bfloat16 autocast of forward passes on CUDA (gradient norms and penalties stay float32); off elsewhere."""
-    max_steps: int | None = None
+    max_steps: PositiveInt | None = None
     """Stop after this many optimiser steps in total (smoke runs)."""
 
 
@@ -121,8 +134,8 @@ class TrainingConfig:
 class EvaluationConfig:
     """Test-set evaluation done during and after training."""
 
-    batch_size: int = 512
-    limit: int | None = None
+    batch_size: PositiveInt = 512
+    limit: PositiveInt | None = None
     """Evaluate on the first N test images only."""
 
 

@@ -6,7 +6,7 @@ tables:
 * ``[grid]``: configuration keys, each with a list of values; the runs are every combination, in file
   order. Keys are dotted (``"defence.name" = [...]`` or ``defence.name = [...]``); any configuration key
   can vary, ``recipe`` included.
-* ``[evaluate]``: what is measured once a run is trained (see :class:`EvaluationPlan`).
+* ``[evaluate]``: what is measured once a run is trained (see :class:`EvaluateTable` and :class:`EvaluationPlan`).
 
 Every run gets a folder named from its settings (data set, architecture, defence, seed, and any other key the
 grid varies), so that running the file again finds it: a finished run is skipped, an interrupted one resumes.
@@ -17,13 +17,13 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 from lipcli.attacks import NORMS
-from lipcli.config.loader import parse_override, resolve_layers
-from lipcli.config.schema import ExperimentConfig
+from lipcli.config.loader import parse_override, resolve_layers, validate
+from lipcli.config.schema import ExperimentConfig, NonNegativeInt, PositiveInt
 from lipcli.config.toml_reader import load_toml
 from lipcli.curves import DEFAULT_EPS, parse_eps
 from lipcli.errors import ConfigError
@@ -31,27 +31,54 @@ from lipcli.evaluation.minimal_distances import DEFAULT_ATTACK
 from lipcli.evaluation.robust import VERSIONS
 from lipcli.evaluation.seeding import DEFAULT_SEED
 from lipcli.layout import CURVE_PREFIX, ROBUST_PREFIX, curve_folder
-from lipcli.suggestions import did_you_mean
+
+EpsText = str | int | float
+"""One eps or several as a grid writes them: ``"8/255"``, ``"0.1,1.5"`` or a number."""
 
 
 @dataclass
-class EvaluationPlan:
+class EvaluationSettings:
+    """The keys of ``[evaluate]`` that :class:`EvaluationPlan` keeps as written, with their defaults."""
+
+    norms: list[str] = field(default_factory=lambda: list(NORMS))
+    attacks: dict[str, list[str]] = field(default_factory=dict)
+    attack_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    limit: PositiveInt | None = None
+    batch_size: PositiveInt | None = None
+    stats: bool = True
+    checkpoint: Literal["last", "best"] = "last"
+    """``last`` (the final model) or ``best`` (lowest validation error: runs need ``data.validation`` > 0).
+    Neither is chosen on the test set."""
+    seed: NonNegativeInt = DEFAULT_SEED
+    """The attacks' seed (``lipcli curve --seed``)."""
+
+
+@dataclass
+class RobustTable:
+    """``[evaluate.robust]`` as written: the eps per norm (a list, or one comma-separated string) at which to
+    measure robust accuracy, and AutoAttack's version."""
+
+    l2: list[EpsText] | EpsText | None = None
+    linf: list[EpsText] | EpsText | None = None
+    version: str = "standard"
+
+
+@dataclass
+class EvaluateTable(EvaluationSettings):
+    """``[evaluate]`` as written: its schema, checked as every configuration table is
+    (:func:`lipcli.config.loader.validate`), before :func:`_evaluation` reads its norms, eps and version."""
+
+    eps: dict[str, EpsText] = field(default_factory=dict)
+    robust: RobustTable = field(default_factory=RobustTable)
+
+
+@dataclass
+class EvaluationPlan(EvaluationSettings):
     """``[evaluate]``: the norms to draw error curves in, with their attacks, eps and attack options, the
     image limit, whether to measure Lipschitz statistics, and which checkpoint is measured; ``[evaluate.robust]``:
     the eps per norm at which to measure robust accuracy (``lipcli robust``) and AutoAttack's version."""
 
-    norms: list[str] = field(default_factory=lambda: list(NORMS))
-    attacks: dict[str, list[str]] = field(default_factory=dict)
     eps: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
-    attack_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    limit: int | None = None
-    batch_size: int | None = None
-    stats: bool = True
-    checkpoint: str = "last"
-    """``last`` (the final model) or ``best`` (lowest validation error: runs need ``data.validation`` > 0).
-    Neither is chosen on the test set."""
-    seed: int = DEFAULT_SEED
-    """The attacks' seed (``lipcli curve --seed``)."""
     robust: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
     robust_version: str = "standard"
 
@@ -178,85 +205,41 @@ def identity_tree(config: ExperimentConfig) -> dict[str, Any]:
     return tree
 
 
-_EVALUATE_KEYS = (
-    "norms", "attacks", "eps", "attack_options", "limit", "batch_size", "stats", "checkpoint", "seed", "robust",
-)
-
-
 def _evaluation(table: Any, path: Path) -> EvaluationPlan:
-    """``[evaluate]`` checked key by key; errors name ``evaluate.<key>``."""
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"{path}: evaluate: expected a table")
-    for key in table:
-        if key not in _EVALUATE_KEYS:
-            raise ConfigError(f"{path}: unknown key 'evaluate.{key}'.{did_you_mean(key, list(_EVALUATE_KEYS))}")
-    plan = EvaluationPlan()
-    if "norms" in table:
-        norms = table["norms"]
-        if not isinstance(norms, list) or not all(n in NORMS for n in norms) or len(set(norms)) < len(norms):
-            raise ConfigError(f"{path}: evaluate.norms: expected a list of distinct {', '.join(NORMS)}, got {norms!r}")
-        plan.norms = list(norms)
-    for key in ("attacks", "eps", "attack_options"):
-        if not isinstance(table.get(key, {}), Mapping):
-            raise ConfigError(f"{path}: evaluate.{key}: expected a table")
-    for norm, names in table.get("attacks", {}).items():
-        if norm not in NORMS or not isinstance(names, list) or not names:
+    """``[evaluate]`` checked against :class:`EvaluateTable` like every configuration table (errors name
+    ``evaluate.<key>``), then read with what only the engine knows: its norms, eps and AutoAttack's versions."""
+    written = validate(EvaluateTable, table, str(path), "evaluate")
+    norms = written.norms
+    if not all(n in NORMS for n in norms) or len(set(norms)) < len(norms):
+        raise ConfigError(f"{path}: evaluate.norms: expected a list of distinct {', '.join(NORMS)}, got {norms!r}")
+    for norm, names in written.attacks.items():
+        if norm not in NORMS or not names:
             raise ConfigError(f"{path}: evaluate.attacks.{norm}: expected l2 or linf = [attack names]")
-        plan.attacks[norm] = [str(n) for n in names]
-    for norm, text in table.get("eps", {}).items():
+    eps = {}
+    for norm, text in written.eps.items():
         if norm not in NORMS:
             raise ConfigError(f"{path}: evaluate.eps.{norm}: expected l2 or linf")
-        try:
-            plan.eps[norm] = parse_eps(str(text))
-        except ValueError as exc:
-            raise ConfigError(f"{path}: evaluate.eps.{norm}: {exc}") from None
-    for name, options in table.get("attack_options", {}).items():
-        if not isinstance(options, Mapping):
-            raise ConfigError(f"{path}: evaluate.attack_options.{name}: expected a table of options")
-        plan.attack_options[name] = dict(options)
-    for key in ("limit", "batch_size"):
-        if key in table:
-            value = table[key]
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{path}: evaluate.{key}: expected a positive integer, got {value!r}")
-            setattr(plan, key, value)
-    if "stats" in table:
-        if not isinstance(table["stats"], bool):
-            raise ConfigError(f"{path}: evaluate.stats: expected true or false, got {table['stats']!r}")
-        plan.stats = table["stats"]
-    if "checkpoint" in table:
-        if table["checkpoint"] not in ("last", "best"):
-            raise ConfigError(f"{path}: evaluate.checkpoint: expected 'last' or 'best', got {table['checkpoint']!r}")
-        plan.checkpoint = table["checkpoint"]
-    if "seed" in table:
-        if not isinstance(table["seed"], int) or isinstance(table["seed"], bool) or table["seed"] < 0:
-            raise ConfigError(f"{path}: evaluate.seed: expected an integer >= 0, got {table['seed']!r}")
-        plan.seed = table["seed"]
-    if "robust" in table:
-        _robust(table["robust"], path, plan)
-    return plan
+        eps[norm] = _eps(text, path, f"eps.{norm}")
+    version = written.robust.version
+    if version not in VERSIONS:
+        raise ConfigError(f"{path}: evaluate.robust.version: expected {' or '.join(VERSIONS)}, got {version!r}")
+    robust = {}
+    for norm in NORMS:
+        if (value := getattr(written.robust, norm)) is not None:
+            robust[norm] = _eps(value, path, f"robust.{norm}")
+            if not robust[norm]:
+                raise ConfigError(f"{path}: evaluate.robust.{norm}: expected eps values, e.g. [\"8/255\"]")
+    kept = {f.name: getattr(written, f.name) for f in fields(EvaluationSettings)}
+    return EvaluationPlan(**kept, eps=eps, robust=robust, robust_version=version)
 
 
-def _robust(table: Any, path: Path, plan: EvaluationPlan) -> None:
-    """``[evaluate.robust]``: ``l2`` / ``linf`` = eps (a list, or one comma-separated string), ``version``."""
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"{path}: evaluate.robust: expected a table such as {{ linf = [\"8/255\"] }}")
-    for key, value in table.items():
-        if key == "version":
-            if value not in VERSIONS:
-                raise ConfigError(f"{path}: evaluate.robust.version: expected {' or '.join(VERSIONS)}, got {value!r}")
-            plan.robust_version = value
-        elif key in NORMS:
-            items = value if isinstance(value, list) else [value]
-            try:
-                points = parse_eps(",".join(str(item) for item in items))
-            except ValueError as exc:
-                raise ConfigError(f"{path}: evaluate.robust.{key}: {exc}") from None
-            if not points:
-                raise ConfigError(f"{path}: evaluate.robust.{key}: expected eps values, e.g. [\"8/255\"]")
-            plan.robust[key] = points
-        else:
-            raise ConfigError(f"{path}: unknown key 'evaluate.robust.{key}'.{did_you_mean(key, ['version', *NORMS])}")
+def _eps(written: EpsText | list[EpsText], path: Path, key: str) -> list[tuple[str, float]]:
+    """Eps as written (one text or number, or a list of them) parsed; errors name ``evaluate.<key>``."""
+    items = written if isinstance(written, list) else [written]
+    try:
+        return parse_eps(",".join(str(item) for item in items))
+    except ValueError as exc:
+        raise ConfigError(f"{path}: evaluate.{key}: {exc}") from None
 
 
 _NAMED = ("data.dataset", "model.arch", "defence.name", "model.tanh_head", "training.seed")
