@@ -21,6 +21,7 @@ from lipcli.config import resolve
 from lipcli.data.load import load_data
 from lipcli.data.types import ImageSet
 from lipcli.lipschitz.data import closest_pair
+from lipcli.plugin_host import get_host
 
 
 def baseline(data: ImageSet, chunk: int, device: torch.device) -> float:
@@ -45,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     config = resolve(None, {}, ["data.dataset='fashion-mnist'", f"data.data_dir={args.data_dir!r}"])
-    train = load_data(config.data).train
+    train = load_data(config.data, get_host()).train
     print(f"fashion-mnist train: {len(train)} images, chunk {args.chunk}, on {device}", flush=True)
 
     started = time.perf_counter()

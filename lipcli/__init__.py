@@ -41,7 +41,7 @@ def train(config: ExperimentConfig, *, engine: Engine | None = None) -> TrainRes
     return run(config, engine or make_engine())
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", *, plugins: PluginHost | None = None) -> nn.Module:
+def load_model(path: str | Path, device: str | torch.device = "cpu", plugins: PluginHost | None = None) -> nn.Module:
     """The model saved in ``path`` (tanh head included), in eval mode, taking inputs in [0, 1].
 
     The architecture is rebuilt from the configuration and data metadata stored in the checkpoint, so the

@@ -29,6 +29,11 @@ def median_distance(distances: torch.Tensor) -> float:
     return float(ordered[math.ceil(distances.numel() / 2) - 1])
 
 
+def default_eps(norm: str) -> list[tuple[str, float]]:
+    """The paper's reporting points of ``norm`` (:data:`DEFAULT_EPS`), parsed."""
+    return parse_eps(",".join(DEFAULT_EPS[norm]))
+
+
 def parse_eps(text: str) -> list[tuple[str, float]]:
     """``"0.1,1.5"`` or ``"8/255"`` -> [(as written, value)]; fractions are exact (8/255 is 8/255)."""
     points = []

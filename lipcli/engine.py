@@ -2,7 +2,8 @@
 device threaded through each call with a hidden fallback for each.
 
 The CLI makes one per command (its plugins, a rich reporter, the ``--device`` chosen); the Python API
-(:mod:`lipcli.python_api`) makes the default one. Nothing below the CLI looks the plugins up by itself.
+(``lipcli.train``, ``lipcli.load_model``) makes the default one with :func:`make_engine`, the one place that
+defaults are filled in. Nothing else below the CLI looks the plugins up by itself.
 """
 
 from __future__ import annotations

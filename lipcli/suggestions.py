@@ -11,11 +11,16 @@ def suggest(name: str, candidates: list[str], n: int = 3) -> list[str]:
     return [lowered[m] for m in difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.5)]
 
 
+def did_you_mean_any(close: list[str]) -> str:
+    """``Did you mean 'a' or 'b'?`` for names already found close."""
+    return "Did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
 def did_you_mean(name: str, candidates: list[str]) -> str:
     """A ' Did you mean ...?' suffix for error messages, or the list of valid names when nothing is close."""
     close = suggest(name, candidates)
     if close:
-        return " Did you mean " + " or ".join(repr(c) for c in close) + "?"
+        return " " + did_you_mean_any(close)
     if candidates:
         return " Known: " + ", ".join(sorted(candidates)) + "."
     return ""

@@ -373,10 +373,10 @@ def test_an_extended_run_is_evaluated_again_and_an_unfinished_extension_resumed(
     assert pending_stages(cut_short.runs[0], cut_short.evaluation) == ["resume", "curve-l2", "stats"]
 
 
-def test_the_report_marks_results_measured_on_a_best_pt_chosen_on_the_test_error(tmp_path: Path, host: PluginHost) -> None:
+def test_the_report_marks_results_measured_on_a_best_pt_chosen_on_the_test_error(tmp_path: Path, engine: Engine) -> None:
     """An older lipcli chose best.pt on the test error: a grid's results measured on it are a row of their own,
     marked in its settings, never averaged with results of a model chosen otherwise."""
-    _, grid = finished_run(tmp_path, host)
+    _, grid = finished_run(tmp_path, engine)
     folder = Path(grid.runs[0].config.output.dir)
     twin = folder.parent / "old-run"
     twin.mkdir()
@@ -400,8 +400,8 @@ def test_the_report_marks_results_measured_on_a_best_pt_chosen_on_the_test_error
     assert len(marked) == 1 and marked[0].seeds == [1]
 
 
-def test_what_counts_as_done(tmp_path: Path, host: PluginHost, engine: Engine) -> None:
-    path, grid = finished_run(tmp_path, host)
+def test_what_counts_as_done(tmp_path: Path, engine: Engine) -> None:
+    path, grid = finished_run(tmp_path, engine)
     run, folder = grid.runs[0], Path(grid.runs[0].config.output.dir)
     assert json.loads((folder / "curve-l2" / "plan.json").read_text())["limit"] == 8
     # a changed [evaluate] reruns exactly the stages it changes

@@ -20,6 +20,7 @@ from lipcli.experiments.grid_runner import pending_stages, run_grid
 from lipcli.layout import LOCK_FILE, PARTIAL
 from lipcli.plugin_host import PluginHost
 from lipcli.engine import Engine
+from lipcli.reporting import Reporter
 
 FAST = ["-a", "deepfool", "--masking-check", "0", "--device", "cpu", "--quiet"]
 
@@ -159,14 +160,55 @@ class _Interrupted(Attack):
         return (images + 0.5 * (noise - 0.5)).clamp(0, 1)
 
 
+def test_the_curve_is_drawn_while_its_folder_is_held(checkpoint: Path, tmp_path: Path, engine: Engine,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """curve.png/.svg belong to the folder's results: another lipcli process cannot take the folder (and, with
+    --overwrite, empty it) while they are written."""
+    from lipcli.evaluation import results
+
+    held: list[bool] = []
+    draw = results.draw_evaluations
+
+    def spy(path: Path, *args: Any, **kwargs: Any) -> None:
+        with open(path.parent / LOCK_FILE, "a+") as handle:  # what a second process would try
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.append(False)
+            except OSError:
+                held.append(True)
+        draw(path, *args, **kwargs)
+
+    monkeypatch.setattr(results, "draw_evaluations", spy)
+    evaluate_checkpoints([checkpoint], engine, norm="l2", attacks={"noise": _Interrupted(None)}, out=tmp_path / "c",
+                         limit=16, masking_check=0)
+    assert held == [True] and (tmp_path / "c" / "curve.png").is_file()
+
+
+def test_an_attack_of_another_norm_gets_a_note(checkpoint: Path, tmp_path: Path, engine: Engine) -> None:
+    """The engine says when an attack minimises another norm than the curve's: its distances are upper bounds."""
+    from dataclasses import replace
+
+    class Lines(Reporter):
+        def __init__(self) -> None:
+            self.lines: list[str] = []
+
+        def info(self, text: str) -> None:
+            self.lines.append(text)
+
+    attack, reporter = _Interrupted(None), Lines()
+    attack.norms = ("l2",)  # type: ignore[attr-defined]
+    evaluate_checkpoints([checkpoint], replace(engine, reporter=reporter), norm="linf", attacks={"noise": attack},
+                         out=tmp_path / "c", limit=8, masking_check=0)
+    assert "note: noise minimises l2; its linf distances are measured on those adversarials" in reporter.lines
+
+
 def test_partial_results_of_other_images_or_devices_are_not_resumed(checkpoint: Path, tmp_path: Path,
                                                                     engine: Engine) -> None:
     """A batch whose attacked images differ (on another device a borderline image may be classified otherwise)
     is attacked again, and partial results written on another kind of device are refused."""
     from lipcli.evaluation.journal import BatchRecord, Journal
 
-    common = dict(norm="l2", eps=[("1", 1.0)], limit=40, batch_size=8,
-                  masking_check=0)
+    common = dict(norm="l2", eps=[("1", 1.0)], limit=40, batch_size=8, masking_check=0)
     out = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
         evaluate_checkpoints([checkpoint], engine, attacks={"noise": _Interrupted(3)}, out=out, **common)
@@ -193,8 +235,7 @@ def _batches_attacked(out: Path) -> int:
 
 
 def test_an_interrupted_curve_resumes_its_finished_batches(checkpoint: Path, tmp_path: Path, engine: Engine) -> None:
-    common = dict(norm="l2", eps=[("1", 1.0)], limit=40, batch_size=8,
-                  masking_check=0)
+    common = dict(norm="l2", eps=[("1", 1.0)], limit=40, batch_size=8, masking_check=0)
     first = _Interrupted(None)
     evaluate_checkpoints([checkpoint], engine, attacks={"noise": first}, out=tmp_path / "whole", **common)
     batches = first.calls

@@ -246,6 +246,7 @@ def test_stats_command_writes_files_and_one_row_per_model(run: Callable[..., Any
     column = rows[0].split(",").index("grad_loss_l2")
     assert max(float(r.split(",")[column]) for r in rows[1:]) == pytest.approx(summary["grad_loss_l2"]["max"])
     assert [p["eps"] for p in summary["lemma_2_2"]["l2"]] == ["0.1", "0.5"]
+    assert [p["eps"] for p in summary["lemma_2_2"]["linf"]] == ["8/255"]  # a norm not given: the paper's sizes
     first = summary["lemma_2_2"]["l2"][0]
     assert first["expected_loss"] == pytest.approx(summary["loss"] + 0.1 * summary["grad_loss_l2"]["mean"])
     assert first["worst_case_loss_estimate"] == pytest.approx(summary["loss"] + 0.1 * summary["grad_loss_l2"]["max"])
@@ -281,7 +282,7 @@ def test_stats_eps_is_given_per_norm(items: list[str], message: str) -> None:
     from lipcli.cli.lipschitz_cmd import stats_eps
 
     assert stats_eps(["L2=0.5", "linf=8/255"]) == {"l2": [("0.5", 0.5)], "linf": [("8/255", 8 / 255)]}
-    assert stats_eps(None) == {"l2": [("0.1", 0.1), ("1.5", 1.5)], "linf": [("8/255", 8 / 255)]}  # the defaults
+    assert stats_eps(None) == {}  # the engine fills in the defaults
     with pytest.raises(typer.BadParameter, match=message):
         stats_eps(items)
 

@@ -10,6 +10,7 @@ from torch import nn
 from lipcli.data.types import ImageSet
 from lipcli.evaluation.masking import CHECK_GAIN, gradient_free_check
 from lipcli.plugin_host import PluginHost
+from lipcli.engine import Engine
 
 
 def _affine() -> tuple[nn.Module, ImageSet]:
@@ -58,7 +59,7 @@ def test_a_gradient_free_attack_beats_overstated_distances_and_never_exact_ones(
     assert skipped.images == 0 and skipped.warning() is None
 
 
-def test_the_check_compares_with_gradient_attacks_only(host: PluginHost) -> None:
+def test_the_check_compares_with_gradient_attacks_only(engine: Engine) -> None:
     """A decision-based attack's distances are not the gradient attacks': exact ones there hide nothing."""
     from types import SimpleNamespace
 
@@ -70,9 +71,9 @@ def test_the_check_compares_with_gradient_attacks_only(host: PluginHost) -> None
     attacks = {"pgd-linf": SimpleNamespace(), "boundary": SimpleNamespace(decision_based=True)}
     result = RobustnessResult("linf", data.labels, data.labels, [
         AttackResult("pgd-linf", 2 * exact, 1.0, 1), AttackResult("boundary", exact, 1.0, 1, decision_based=True)])
-    check = _masking_check(model, data, result, attacks, host, images=4, device=torch.device("cpu"), seed=0)
+    check = _masking_check(model, data, result, attacks, engine, images=4, seed=0)
     assert check is not None and check.images == 4 and check.beaten >= 3
-    assert _masking_check(model, data, result, attacks, host, images=0, device=torch.device("cpu"), seed=0) is None
+    assert _masking_check(model, data, result, attacks, engine, images=0, seed=0) is None
     only_blind = RobustnessResult("linf", data.labels, data.labels, result.attacks[1:])
-    assert _masking_check(model, data, only_blind, {"boundary": attacks["boundary"]}, host, images=4,
-                          device=torch.device("cpu"), seed=0) is None
+    assert _masking_check(model, data, only_blind, {"boundary": attacks["boundary"]}, engine, images=4,
+                          seed=0) is None

@@ -23,7 +23,6 @@ from lipcli.evaluation.results import write_adversarials
 from lipcli.experiments.grid import load_grid
 from lipcli.layout import ADVERSARIALS_FILE
 from lipcli.models.targets import load_target
-from lipcli.plugin_host import PluginHost
 from lipcli.engine import Engine
 
 CPU = torch.device("cpu")
@@ -201,10 +200,9 @@ dataset = "synthetic"
 """
 
 
-def test_grid_seed_is_planned_and_passed_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, host: PluginHost) -> None:
+def test_grid_seed_is_planned_and_passed_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: Engine) -> None:
     import lipcli.experiments.grid_runner as grid_runner
     from lipcli.errors import ConfigError
-    from lipcli.reporting import Reporter
 
     def plan(evaluate: str) -> Any:
         path = tmp_path / "g.toml"
@@ -220,5 +218,5 @@ def test_grid_seed_is_planned_and_passed_on(tmp_path: Path, monkeypatch: pytest.
         plan("[evaluate]\nseed = -1\n")
     seen: dict[str, Any] = {}
     monkeypatch.setattr(grid_runner, "evaluate_checkpoints", lambda *args, **kwargs: seen.update(kwargs))
-    grid_runner._run_stages(seeded.runs[0], ["curve-l2"], seeded.evaluation, "cpu", host, Reporter())
+    grid_runner._run_stages(seeded.runs[0], ["curve-l2"], seeded.evaluation, "cpu", engine)
     assert seen["seed"] == 3

@@ -59,9 +59,7 @@ def stats_eps(
     items: list[str] | None, eps_l2: str | None = None, eps_linf: str | None = None
 ) -> dict[str, list[tuple[str, float]]]:
     """``--eps NORM=SIZES`` items (and the deprecated ``--eps-l2``/``--eps-linf``) as sizes per norm; a norm
-    not given has its default sizes."""
-    from lipcli.curves import DEFAULT_EPS
-
+    not given is left to the engine's default."""
     given: dict[str, str] = {}
     for item in items or []:
         norm, sep, sizes = item.partition("=")
@@ -79,9 +77,7 @@ def stats_eps(
         if norm in given:
             raise typer.BadParameter(f"--eps {norm}=... and --eps-{norm}: give one", param_hint="--eps")
         given[norm] = old
-    return {
-        norm: parse_eps_option(given.get(norm, ",".join(DEFAULT_EPS[norm])), norm) for norm in NORMS
-    }
+    return {norm: parse_eps_option(sizes, norm) for norm, sizes in given.items()}
 
 
 def _g(value: float | None) -> str:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import datetime
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from rich.progress import (
     BarColumn,

@@ -53,7 +53,6 @@ def _evaluate(
 ) -> list[Any]:
     """Robust accuracy of ``paths``, warnings shown."""
     from lipcli.evaluation.robust import build_ensemble, ensemble_names, evaluate_robust
-    from lipcli.evaluation.seeding import DEFAULT_SEED
 
     points = parse_eps_option(eps)
     if not points:
@@ -63,7 +62,7 @@ def _evaluate(
     with command_engine(ctx, device, quiet=quiet) as engine:
         evaluations = evaluate_robust(
             paths, engine, norm=norm, attacks=built, options=resolved, eps=points, out=out, version=recorded,
-            seed=DEFAULT_SEED if seed is None else seed,
+            seed=seed,
             curves=curve, limit=limit, batch_size=batch_size, data_dir=data_dir, overwrite=overwrite,
         )
     for evaluation in evaluations:

@@ -58,23 +58,17 @@ def _evaluate(
     overwrite: bool,
 ) -> list[Any]:
     """The curves of ``paths`` (one per model, or one per attack ``by="attack"``), warnings shown."""
-    from lipcli.curves import DEFAULT_EPS
     from lipcli.evaluation.minimal_distances import (
-        DEFAULT_ATTACK,
         build_attacks,
         evaluate_checkpoints,
-        native_norm_notes,
     )
-    from lipcli.evaluation.seeding import DEFAULT_SEED
 
-    points = parse_eps_option(eps if eps is not None else ",".join(DEFAULT_EPS[norm]))
-    built = build_attacks(attacks or [DEFAULT_ATTACK], attack_options(options), ctx.obj)
-    for note in [] if quiet else native_norm_notes(built, norm):
-        console.err.print(f"note: {note}", highlight=False)
+    points = None if eps is None else parse_eps_option(eps)
+    built = build_attacks(attacks, attack_options(options), ctx.obj)
     with command_engine(ctx, device, quiet=quiet) as engine:
         evaluations = evaluate_checkpoints(
             paths, engine, norm=norm, attacks=built, eps=points, out=out, by=by, limit=limit,
-            batch_size=batch_size, data_dir=data_dir, seed=DEFAULT_SEED if seed is None else seed, save_adversarials=save_adversarials,
+            batch_size=batch_size, data_dir=data_dir, seed=seed, save_adversarials=save_adversarials,
             masking_check=masking_check, overwrite=overwrite,
         )
     for evaluation in evaluations:

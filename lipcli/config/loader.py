@@ -19,7 +19,7 @@ from lipcli.config.recipes import load_recipe
 from lipcli.config.schema import LR_SCHEDULES, AtLeast, ExperimentConfig
 from lipcli.config.toml_reader import load_toml, tomllib
 from lipcli.errors import ConfigError
-from lipcli.suggestions import did_you_mean, suggest
+from lipcli.suggestions import did_you_mean, did_you_mean_any, suggest
 
 T = TypeVar("T")
 
@@ -92,7 +92,7 @@ def validate(cls: type[T], table: Any, source: str, key: str = "") -> T:
     own such as a grid's ``[evaluate]``), by the checks every configuration table gets: types, bounds, choices,
     unknown keys. Errors name ``source`` and the dotted key, under ``key`` (the table's own key, if any)."""
     if not isinstance(table, Mapping):
-        raise ConfigError(f"{source}: {key or 'configuration'}: expected a table, got {_show(table)}")
+        raise ConfigError(f"{source}: {key + ': ' if key else ''}expected a table, got {_show(table)}")
     tree = dataclasses.asdict(cls())
     _merge(tree, cls, table, source, f"{key}." if key else "")
     return _instantiate(cls, tree)
@@ -166,7 +166,7 @@ def _merge(tree: dict[str, Any], cls: type, data: Mapping[str, Any], source: str
         if key not in hints:
             close = [f"{prefix}{k}" for k in suggest(key, list(hints))]
             valid = "Valid keys: " + ", ".join(f"{prefix}{k}" for k in hints) + "."
-            raise ConfigError(f"{source}: unknown key {dotted!r}. {_did_you_mean(close) if close else valid}")
+            raise ConfigError(f"{source}: unknown key {dotted!r}. {did_you_mean_any(close) if close else valid}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, Mapping):
@@ -227,7 +227,7 @@ def _check(hint: Any, value: Any, source: str, dotted: str) -> Any:
         if any(type(value) is type(choice) and value == choice for choice in args):
             return value
         close = suggest(str(value), [str(choice) for choice in args])
-        suggestion = f". {_did_you_mean(close)}" if close else ""
+        suggestion = f". {did_you_mean_any(close)}" if close else ""
     elif origin is dict:
         if isinstance(value, Mapping):
             return {key: _check(args[1], item, source, f"{dotted}.{key}") for key, item in value.items()}
@@ -241,10 +241,6 @@ def _check(hint: Any, value: Any, source: str, dotted: str) -> Any:
             return float(value)
         raise ConfigError(f"{source}: {dotted}: expected a finite number, got {float(value)}")
     raise ConfigError(f"{source}: {dotted}: expected {_describe(hint)}, got {_show(value)}{suggestion}")
-
-
-def _did_you_mean(close: list[str]) -> str:
-    return "Did you mean " + " or ".join(repr(c) for c in close) + "?"
 
 
 def _describe(hint: Any) -> str:

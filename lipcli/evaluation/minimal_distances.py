@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import inspect
 import json
+from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
 from lipcli.attacks import NORMS, Attack, AttackAtBudget
 from lipcli.components import call_factory, option_defaults
+from lipcli.curves import default_eps
 from lipcli.data.types import ImageSet
-from lipcli.distributed import barrier
 from lipcli.engine import Engine
 from lipcli.errors import ConfigError
 from lipcli.evaluation import results
@@ -125,13 +126,16 @@ def _builds_budget_attacks(factory: Any) -> bool:
 
 
 def build_attacks(
-    names: list[str], options: Mapping[str, Mapping[str, Any]], plugins: PluginHost, *, at_budget: bool = False
+    names: list[str] | None, options: Mapping[str, Mapping[str, Any]], plugins: PluginHost, *,
+    at_budget: bool = False,
 ) -> AttackSet:
-    """Attack objects by registered name; ``options[name]`` are passed to the factory (``attack.<name>.<key>``).
+    """Attack objects by registered name (none given: :data:`DEFAULT_ATTACK`); ``options[name]`` are passed to
+    the factory (``attack.<name>.<key>``).
 
     ``at_budget``: every attack must run at a fixed eps (an :class:`AttackAtBudget`, for ``lipcli robust``);
     one that cannot is refused, naming those that can.
     """
+    names = names or [DEFAULT_ATTACK]
     registry = plugins.registry("attack")
     # Option keys name attacks as the user wrote them: resolve them like --attack names (any case).
     options = {registry.get(key).name if key in registry else key: value for key, value in options.items()}
@@ -168,20 +172,22 @@ def evaluate_checkpoints(
     *,
     norm: str,
     attacks: dict[str, Attack],
-    eps: list[tuple[str, float]],
     out: Path,
+    eps: list[tuple[str, float]] | None = None,
     by: str = "model",
     limit: int | None = None,
     batch_size: int | None = None,
     data_dir: Path | None = None,
-    seed: int = DEFAULT_SEED,
+    seed: int | None = None,
     save_adversarials: bool = False,
     masking_check: int = CHECK_IMAGES,
     overwrite: bool = False,
 ) -> list[Evaluation]:
     """Attack every checkpoint and write its files under ``out`` (directly for one checkpoint, else one
     sub-folder per checkpoint), then ``out/curve.png`` and ``.svg``. ``attacks`` made by :func:`build_attacks`
-    have their options recorded in summary.json (others: null).
+    have their options recorded in summary.json (others: null). ``eps``: the distances to report the error at
+    (default: the paper's, :func:`lipcli.curves.default_eps`); ``seed``: default :data:`DEFAULT_SEED`. An
+    attack that minimises another norm than ``norm`` gets a note (:func:`native_norm_notes`).
 
     Every folder is checked before any attack runs (:func:`lipcli.results_folder.claim`): one holding results
     of other settings is refused unless ``overwrite``; partial results of the same settings are resumed.
@@ -190,6 +196,10 @@ def evaluate_checkpoints(
         raise ConfigError(f"norm: unknown norm {norm!r}; use one of {', '.join(NORMS)}")
     if by not in ("model", "attack"):
         raise ValueError(f"by must be 'model' or 'attack', not {by!r}")
+    eps = default_eps(norm) if eps is None else eps
+    seed = DEFAULT_SEED if seed is None else seed
+    for note in native_norm_notes(attacks, norm):
+        engine.reporter.info(f"note: {note}")
     options = getattr(attacks, "options", None) or {}
     planned = []
     for label, folder, target in load_targets(paths, out, engine, data_dir=data_dir, limit=limit):
@@ -229,19 +239,19 @@ def evaluate_checkpoints(
         write_summary(plan.folder / SUMMARY_FILE, evaluation.summary)  # last: it marks the folder complete
         Journal(plan.folder).finish()
 
+    figure = {"norm": norm, "checkpoints": {p.label: p.settings["checkpoint_sha256"] for p in planned}}
+
+    def draw(evaluations: list[Evaluation]) -> None:
+        results.draw_evaluations(out / CURVE_FILE, [(e.label, e.result, e.summary) for e in evaluations], by=by,
+                                 eps=eps)
+        if len(planned) > 1:
+            write_summary(out / FIGURE_FILE, {"settings": figure})
+
     with ExitStack() as held:
         if len(planned) > 1:  # the figure of several checkpoints, in ``out`` itself
-            figure = {"norm": norm, "checkpoints": {p.label: p.settings["checkpoint_sha256"] for p in planned}}
             held.enter_context(claim({out: figure}, FIGURE_LAYOUT, overwrite=overwrite))
-        evaluations = for_each_checkpoint(planned, LAYOUT, engine, evaluate=evaluate, write=write,
-                                          overwrite=overwrite, partial=resume_settings(engine.device))
-        if engine.main:
-            results.draw_evaluations(out / CURVE_FILE,
-                                     [(e.label, e.result, e.summary) for e in evaluations], by=by, eps=eps)
-            if len(planned) > 1:
-                write_summary(out / FIGURE_FILE, {"settings": figure})
-        barrier()  # the figure exists for every process once this returns
-    return evaluations
+        return for_each_checkpoint(planned, LAYOUT, engine, evaluate=evaluate, write=write, finish=draw,
+                                   overwrite=overwrite, partial=resume_settings(engine.device))
 
 
 def _masking_check(

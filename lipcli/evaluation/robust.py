@@ -44,6 +44,7 @@ from lipcli.attacks import NORMS, AttackAtBudget, within_budget
 from lipcli.data.batches import iterate_batches, num_batches
 from lipcli.data.types import ImageSet
 from lipcli.distributed import all_reduce, owned
+from lipcli.engine import Engine
 from lipcli.errors import ConfigError, DataError
 from lipcli.evaluation.accounting import QueryCounter, measured_distances
 from lipcli.evaluation.minimal_distances import build_attacks
@@ -51,7 +52,6 @@ from lipcli.evaluation.seeding import DEFAULT_SEED, seeded
 from lipcli.files import sha256, write_text
 from lipcli.gradients import frozen_eval
 from lipcli.layout import DISTANCES_FILE, ROBUST_FILE, SUMMARY_FILE
-from lipcli.engine import Engine
 from lipcli.models.each_checkpoint import Planned, for_each_checkpoint
 from lipcli.models.targets import load_targets, target_settings
 from lipcli.plugin_host import PluginHost
@@ -398,7 +398,7 @@ def evaluate_robust(
     eps: list[tuple[str, float]],
     out: Path,
     version: str,
-    seed: int = DEFAULT_SEED,
+    seed: int | None = None,
     curves: list[Path] | None = None,
     limit: int | None = None,
     batch_size: int | None = None,
@@ -407,7 +407,9 @@ def evaluate_robust(
 ) -> list[RobustEvaluation]:
     """Robust accuracy of every checkpoint; writes robust.csv and summary.json under ``out`` (directly for one
     checkpoint, else one sub-folder each). ``curves``: one ``lipcli curve`` result per checkpoint, or none.
-    A folder holding results of other settings is refused before any work unless ``overwrite``."""
+    A folder holding results of other settings is refused before any work unless ``overwrite``; ``seed``:
+    default :data:`DEFAULT_SEED`."""
+    seed = DEFAULT_SEED if seed is None else seed
     if curves and len(curves) != len(paths):
         raise ConfigError(f"curve: give one curve result per checkpoint ({len(paths)}), not {len(curves)}")
     planned, knowns = [], {}

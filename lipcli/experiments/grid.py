@@ -25,7 +25,7 @@ from lipcli.attacks import NORMS
 from lipcli.config.loader import parse_override, resolve_layers, validate
 from lipcli.config.schema import ExperimentConfig, NonNegativeInt, PositiveInt
 from lipcli.config.toml_reader import load_toml
-from lipcli.curves import DEFAULT_EPS, parse_eps
+from lipcli.curves import default_eps, parse_eps
 from lipcli.errors import ConfigError
 from lipcli.evaluation.minimal_distances import DEFAULT_ATTACK
 from lipcli.evaluation.robust import VERSIONS
@@ -58,8 +58,8 @@ class RobustTable:
     """``[evaluate.robust]`` as written: the eps per norm (a list, or one comma-separated string) at which to
     measure robust accuracy, and AutoAttack's version."""
 
-    l2: list[EpsText] | EpsText | None = None
-    linf: list[EpsText] | EpsText | None = None
+    l2: list[EpsText] | EpsText = field(default_factory=list)
+    linf: list[EpsText] | EpsText = field(default_factory=list)
     version: str = "standard"
 
 
@@ -91,7 +91,7 @@ class EvaluationPlan(EvaluationSettings):
         return {name: options for name, options in self.attack_options.items() if name.lower() in names}
 
     def eps_for(self, norm: str) -> list[tuple[str, float]]:
-        return self.eps.get(norm) or parse_eps(",".join(DEFAULT_EPS[norm]))
+        return self.eps.get(norm) or default_eps(norm)
 
     def stage_plan(self, stage: str) -> dict[str, Any]:
         """What a stage's result depends on (besides the model): recorded beside the result, so that a
@@ -224,11 +224,10 @@ def _evaluation(table: Any, path: Path) -> EvaluationPlan:
     if version not in VERSIONS:
         raise ConfigError(f"{path}: evaluate.robust.version: expected {' or '.join(VERSIONS)}, got {version!r}")
     robust = {}
-    for norm in NORMS:
-        if (value := getattr(written.robust, norm)) is not None:
-            robust[norm] = _eps(value, path, f"robust.{norm}")
-            if not robust[norm]:
-                raise ConfigError(f"{path}: evaluate.robust.{norm}: expected eps values, e.g. [\"8/255\"]")
+    for norm in (n for n in NORMS if n in table.get("robust", {})):  # measured only where written
+        robust[norm] = _eps(getattr(written.robust, norm), path, f"robust.{norm}")
+        if not robust[norm]:
+            raise ConfigError(f"{path}: evaluate.robust.{norm}: expected eps values, e.g. [\"8/255\"]")
     kept = {f.name: getattr(written, f.name) for f in fields(EvaluationSettings)}
     return EvaluationPlan(**kept, eps=eps, robust=robust, robust_version=version)
 

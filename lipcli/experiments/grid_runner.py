@@ -45,6 +45,7 @@ from lipcli.config.toml_reader import load_toml
 from lipcli.defence import build_defence
 from lipcli.device import select_device
 from lipcli.distributed import barrier, broadcast
+from lipcli.engine import Engine
 from lipcli.errors import ConfigError, LipcliError
 from lipcli.evaluation.minimal_distances import build_attacks, evaluate_checkpoints
 from lipcli.evaluation.robust import VERSIONS, build_ensemble, evaluate_robust
@@ -66,7 +67,6 @@ from lipcli.layout import (
 )
 from lipcli.lipschitz.measure import measure_checkpoints
 from lipcli.plugin_host import PluginHost
-from lipcli.engine import Engine
 from lipcli.results_folder import SETTINGS_KEY
 from lipcli.training import trainer
 

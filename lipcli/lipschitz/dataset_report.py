@@ -12,7 +12,7 @@ import torch
 
 from lipcli import figures
 from lipcli.config.schema import DataConfig
-from lipcli.curves import DEFAULT_EPS, parse_eps
+from lipcli.curves import default_eps
 from lipcli.data.load import load_data
 from lipcli.data.types import DataSplits, ImageSet
 from lipcli.engine import Engine
@@ -107,7 +107,7 @@ def _nearest_curve(
     started = time.perf_counter()
     distances = nearest_distinct(test, train, chunk=chunk, device=device, reporter=reporter)
     seconds = time.perf_counter() - started
-    eps = parse_eps(",".join(DEFAULT_EPS["l2"]))
+    eps = default_eps("l2")
     summary = {
         "label": f"{dataset} {NEAREST}", "dataset": dataset, **provenance(device), "norm": "l2",
         "images": len(test), **curve_summary(distances, eps), "eps": dict(eps), "measure": NEAREST, "seconds": seconds,

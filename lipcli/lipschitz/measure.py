@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lipcli.attacks import NORMS
+from lipcli.curves import default_eps
 from lipcli.engine import Engine
 from lipcli.layout import STATS_CSV, STATS_FILE
 from lipcli.lipschitz.statistics import Statistics, model_statistics
@@ -31,7 +34,7 @@ def measure_checkpoints(
     engine: Engine,
     *,
     out: Path,
-    eps: dict[str, list[tuple[str, float]]],
+    eps: Mapping[str, list[tuple[str, float]]] | None = None,
     limit: int | None = None,
     batch_size: int | None = None,
     data_dir: Path | None = None,
@@ -39,7 +42,9 @@ def measure_checkpoints(
 ) -> list[Measured]:
     """Measure every checkpoint on its test images and write its files under ``out`` (directly for one
     checkpoint, else one sub-folder per checkpoint); a folder holding results of other settings is refused
-    before any work unless ``overwrite``."""
+    before any work unless ``overwrite``. ``eps``: the sizes per norm of the Lemma 2.2 table; a norm not
+    given has the paper's (:func:`lipcli.curves.default_eps`)."""
+    eps = {norm: (eps or {}).get(norm) or default_eps(norm) for norm in NORMS}
     planned = [
         Planned(label, folder, target, {**target_settings(target), "eps": {n: dict(p) for n, p in eps.items()}})
         for label, folder, target in load_targets(paths, out, engine, data_dir=data_dir, limit=limit)

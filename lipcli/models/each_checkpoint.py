@@ -3,9 +3,10 @@ checkpoint evaluate on every process and write the result on rank 0 alone."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from lipcli.distributed import barrier
 from lipcli.engine import Engine
@@ -28,11 +29,13 @@ class Planned:
 
 def for_each_checkpoint(
     planned: Sequence[Planned], layout: Layout, engine: Engine, *, evaluate: Callable[[Planned], R],
-    write: Callable[[Planned, R], None], overwrite: bool = False, partial: Mapping[str, Any] | None = None,
+    write: Callable[[Planned, R], None], finish: Callable[[list[R]], None] | None = None,
+    overwrite: bool = False, partial: Mapping[str, Any] | None = None,
 ) -> list[R]:
     """``evaluate`` each checkpoint on every process, then ``write`` its result on the main process once every
-    process has finished it (their partial files may go then); every folder is claimed before the first one
-    is evaluated, so a refused folder costs no work (``overwrite``, ``partial``: as for ``claim``)."""
+    process has finished it (their partial files may go then), and at the end ``finish`` the results on the
+    main process (a figure of them all), all while the folders are held; every folder is claimed before the
+    first one is evaluated, so a refused folder costs no work (``overwrite``, ``partial``: as for ``claim``)."""
     results = []
     with claim({p.folder: p.settings for p in planned}, layout, overwrite=overwrite, partial=partial):
         for plan in planned:
@@ -41,5 +44,7 @@ def for_each_checkpoint(
             if engine.main:
                 write(plan, result)
             results.append(result)
+        if finish is not None and engine.main:
+            finish(results)
         barrier()  # the files exist for every process once this returns
     return results

@@ -18,10 +18,11 @@ import os
 import random
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,11 +44,11 @@ from lipcli.data.validation import hold_out
 from lipcli.defence import build_defence
 from lipcli.device import select_device
 from lipcli.distributed import all_reduce, barrier, broadcast, current
+from lipcli.engine import Engine
 from lipcli.errors import CheckpointError, ConfigError, LipcliError, LipcliWarning
 from lipcli.files import write_text
 from lipcli.layout import BEST, CONFIG_FILE, LAST, METRICS_FILE
 from lipcli.models.build import build_model
-from lipcli.engine import Engine
 from lipcli.results_folder import locked, locked_everywhere
 from lipcli.training import run_dir as runs
 from lipcli.training.clean_error import clean_error_and_loss
