@@ -42,7 +42,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path}: not a lipcli checkpoint ({_describe(path)}, not a file lipcli train wrote)")
+        raise CheckpointError(f"{path}: not a lipcli checkpoint ({describe_file(path)}, not a file lipcli train wrote)")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -63,7 +63,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return payload
 
 
-def _describe(path: Path) -> str:
+def describe_file(path: Path) -> str:
     """What a file that is no checkpoint looks like, for the error message."""
     with path.open("rb") as handle:
         head = handle.read(512)

@@ -11,17 +11,24 @@ from rich.table import Table
 from lipcli.cli import console
 from lipcli.cli.options import (
     BatchSize,
-    Checkpoints,
     DataDir,
+    DataOptions,
     Device,
     Json,
     Limit,
+    ModelDataset,
+    ModelFactory,
+    Models,
+    Normalize,
     Overwrite,
     Quiet,
     Verbose,
+    Weights,
     deprecated,
     eps_option,
+    model_spec,
     out_folder,
+    output_anchor,
     parse_eps_option,
 )
 from lipcli.cli.progress import command_engine
@@ -118,11 +125,16 @@ def _lemma_table(measured: list[Any]) -> Table:
 
 def stats(
     ctx: typer.Context,
-    checkpoints: Checkpoints,
+    models: Models = None,
     limit: Limit = None,
     batch_size: BatchSize = None,
     out: StatsOut = None,
     data_dir: DataDir = None,
+    dataset: ModelDataset = None,
+    data_option: DataOptions = None,
+    model: ModelFactory = None,
+    weights: Weights = None,
+    normalize: Normalize = None,
     device: Device = "auto",
     eps: StatsEps = None,
     eps_l2: OldEpsL2 = None,
@@ -140,11 +152,12 @@ def stats(
     from lipcli.lipschitz.measure import measure_checkpoints
 
     sizes = stats_eps(eps, eps_l2, eps_linf)
-    out = out or default_out(checkpoints, STATS_FOLDER)
+    paths = models or []
+    out = out or default_out(output_anchor(paths, weights), STATS_FOLDER)
     with command_engine(ctx, device, quiet=quiet) as engine:
         measured = measure_checkpoints(
-            checkpoints, engine, out=out, eps=sizes, limit=limit, batch_size=batch_size, data_dir=data_dir,
-            overwrite=overwrite,
+            paths, engine, out=out, eps=sizes, limit=limit, batch_size=batch_size, data_dir=data_dir,
+            overwrite=overwrite, spec=model_spec(dataset, data_option, model, weights, normalize),
         )
     for m in measured:
         if m.summary["bound"]["unavailable"]:

@@ -56,7 +56,72 @@ Overwrite = Annotated[
 Checkpoints = Annotated[
     list[Path], typer.Argument(help="Checkpoints written by lipcli train.", exists=True, dir_okay=False)
 ]
-Checkpoint = Annotated[Path, typer.Argument(help="A checkpoint written by lipcli train.", exists=True, dir_okay=False)]
+
+# the commands that evaluate models (curve, attack, robust, stats): lipcli's checkpoints and anyone's models
+
+_MODEL_FILES = ("lipcli checkpoints, exported programs (torch.export.save, .pt2) or TorchScript files "
+                "(torch.jit.save); none is unpickled")
+Models = Annotated[
+    Optional[list[Path]],
+    typer.Argument(help=f"Models: {_MODEL_FILES}.", exists=True, dir_okay=False, show_default=False),
+]
+Model = Annotated[
+    Optional[Path],
+    typer.Argument(help=f"A model: one of {_MODEL_FILES}.", exists=True, dir_okay=False, show_default=False),
+]
+ModelFactory = Annotated[
+    Optional[str],
+    typer.Option("--model", metavar="MODULE:CALLABLE",
+                 help="Instead of a file: a callable returning the nn.Module (package.module:callable, or "
+                      "path/to/file.py:callable), called with num_classes= when it takes it. This imports and "
+                      "runs that code: use it for code you trust.", show_default=False),
+]
+Weights = Annotated[
+    Optional[Path],
+    typer.Option("--weights", exists=True, dir_okay=False, show_default=False,
+                 help="State dict for --model: a torch.save file (loaded with weights_only=True) or .safetensors."),
+]
+ModelDataset = Annotated[
+    Optional[str],
+    typer.Option("--dataset", show_default=False,
+                 help="The data set a model lipcli did not train is measured on (lipcli list datasets)."),
+]
+DataOptions = Annotated[
+    Optional[list[str]],
+    typer.Option("--data-option", metavar="KEY=VALUE", show_default=False,
+                 help="An option of that data set, e.g. --data-option resize=32 (repeatable; value read as TOML)."),
+]
+Normalize = Annotated[
+    Optional[tuple[str, str]],
+    typer.Option("--normalize", metavar="MEAN STD", show_default=False,
+                 help="Per-channel normalisation the model expects, e.g. --normalize 0.485,0.456,0.406 "
+                      "0.229,0.224,0.225: applied inside the model, so attacks and distances stay in [0, 1]."),
+]
+
+
+def model_spec(
+    dataset: str | None, data_options: list[str] | None, factory: str | None, weights: Path | None,
+    normalize: tuple[str, str] | None,
+) -> Any:
+    """The :class:`lipcli.models.targets.ModelSpec` the model options describe."""
+    from lipcli.config.loader import parse_override
+    from lipcli.models.external import Normalization, split_floats
+    from lipcli.models.targets import ModelSpec
+
+    if weights is not None and factory is None:
+        raise typer.BadParameter("--weights loads a state dict into the model of --model; give --model too",
+                                 param_hint="--weights")
+    options = dict(parse_override(item, "--data-option", "KEY=VALUE") for item in data_options or [])
+    scaling = None
+    if normalize is not None:
+        mean, std = (split_floats(text, f"--normalize {part}") for text, part in zip(normalize, ("MEAN", "STD")))
+        scaling = Normalization(mean, std)
+    return ModelSpec(dataset, options, factory, weights, scaling)
+
+
+def output_anchor(files: list[Path], weights: Path | None) -> list[Path]:
+    """What the default output folder is placed beside: the model files, or --model's weights file."""
+    return files or ([weights] if weights is not None else [])
 
 # the evaluation commands (curve, attack, robust)
 

@@ -14,19 +14,26 @@ from lipcli.cli.options import (
     AttackOptions,
     Attacks,
     BatchSize,
-    Checkpoints,
     DataDir,
+    DataOptions,
     Device,
     Json,
     Limit,
+    ModelDataset,
+    ModelFactory,
+    Models,
     Norm,
+    Normalize,
     Overwrite,
     Quiet,
     Seed,
     Verbose,
+    Weights,
     attack_options,
     eps_option,
+    model_spec,
     out_folder,
+    output_anchor,
     parse_eps_option,
 )
 from lipcli.cli.progress import command_engine
@@ -49,7 +56,7 @@ Out = Annotated[Optional[Path], out_folder("Folder for robust.csv and summary.js
 def _evaluate(
     ctx: typer.Context, paths: list[Path], *, norm: str, eps: str, version: str | None, attacks: list[str] | None,
     curve: list[Path] | None, options: list[str] | None, limit: int | None, batch_size: int | None,
-    data_dir: Path | None, device: str, seed: int | None, out: Path, quiet: bool, overwrite: bool,
+    data_dir: Path | None, device: str, seed: int | None, out: Path, quiet: bool, overwrite: bool, spec: Any,
 ) -> list[Any]:
     """Robust accuracy of ``paths``, warnings shown."""
     from lipcli.evaluation.robust import build_ensemble, ensemble_names, evaluate_robust
@@ -63,7 +70,7 @@ def _evaluate(
         evaluations = evaluate_robust(
             paths, engine, norm=norm, attacks=built, options=resolved, eps=points, out=out, version=recorded,
             seed=seed,
-            curves=curve, limit=limit, batch_size=batch_size, data_dir=data_dir, overwrite=overwrite,
+            curves=curve, limit=limit, batch_size=batch_size, data_dir=data_dir, overwrite=overwrite, spec=spec,
         )
     for evaluation in evaluations:
         for warning in evaluation.summary["warnings"]:
@@ -73,15 +80,20 @@ def _evaluate(
 
 def robust(
     ctx: typer.Context,
-    checkpoints: Checkpoints,
     norm: Norm,
     eps: RobustEps,
+    models: Models = None,
     version: Version = None,
     attacks: Attacks = None,
     curve: Curves = None,
     limit: Limit = None,
     batch_size: BatchSize = None,
     data_dir: DataDir = None,
+    dataset: ModelDataset = None,
+    data_option: DataOptions = None,
+    model: ModelFactory = None,
+    weights: Weights = None,
+    normalize: Normalize = None,
     device: Device = "auto",
     seed: Seed = None,
     out: Out = None,
@@ -97,11 +109,12 @@ def robust(
     Writes robust.csv (per image and eps: robust, or what broke it) and summary.json (default folder:
     robust-NORM beside the checkpoint, or in the current folder for several checkpoints).
     """
-    out = out or default_out(checkpoints, robust_folder(norm))
+    paths = models or []
+    out = out or default_out(output_anchor(paths, weights), robust_folder(norm))
     evaluations = _evaluate(
-        ctx, checkpoints, norm=norm, eps=eps, version=version, attacks=attacks, curve=curve,
+        ctx, paths, norm=norm, eps=eps, version=version, attacks=attacks, curve=curve,
         options=attack_option, limit=limit, batch_size=batch_size, data_dir=data_dir, device=device, seed=seed,
-        out=out, quiet=quiet, overwrite=overwrite,
+        out=out, quiet=quiet, overwrite=overwrite, spec=model_spec(dataset, data_option, model, weights, normalize),
     )
     if as_json:
         console.print_json([e.summary for e in evaluations])

@@ -14,20 +14,27 @@ from lipcli.cli.options import (
     AttackOptions,
     Attacks,
     BatchSize,
-    Checkpoint,
-    Checkpoints,
     DataDir,
+    DataOptions,
     Device,
     Json,
     Limit,
+    Model,
+    ModelDataset,
+    ModelFactory,
+    Models,
     Norm,
+    Normalize,
     Overwrite,
     Quiet,
     Seed,
     Verbose,
+    Weights,
     attack_options,
     eps_option,
+    model_spec,
     out_folder,
+    output_anchor,
     parse_eps_option,
 )
 from lipcli.cli.progress import command_engine
@@ -55,7 +62,7 @@ def _evaluate(
     ctx: typer.Context, paths: list[Path], *, norm: str, attacks: list[str] | None, by: str,
     options: list[str] | None, limit: int | None, batch_size: int | None, eps: str | None, out: Path,
     data_dir: Path | None, device: str, quiet: bool, seed: int | None, save_adversarials: bool, masking_check: int,
-    overwrite: bool,
+    overwrite: bool, spec: Any,
 ) -> list[Any]:
     """The curves of ``paths`` (one per model, or one per attack ``by="attack"``), warnings shown."""
     from lipcli.evaluation.minimal_distances import (
@@ -69,7 +76,7 @@ def _evaluate(
         evaluations = evaluate_checkpoints(
             paths, engine, norm=norm, attacks=built, eps=points, out=out, by=by, limit=limit,
             batch_size=batch_size, data_dir=data_dir, seed=seed, save_adversarials=save_adversarials,
-            masking_check=masking_check, overwrite=overwrite,
+            masking_check=masking_check, overwrite=overwrite, spec=spec,
         )
     for evaluation in evaluations:
         for warning in evaluation.summary["warnings"]:
@@ -79,7 +86,7 @@ def _evaluate(
 
 def curve(
     ctx: typer.Context,
-    checkpoints: Checkpoints,
+    models: Models = None,
     norm: Norm = "l2",
     attacks: Attacks = None,
     limit: Limit = None,
@@ -87,6 +94,11 @@ def curve(
     eps: Eps = None,
     out: Out = None,
     data_dir: DataDir = None,
+    dataset: ModelDataset = None,
+    data_option: DataOptions = None,
+    model: ModelFactory = None,
+    weights: Weights = None,
+    normalize: Normalize = None,
     device: Device = "auto",
     attack_option: AttackOptions = None,
     seed: Seed = None,
@@ -103,11 +115,13 @@ def curve(
     checkpoint, or in the current folder for several checkpoints, drawn on one plot). Random attacks draw
     from --seed: the same seed and batch size give the same distances.
     """
-    out = out or default_out(checkpoints, curve_folder(norm))
+    paths = models or []
+    out = out or default_out(output_anchor(paths, weights), curve_folder(norm))
     evaluations = _evaluate(
-        ctx, checkpoints, norm=norm, attacks=attacks, by="model", options=attack_option, limit=limit,
+        ctx, paths, norm=norm, attacks=attacks, by="model", options=attack_option, limit=limit,
         batch_size=batch_size, eps=eps, out=out, data_dir=data_dir, device=device, quiet=quiet, seed=seed,
         save_adversarials=save_adversarials, masking_check=masking_check, overwrite=overwrite,
+        spec=model_spec(dataset, data_option, model, weights, normalize),
     )
     if as_json:
         console.print_json([e.summary for e in evaluations])
@@ -130,14 +144,19 @@ def curve(
 
 def attack(
     ctx: typer.Context,
-    checkpoint: Checkpoint,
     attacks: RequiredAttacks,
+    model_file: Model = None,
     norm: Norm = "l2",
     limit: Limit = None,
     batch_size: BatchSize = None,
     eps: Eps = None,
     out: Out = None,
     data_dir: DataDir = None,
+    dataset: ModelDataset = None,
+    data_option: DataOptions = None,
+    model: ModelFactory = None,
+    weights: Weights = None,
+    normalize: Normalize = None,
     device: Device = "auto",
     attack_option: AttackOptions = None,
     seed: Seed = None,
@@ -153,11 +172,13 @@ def attack(
     Writes distances.csv (a column per attack), summary.json and curve.png/.svg (default folder:
     attacks-NORM beside the checkpoint).
     """
-    out = out or default_out([checkpoint], attacks_folder(norm))
+    paths = [model_file] if model_file else []
+    out = out or default_out(output_anchor(paths, weights), attacks_folder(norm))
     (evaluation,) = _evaluate(
-        ctx, [checkpoint], norm=norm, attacks=attacks, by="attack", options=attack_option, limit=limit,
+        ctx, paths, norm=norm, attacks=attacks, by="attack", options=attack_option, limit=limit,
         batch_size=batch_size, eps=eps, out=out, data_dir=data_dir, device=device, quiet=quiet, seed=seed,
         save_adversarials=save_adversarials, masking_check=masking_check, overwrite=overwrite,
+        spec=model_spec(dataset, data_option, model, weights, normalize),
     )
     s = evaluation.summary
     if as_json:

@@ -46,7 +46,7 @@ from lipcli.layout import (
     SUMMARY_FILE,
 )
 from lipcli.models.each_checkpoint import Planned, for_each_checkpoint
-from lipcli.models.targets import load_targets, target_settings
+from lipcli.models.targets import ModelSpec, load_targets, target_settings
 from lipcli.plugin_host import PluginHost
 from lipcli.references import resolved
 from lipcli.registry import Component
@@ -181,6 +181,7 @@ def evaluate_checkpoints(
     seed: int | None = None,
     save_adversarials: bool = False,
     masking_check: int = CHECK_IMAGES,
+    spec: ModelSpec = ModelSpec(),
     overwrite: bool = False,
 ) -> list[Evaluation]:
     """Attack every checkpoint and write its files under ``out`` (directly for one checkpoint, else one
@@ -202,7 +203,7 @@ def evaluate_checkpoints(
         engine.reporter.info(f"note: {note}")
     options = getattr(attacks, "options", None) or {}
     planned = []
-    for label, folder, target in load_targets(paths, out, engine, data_dir=data_dir, limit=limit):
+    for label, folder, target in load_targets(paths, out, engine, data_dir=data_dir, limit=limit, spec=spec):
         size = batch_size or evaluation_batch_size(len(target.test), target.config.evaluation.batch_size)
         planned.append(Planned(label, folder, target, {
             **target_settings(target), "norm": norm, "attacks": {name: options.get(name) for name in attacks},

@@ -53,7 +53,7 @@ from lipcli.files import sha256, write_text
 from lipcli.gradients import frozen_eval
 from lipcli.layout import DISTANCES_FILE, ROBUST_FILE, SUMMARY_FILE
 from lipcli.models.each_checkpoint import Planned, for_each_checkpoint
-from lipcli.models.targets import load_targets, target_settings
+from lipcli.models.targets import ModelSpec, load_targets, target_settings
 from lipcli.plugin_host import PluginHost
 from lipcli.reporting import SILENT, Reporter
 from lipcli.result_files import write_summary
@@ -284,10 +284,11 @@ def masking_warnings(result: RobustResult, attacks: Mapping[str, AttackAtBudget]
 
 
 def read_curve(
-    path: Path, *, norm: str, checkpoint: Path, dataset: str, labels: torch.Tensor
+    path: Path, *, norm: str, checkpoint: Path, digest: str, dataset: str, labels: torch.Tensor
 ) -> KnownDistances:
     """The ``min`` column of ``lipcli curve``'s ``distances.csv`` (``path`` or the folder holding it), checked to
-    describe the same checkpoint, data set, norm and first images as this evaluation; anything else is refused."""
+    describe the same model (``digest``: its SHA-256, :attr:`lipcli.models.targets.Target.sha256`), data set,
+    norm and first images as this evaluation; anything else is refused."""
     csv_path = Path(path) / DISTANCES_FILE if Path(path).is_dir() else Path(path)
     summary_path = csv_path.parent / SUMMARY_FILE
     if not csv_path.is_file() or not summary_path.is_file():
@@ -303,7 +304,7 @@ def read_curve(
     settings = summary.get("settings") if isinstance(summary.get("settings"), dict) else {}
     hashed = settings.get("checkpoint_sha256", summary.get("checkpoint_sha256"))
     if hashed:  # the checkpoint's bytes, wherever either command was run from
-        same = hashed == sha256(checkpoint)
+        same = hashed == digest
     else:  # a curve from before checkpoints were hashed: its path as written, from the current folder
         same = recorded.is_file() and os.path.samefile(recorded, checkpoint)
     if not same:
@@ -403,6 +404,7 @@ def evaluate_robust(
     limit: int | None = None,
     batch_size: int | None = None,
     data_dir: Path | None = None,
+    spec: ModelSpec = ModelSpec(),
     overwrite: bool = False,
 ) -> list[RobustEvaluation]:
     """Robust accuracy of every checkpoint; writes robust.csv and summary.json under ``out`` (directly for one
@@ -414,12 +416,12 @@ def evaluate_robust(
         raise ConfigError(f"curve: give one curve result per checkpoint ({len(paths)}), not {len(curves)}")
     planned, knowns = [], {}
     for number, (label, folder, target) in enumerate(load_targets(paths, out, engine, data_dir=data_dir,
-                                                                  limit=limit)):
+                                                                  limit=limit, spec=spec)):
         size = batch_size or target.config.evaluation.batch_size
         known = None
         if curves:
-            known = read_curve(curves[number], norm=norm, checkpoint=target.path, dataset=target.info.name,
-                               labels=target.test.labels)
+            known = read_curve(curves[number], norm=norm, checkpoint=target.path, digest=target.sha256,
+                               dataset=target.info.name, labels=target.test.labels)
         knowns[folder] = known
         planned.append(Planned(label, folder, target, {
             **target_settings(target), "norm": norm, "eps": dict(eps), "version": version,

@@ -44,6 +44,12 @@ class LayerBounds:
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...], norm: str) -> None:
         if norm not in OPERATOR_NORMS:
             raise ValueError(f"unknown operator norm {norm!r}; use one of {', '.join(OPERATOR_NORMS)}")
+        compiled = next((m for m in model.modules() if isinstance(m, (torch.jit.ScriptModule, torch.fx.GraphModule))),
+                        None)
+        if compiled is not None:
+            kind = "TorchScript" if isinstance(compiled, torch.jit.ScriptModule) else "an exported or traced graph"
+            raise BoundUnavailable(f"no Lipschitz rule for a compiled model ({kind}): lipcli bounds nn.Module "
+                                   "layers, and it has none")
         self.norm = norm
         self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
         self._shapes = record_input_shapes(model, input_shape, self.device)

@@ -13,7 +13,7 @@ from lipcli.engine import Engine
 from lipcli.layout import STATS_CSV, STATS_FILE
 from lipcli.lipschitz.statistics import Statistics, model_statistics
 from lipcli.models.each_checkpoint import Planned, for_each_checkpoint
-from lipcli.models.targets import load_targets, target_settings
+from lipcli.models.targets import ModelSpec, load_targets, target_settings
 from lipcli.result_files import write_per_image, write_summary
 from lipcli.results_folder import Layout, provenance
 
@@ -38,6 +38,7 @@ def measure_checkpoints(
     limit: int | None = None,
     batch_size: int | None = None,
     data_dir: Path | None = None,
+    spec: ModelSpec = ModelSpec(),
     overwrite: bool = False,
 ) -> list[Measured]:
     """Measure every checkpoint on its test images and write its files under ``out`` (directly for one
@@ -47,7 +48,7 @@ def measure_checkpoints(
     eps = {norm: (eps or {}).get(norm) or default_eps(norm) for norm in NORMS}
     planned = [
         Planned(label, folder, target, {**target_settings(target), "eps": {n: dict(p) for n, p in eps.items()}})
-        for label, folder, target in load_targets(paths, out, engine, data_dir=data_dir, limit=limit)
+        for label, folder, target in load_targets(paths, out, engine, data_dir=data_dir, limit=limit, spec=spec)
     ]
 
     def evaluate(plan: Planned) -> tuple[Statistics, Measured]:

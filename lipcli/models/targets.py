@@ -1,10 +1,14 @@
-"""What an evaluation command attacks: a checkpoint's model and the test images of the data set it was
-trained on, read the same way training read them (``--data-dir`` points at local files)."""
+"""What an evaluation command attacks: a model and the test images it is measured on. A lipcli checkpoint's
+are those of the data set it was trained on, read the same way training read them (``--data-dir`` points at
+local files); a model lipcli did not train (:mod:`lipcli.models.external`) is measured on the data set named
+for it, and checked against it before any attack runs."""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +18,36 @@ from lipcli.config import ExperimentConfig
 from lipcli.data.load import load_data
 from lipcli.data.types import DatasetInfo, ImageSet
 from lipcli.engine import Engine
-from lipcli.errors import DataError
+from lipcli.errors import ConfigError, DataError
 from lipcli.files import sha256
 from lipcli.layout import CONFIG_FILE
+from lipcli.models.external import (
+    FACTORY,
+    LIPCLI,
+    Normalization,
+    Normalized,
+    checked_output,
+    load_factory_model,
+    load_file_model,
+    model_format,
+)
 from lipcli.models.loading import restore
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to evaluate a model lipcli did not train (``--dataset``, ``--data-option``, ``--model``,
+    ``--weights``, ``--normalize``); empty for lipcli checkpoints, which name their own data set."""
+
+    dataset: str | None = None
+    data_options: Mapping[str, Any] = field(default_factory=dict)
+    factory: str | None = None
+    """``package.module:callable`` or ``path/to/file.py:callable`` returning the model (instead of a file)."""
+    weights: Path | None = None
+    normalize: Normalization | None = None
+
+    def is_empty(self) -> bool:
+        return self == ModelSpec()
 
 
 @dataclass
@@ -30,11 +60,30 @@ class Target:
     config: ExperimentConfig
     info: DatasetInfo
     test: ImageSet
+    sha256: str
+    """Of the checkpoint or model file; for ``--model``, of the factory's name and the weights' bytes."""
+    source: dict[str, Any] | None = None
+    """How a model lipcli did not train was loaded (format, factory, weights, normalisation); None for a
+    lipcli checkpoint."""
 
 
-def load_target(path: Path, engine: Engine, *, data_dir: Path | None, limit: int | None) -> Target:
-    """The checkpoint's model on the engine's device (eval mode) and the first ``limit`` test images (all if
-    None)."""
+def load_target(
+    path: Path | None, engine: Engine, *, data_dir: Path | None, limit: int | None, spec: ModelSpec = ModelSpec(),
+    label: str | None = None,
+) -> Target:
+    """The model on the engine's device (eval mode) and the first ``limit`` test images (all if None): from a
+    lipcli checkpoint, an exported program or a TorchScript file at ``path``, or (``path`` None) from
+    ``spec.factory``."""
+    kind = FACTORY if path is None else model_format(path)
+    if kind == LIPCLI:
+        if not spec.is_empty():
+            raise ConfigError(f"{path}: a lipcli checkpoint names its data set and takes images in [0, 1]; "
+                              "--dataset, --data-option, --weights and --normalize are for other models")
+        return _checkpoint_target(Path(path), engine, data_dir=data_dir, limit=limit)
+    return _external_target(path, kind, engine, data_dir=data_dir, limit=limit, spec=spec, label=label)
+
+
+def _checkpoint_target(path: Path, engine: Engine, *, data_dir: Path | None, limit: int | None) -> Target:
     model, config, info = restore(path, engine.device, engine.plugins)
     data_config = config.data if data_dir is None else dataclasses.replace(config.data, data_dir=str(data_dir))
     splits = load_data(data_config, engine.plugins)
@@ -46,24 +95,78 @@ def load_target(path: Path, engine: Engine, *, data_dir: Path | None, limit: int
             f"{list(trained.input_shape)} in {trained.num_classes} classes"
         )
     test = splits.test.subset(limit)
-    return Target(Path(path), run_label(Path(path)), model, config, info, test)
+    return Target(path, run_label(path), model, config, info, test, sha256(path))
+
+
+def _external_target(
+    path: Path | None, kind: str, engine: Engine, *, data_dir: Path | None, limit: int | None, spec: ModelSpec,
+    label: str | None,
+) -> Target:
+    """A model lipcli did not train, checked against the data set named by ``spec.dataset``."""
+    name = str(path) if path is not None else str(spec.factory)
+    if spec.dataset is None:
+        raise ConfigError(f"dataset: {name} is not a lipcli checkpoint, so it does not say which data set it "
+                          "classifies: name it with --dataset (and --data-dir)")
+    if path is not None and spec.weights is not None:
+        raise ConfigError(f"weights: {path} holds its weights; --weights goes with --model")
+    data = dataclasses.replace(ExperimentConfig().data, dataset=spec.dataset, options=dict(spec.data_options),
+                               data_dir=None if data_dir is None else str(data_dir))
+    config = dataclasses.replace(ExperimentConfig(), data=data)
+    splits = load_data(config.data, engine.plugins)
+    info = splits.info
+    if path is not None:
+        model = load_file_model(path, kind, engine.device)
+        digest = sha256(path)
+    else:
+        model = load_factory_model(str(spec.factory), spec.weights, info.num_classes, engine.device)
+        weights = "none" if spec.weights is None else sha256(spec.weights)
+        digest = hashlib.sha256(f"{spec.factory}\n{weights}".encode()).hexdigest()
+    if spec.normalize is not None:
+        if len(spec.normalize.mean) not in (1, info.channels):
+            raise ConfigError(f"normalize: {len(spec.normalize.mean)} values for images of {info.channels} "
+                              "channels: give one per channel (or one for all)")
+        model = Normalized(model, spec.normalize).to(engine.device).eval()
+    test = splits.test.subset(limit)
+    checked_output(model, test.as_float(test.images[:2]).to(engine.device), info.num_classes, name)
+    source = {
+        "format": kind, "factory": spec.factory, "weights": None if spec.weights is None else str(spec.weights),
+        "normalize": None if spec.normalize is None else spec.normalize.to_dict(),
+        "data_options": dict(spec.data_options),
+    }
+    where = Path(path) if path is not None else Path(spec.weights or str(spec.factory).rpartition(":")[2])
+    return Target(where, label or run_label(where), model, config, info, test, digest, source)
 
 
 def load_targets(
-    paths: list[Path], out: Path, engine: Engine, *, data_dir: Path | None, limit: int | None
+    paths: list[Path], out: Path, engine: Engine, *, data_dir: Path | None, limit: int | None,
+    spec: ModelSpec = ModelSpec(),
 ) -> list[tuple[str, Path, Target]]:
-    """(label, output folder, target) per checkpoint, all loaded before any work, so that every folder can be
-    checked (:func:`lipcli.results_folder.claim`) before the first attack runs."""
-    return [(label, folder, load_target(path, engine, data_dir=data_dir, limit=limit))
-            for path, (label, folder) in zip(paths, output_folders(paths, out))]
+    """(label, output folder, target) per model file (or the one ``spec.factory`` model when ``paths`` is
+    empty), all loaded before any work, so that every folder can be checked
+    (:func:`lipcli.results_folder.claim`) before the first attack runs."""
+    if spec.factory is not None and paths:
+        raise ConfigError("model: give model files or --model, not both")
+    if spec.factory is None and not paths:
+        raise ConfigError("model: give a model file (a lipcli checkpoint, .pt2 or TorchScript) or --model")
+    sources: list[Path | None] = list(paths) or [None]
+    labels = [run_label(Path(p)) if p is not None else _factory_label(spec) for p in sources]
+    return [(label, folder, load_target(source, engine, data_dir=data_dir, limit=limit, spec=spec, label=label))
+            for source, (label, folder) in zip(sources, output_folders(labels, out))]
 
 
 def target_settings(target: Target) -> dict[str, Any]:
-    """What any result measured on ``target`` depends on: the checkpoint's bytes and the exact images."""
-    return {
-        "checkpoint_sha256": sha256(target.path), "dataset": target.info.name, "images": len(target.test),
+    """What any result measured on ``target`` depends on: the model's bytes (and how it was loaded, for a model
+    lipcli did not train) and the exact images."""
+    settings = {
+        "checkpoint_sha256": target.sha256, "dataset": target.info.name, "images": len(target.test),
         "images_sha256": target.test.sha256(),
     }
+    return settings if target.source is None else {**settings, "model": target.source}
+
+
+def _factory_label(spec: ModelSpec) -> str:
+    """A ``--model``'s label: its weights file's stem, else the callable's name."""
+    return Path(spec.weights).stem if spec.weights is not None else str(spec.factory).rpartition(":")[2]
 
 
 def run_label(path: Path) -> str:
@@ -73,11 +176,11 @@ def run_label(path: Path) -> str:
     return path.stem
 
 
-def output_folders(paths: list[Path], out: Path) -> list[tuple[str, Path]]:
-    """(label, folder) per checkpoint: ``out`` itself for one checkpoint, else ``out/<label>`` with distinct
-    labels, so no checkpoint's files overwrite another's."""
-    labels = unique_labels([run_label(Path(path)) for path in paths])
-    return [(label, out if len(paths) == 1 else out / label) for label in labels]
+def output_folders(labels: list[str], out: Path) -> list[tuple[str, Path]]:
+    """(label, folder) per model: ``out`` itself for one model, else ``out/<label>`` with distinct labels, so
+    no model's files overwrite another's."""
+    unique = unique_labels(labels)
+    return [(label, out if len(labels) == 1 else out / label) for label in unique]
 
 
 def unique_labels(labels: list[str]) -> list[str]:
