@@ -82,3 +82,15 @@ def write_cifar100(folder: Path) -> dict:
         b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)],
     })
     return written
+
+
+class MarkerPayload:
+    """Unpickling this runs ``touch marker``: the shape of a malicious pickle, for loaders that must refuse it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        import os
+
+        return os.system, (f"touch {self.marker}",)

@@ -43,7 +43,7 @@ from lipcli_builtins.datasets.readers import (  # noqa: E402
 )
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-DATASET_NAMES = ("cifar10", "cifar100", "mnist", "fashion-mnist", "digits", "synthetic")
+DATASET_NAMES = ("cifar10", "cifar100", "mnist", "fashion-mnist", "image-folder", "npz", "digits", "synthetic")
 
 
 class _Payload:

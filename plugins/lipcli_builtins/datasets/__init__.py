@@ -1,4 +1,5 @@
-"""First-party lipcli plugin: the built-in data sets (CIFAR-10/100, MNIST, Fashion-MNIST, digits, synthetic).
+"""First-party lipcli plugin: the built-in data sets (CIFAR-10/100, MNIST, Fashion-MNIST, your own images and
+arrays, digits, synthetic).
 
 Registered through the same ``lipcli`` entry-point group as any third-party plugin. The module imports
 nothing heavy: torch, numpy and the readers load only when the dataset registry is first built.
@@ -21,6 +22,14 @@ def register_datasets(register: Register) -> None:
     register(
         "fashion-mnist", "lipcli_builtins.datasets.sources:fashion_mnist",
         "Fashion-MNIST: 60,000 + 10,000 grey 28x28 clothing images, 10 classes",
+    )
+    register(
+        "image-folder", "lipcli_builtins.datasets.sources:image_folder",
+        "Your own images: DATA_DIR/{train,test}/CLASS/*.png|jpg|jpeg|bmp|webp, classes from the folder names",
+    )
+    register(
+        "npz", "lipcli_builtins.datasets.sources:npz",
+        "Your own arrays: x_train, y_train, x_test, y_test in an .npz file (or .npy files), uint8 or float in [0, 1]",
     )
     register(
         "digits", "lipcli_builtins.datasets.sources:digits",

@@ -1,9 +1,10 @@
 """The built-in data set factories: ``factory(*, data_dir, download, **options) -> DataSplits``.
 
-File-based data sets (CIFAR-10/100, MNIST, Fashion-MNIST) are always read by lipcli's own readers
-(:mod:`lipcli_builtins.datasets.readers`). torchvision is used only to *fetch* missing files into the cache folder, so
-a downloaded copy, a Debian package and a folder on a shared disk all go through one reading path.
-Images stay uint8 in memory; :meth:`lipcli.api.ImageSet.as_float` scales them to [0, 1] per batch.
+File-based data sets (CIFAR-10/100, MNIST, Fashion-MNIST, and the user's own ``image-folder`` and ``npz``) are
+always read by lipcli's own readers (:mod:`lipcli_builtins.datasets.readers`). torchvision is used only to
+*fetch* missing files into the cache folder, so a downloaded copy, a Debian package and a folder on a shared disk
+all go through one reading path. Images stay uint8 in memory; :meth:`lipcli.api.ImageSet.as_float` scales them
+to [0, 1] per batch.
 """
 
 from __future__ import annotations
@@ -19,12 +20,18 @@ import torch
 
 from lipcli.api import ConfigError, DataError, DatasetInfo, DataSplits, ImageSet
 from lipcli_builtins.datasets.readers import (
+    ARRAY_KEYS,
     CIFAR_LAYOUTS,
+    FOLDER_LAYOUT,
     IDX_FILES,
+    LAYOUTS,
+    SplitArrays,
     cifar_folder,
     find_idx_files,
+    read_arrays,
     read_cifar,
     read_idx,
+    read_image_folder,
 )
 
 ENV_DATA_DIR = "LIPCLI_DATA_DIR"
@@ -148,14 +155,21 @@ def _read_idx_dataset(
     return DataSplits(info, _image_set(train_images, train_labels), _image_set(test_images, test_labels))
 
 
-def _read_cifar_dataset(name: str, root: Path) -> DataSplits:
-    arrays = read_cifar(root, name)
-    info = DatasetInfo(name, 3, 32, 32, len(arrays.class_names), arrays.class_names)
+def _splits(name: str, arrays: SplitArrays, num_classes: int) -> DataSplits:
+    """The data set of arrays read from files; the image shape is the training images' (the readers check the
+    test images against it)."""
+    _, channels, height, width = arrays.train_images.shape
+    info = DatasetInfo(name, channels, height, width, num_classes, arrays.class_names)
     return DataSplits(
         info,
         _image_set(arrays.train_images, arrays.train_labels),
         _image_set(arrays.test_images, arrays.test_labels),
     )
+
+
+def _read_cifar_dataset(name: str, root: Path) -> DataSplits:
+    arrays = read_cifar(root, name)
+    return _splits(name, arrays, len(arrays.class_names))
 
 
 def _idx_source(name: str, torchvision_class: str, class_names: tuple[str, ...], how_to_get: str) -> _FileSource:
@@ -220,7 +234,7 @@ def fashion_mnist(*, data_dir: str | None = None, download: bool = False) -> Dat
     return _load(_FASHION_MNIST, data_dir, download)
 
 
-# -- bundled and generated data sets ----------------------------------------------------------------------
+# -- option values ----------------------------------------------------------------------------------------
 
 def _int_option(key: str, value: object, minimum: int) -> int:
     """``value`` as an int >= ``minimum``; bools and floats are refused rather than silently converted."""
@@ -240,6 +254,80 @@ def _float_option(key: str, value: object, valid: Callable[[float], bool], requi
         raise ConfigError(f"data.options.{key} must be {requirement}, got {value!r}")
     return float(value)
 
+
+# -- the user's own files ---------------------------------------------------------------------------------
+
+_IMAGE_FOLDER_FILES = f"a folder of images laid out as {FOLDER_LAYOUT}"
+_NPZ_FILES = (f"an .npz file of {', '.join(ARRAY_KEYS)} (or a folder holding one, or holding "
+              f"{', '.join(f'{key}.npy' for key in ARRAY_KEYS)})")
+
+
+def _own_path(name: str, data_dir: str | None, expected: str) -> Path:
+    """``data_dir``, which must exist: the user's own data has no cache folder and nothing to download."""
+    if data_dir is None:
+        raise DataError(f"{name} reads your own files: pass --data-dir (data.data_dir) with {expected}")
+    path = Path(data_dir).expanduser()
+    if not path.exists():
+        raise DataError(f"data_dir {path} does not exist; {name} reads {expected}")
+    return path
+
+
+def image_folder(
+    *,
+    data_dir: str | None = None,
+    download: bool = False,
+    resize: int | None = None,
+    crop: int | None = None,
+    grayscale: bool | None = None,
+    max_memory_gb: float = 8.0,
+) -> DataSplits:
+    """Your own images in torchvision's ImageFolder layout, ``data_dir/{train,test}/CLASS/*``, held in memory as uint8.
+
+    Classes are the class folders' names, sorted; both splits must have the same ones. ``resize`` scales each
+    image's central square to resize x resize; ``crop`` then keeps the central crop x crop; without either,
+    every image must have the same size. ``grayscale`` true or false reads one or three channels; unset, one
+    when every image is grey. A set larger than ``max_memory_gb`` in memory is refused: streaming is not
+    supported yet. ``download`` is ignored: there is nothing to download.
+    """
+    resize = None if resize is None else _int_option("resize", resize, 1)
+    crop = None if crop is None else _int_option("crop", crop, 1)
+    if resize is not None and crop is not None and crop > resize:
+        raise ConfigError(f"data.options.crop = {crop} is larger than data.options.resize = {resize}; the crop "
+                          "is taken from the resized image")
+    limit = _float_option("max_memory_gb", max_memory_gb, lambda f: f > 0.0, "a number > 0")
+    folder = _own_path("image-folder", data_dir, _IMAGE_FOLDER_FILES)
+    if not folder.is_dir():
+        raise DataError(f"data_dir {folder} is not a folder; image-folder reads {_IMAGE_FOLDER_FILES}")
+    arrays = read_image_folder(folder, resize=resize, crop=crop, grayscale=grayscale, max_memory_gb=limit)
+    return _splits("image-folder", arrays, len(arrays.class_names))
+
+
+def npz(
+    *,
+    data_dir: str | None = None,
+    download: bool = False,
+    file: str | None = None,
+    layout: str | None = None,
+    num_classes: int | None = None,
+) -> DataSplits:
+    """Your own arrays: ``x_train``, ``y_train``, ``x_test``, ``y_test`` in an ``.npz`` file, or as ``.npy`` files.
+
+    ``data_dir`` is the ``.npz`` file, or a folder holding one (``file`` names it when there are several) or
+    the four ``.npy`` files. Images are uint8 (0-255) or float in [0, 1]; ``[N, H, W]`` (grey), or NCHW or
+    NHWC as ``layout`` says, else as their shapes show (a warning says which). Labels are integers
+    0..K-1; ``num_classes`` defaults to the largest label plus one. Files are loaded without unpickling.
+    """
+    if layout is not None and layout not in LAYOUTS:
+        raise ConfigError(f"data.options.layout must be {' or '.join(map(repr, LAYOUTS))}, got {layout!r}")
+    classes = None if num_classes is None else _int_option("num_classes", num_classes, 2)
+    arrays = read_arrays(_own_path("npz", data_dir, _NPZ_FILES), file=file, layout=layout)
+    largest = int(max(arrays.train_labels.max(), arrays.test_labels.max()))
+    if classes is not None and largest >= classes:
+        raise ConfigError(f"data.options.num_classes = {classes}, but the labels go up to {largest}")
+    return _splits("npz", arrays, largest + 1 if classes is None else classes)
+
+
+# -- bundled and generated data sets ----------------------------------------------------------------------
 
 def digits(*, data_dir: str | None = None, download: bool = False, test_fraction: float = 0.25) -> DataSplits:
     """scikit-learn's bundled 8x8 digits (1,797 images, 1 channel, 10 classes): real data that needs no files.
