@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import shutil
 import textwrap
 import zipfile
 from pathlib import Path
@@ -213,16 +212,25 @@ def test_models_that_do_not_fit_the_data_are_refused_before_any_attack(run: Call
     one_line(run("curve", formats["export"], *DIGITS, "--normalize", "0,0,0", "1,1,1", *CURVE), "1 channels")
 
 
-def test_a_torchvision_network_with_imagenet_normalisation_end_to_end(run: Callable[..., Any], tmp_path: Path) -> None:
-    """torchvision's resnet18 (random weights, its num_classes from the data set) on 32x32 colour images."""
-    data = ["--dataset", "synthetic", "--data-option", "channels=3", "--data-option", "size=32",
-            "--data-option", "test_size=6"]
-    result = run("curve", "--model", "torchvision.models:resnet18", *data, "--normalize", "0.485,0.456,0.406",
-                 "0.229,0.224,0.225", "-a", "deepfool", "-O", "deepfool.steps=5", "--masking-check", "0",
-                 "--device", "cpu", "--quiet", "--json", "--out", tmp_path / "tv")
+def test_a_torchvision_network_on_an_image_folder_end_to_end(run: Callable[..., Any], tmp_path: Path) -> None:
+    """torchvision's resnet18 (random weights, num_classes from the data set, ImageNet normalisation) on a folder
+    of 32x32 PNGs, from the command line."""
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    for split, count in (("train", 2), ("test", 3)):
+        for name in ("cat", "dog"):
+            (tmp_path / "images" / split / name).mkdir(parents=True)
+            for index in range(count):
+                pixels = torch.randint(0, 256, (32, 32, 3), generator=generator, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(tmp_path / "images" / split / name / f"{index}.png")
+    result = run("curve", "--model", "torchvision.models:resnet18", "--dataset", "image-folder", "--data-dir",
+                 tmp_path / "images", "--normalize", "0.485,0.456,0.406", "0.229,0.224,0.225", "-a", "deepfool",
+                 "-O", "deepfool.steps=5", "--masking-check", "0", "--device", "cpu", "--quiet", "--out", tmp_path / "tv")
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "tv" / "distances.csv").is_file() and len(distances(tmp_path / "tv")) == 6
-    shutil.rmtree(tmp_path / "tv")
+    rows = (tmp_path / "tv" / "distances.csv").read_text().splitlines()[1:]
+    assert [int(row.split(",")[1]) for row in rows] == [0, 0, 0, 1, 1, 1]  # the test images, classes in name order
+    assert all(float(row.split(",")[-1]) >= 0 for row in rows)
 
 
 def test_stats_of_models_lipcli_did_not_train(run: Callable[..., Any], formats: dict[str, Path],
