@@ -16,6 +16,10 @@ fault of the plugin):
   at a median distance within 10 times the exact minimal one (an attack at a budget only, ``run_at``, is given
   3 times that distance as eps and must stay within it);
 * data sets: splits of the declared shape, pixel values in [0, 1], labels in range, class names matching.
+
+A component registered with ``contract_skip="reason"`` (``register(name, factory, description,
+contract_skip=...)``) is skipped with that reason: a family of components built by one code path (torchvision's
+80 models) is checked through a few members, and a model that cannot take the contract's small images says so.
 """
 
 from __future__ import annotations
@@ -84,6 +88,9 @@ def run_check(kind: str, check_name: str, check: Check, component: Component, pl
     def result(status: str, detail: str = "") -> Result:
         return Result(kind, component.name, component.plugin, check_name, status, detail)
 
+    reason = component.metadata.get("contract_skip")
+    if reason:  # a plugin that says why the check cannot or need not build this component
+        return result("skip", str(reason))
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # a component using the global generator sees the same draws in every run

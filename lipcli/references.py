@@ -11,10 +11,12 @@ Where the source cannot be read that way, the factory is imported as before.
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import importlib.util
 import inspect
 import operator
+import os
 import re
 from typing import Any, Callable
 
@@ -75,8 +77,8 @@ class Reference:
             origin = spec.origin if spec else None
             if not origin or not origin.endswith(".py"):
                 return None
-            with open(origin, encoding="utf-8") as handle:
-                tree = ast.parse(handle.read(), origin)
+            status = os.stat(origin)
+            tree = _parsed(origin, status.st_mtime_ns, status.st_size)
         except Exception:  # noqa: BLE001 - a parent package that fails to import, a file that does not parse
             return None
         function = _function(tree, attribute)
@@ -96,6 +98,14 @@ def as_factory(factory: Callable[..., Any] | str) -> Callable[..., Any]:
 def resolved(factory: Callable[..., Any]) -> Callable[..., Any]:
     """The factory behind a :class:`Reference` (imported now), or ``factory`` itself."""
     return factory.resolve() if isinstance(factory, Reference) else factory
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed(origin: str, mtime_ns: int, size: int) -> ast.Module:
+    """A module's syntax tree, parsed once per process and version of the file (``lipcli list`` reads one module
+    for many factories: torchvision's 80 models are in one file)."""
+    with open(origin, encoding="utf-8") as handle:
+        return ast.parse(handle.read(), origin)
 
 
 def _function(tree: ast.Module, attribute: str) -> ast.FunctionDef | dict[str, Any] | None:
@@ -157,10 +167,11 @@ def _bindings(tree: ast.Module) -> list[str]:
 
 
 def _parameters(function: ast.FunctionDef) -> dict[str, Any]:
-    """The parameters lipcli passes by keyword, with their defaults."""
+    """The parameters lipcli passes by keyword, with their defaults. A ``**options`` catch-all is no named option
+    (as in the imported signature's listing): the factory takes any option, and says itself which it rejects."""
     arguments = function.args
-    if arguments.vararg or arguments.kwarg or arguments.posonlyargs:
-        raise ValueError("*args, **kwargs or positional-only parameters: import the factory instead")
+    if arguments.vararg or arguments.posonlyargs:
+        raise ValueError("*args or positional-only parameters: import the factory instead")
     positional = arguments.args[1:] if function.name == "__init__" else arguments.args
     defaults: list[Any] = [inspect.Parameter.empty] * (len(positional) - len(arguments.defaults))
     defaults += [_literal(node) for node in arguments.defaults]

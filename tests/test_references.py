@@ -88,6 +88,27 @@ def test_a_reference_imports_its_module_only_when_built(tmp_path: Path, monkeypa
     sys.modules.pop("lazy_factories")
 
 
+def test_a_catch_all_of_options_is_read_from_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``**options`` (a factory that hands its options on) lists its named options only, as the imported signature
+    does, without importing; ``*args`` still sends listing to the import."""
+    write_module(tmp_path, "passing_on", """
+        def build(info, *, depth: int = 2, **options):
+            return (info, depth, options)
+
+        def spread(*args, depth: int = 2):
+            return args
+    """)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    build, spread = Reference("passing_on:build"), Reference("passing_on:spread")
+    assert build.source_defaults() == {"info": inspect.Parameter.empty, "depth": 2}
+    assert spread.source_defaults() is None
+    assert "passing_on" not in sys.modules
+    component = Component("net", build, "a network", "test")
+    assert option_defaults(component) == imported_defaults(component) == {"depth": 2}
+    assert call_factory(component, {"width": 3}, "model.options", info="I") == ("I", 2, {"width": 3})
+    sys.modules.pop("passing_on")
+
+
 TRICKY = """
     import dataclasses
     import functools

@@ -1,4 +1,5 @@
-"""First-party lipcli plugin: the architectures of the paper (AllCNN-C, ResNet34, ResNeXt34) and small CPU models.
+"""First-party lipcli plugin: the architectures of the paper (AllCNN-C, ResNet34, ResNeXt34), small CPU models, and
+torchvision's classification models as ``tv-<name>`` (``tv-resnet18``, ...).
 
 The module itself imports nothing heavy: torch and the model code load only when the architecture
 registry is first built, so ``lipcli --help`` and plugin discovery stay fast.
@@ -12,6 +13,8 @@ from lipcli.api import Register, hookimpl
 @hookimpl
 def register_architectures(register: Register) -> None:
     """Register the built-in architectures (every BatchNorm without affine parameters by default, as in the paper)."""
+    from lipcli_builtins.architectures import torchvision_models  # plain Python: neither torch nor torchvision
+
     register(
         "allcnn", "lipcli_builtins.architectures.allcnn:build_allcnn",
         "AllCNN-C (Springenberg et al.): 9 convolutions, 96/192 channels, BatchNorm after each",
@@ -32,3 +35,9 @@ def register_architectures(register: Register) -> None:
         "mlp", "lipcli_builtins.architectures.small:build_mlp",
         "Fully connected network (Linear, BatchNorm, ReLU blocks) for quick CPU runs",
     )
+    for name in torchvision_models.models():
+        skip = torchvision_models.contract_skip(name)
+        register(
+            f"tv-{name}", f"lipcli_builtins.architectures.torchvision_models:tv_{name}",
+            torchvision_models.description(name), **({"contract_skip": skip} if skip else {}),
+        )
