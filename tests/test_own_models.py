@@ -273,3 +273,22 @@ def test_attack_and_robust_take_the_same_models(run: Callable[..., Any], formats
     assert robust.exit_code == 0 and reference.exit_code == 0, robust.output + reference.output
     mine, theirs = (json.loads(r.stdout)[0]["per_eps"]["0.5"] for r in (robust, reference))
     assert mine["robust_accuracy"] == theirs["robust_accuracy"]
+
+
+def test_torchrun_evaluates_an_exported_program_like_one_process(run: Callable[..., Any], formats: dict[str, Path],
+                                                                 tmp_path: Path) -> None:
+    """Two processes under torchrun write the distances one process writes, for a model lipcli did not train."""
+    from test_distributed import torchrun
+
+    flags = [formats["export"], *DIGITS, "--limit", "16", "--batch-size", "4", "-a", "deepfool", "--masking-check",
+             "0", "--device", "cpu", "-q"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun process computes: the same float rounding
+    try:
+        single = run("curve", *flags, "--out", tmp_path / "one")
+    finally:
+        torch.set_num_threads(threads)
+    assert single.exit_code == 0, single.output
+    done = torchrun("curve", *flags, "--out", tmp_path / "two")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "two" / "distances.csv").read_text() == (tmp_path / "one" / "distances.csv").read_text()
