@@ -87,6 +87,9 @@ def test_colour_images_read_grey_when_asked(tmp_path: Path) -> None:
     splits = sources.image_folder(data_dir=str(tmp_path), grayscale=True)
     expected = np.array(Image.fromarray(written[tmp_path / "test" / "cat" / "0.png"]).convert("L"))
     assert splits.info.channels == 1 and torch.equal(splits.test.images[0, 0], torch.from_numpy(expected))
+    for text in ("False", "no", 0):  # not a bool (--data-option grayscale=False arrives as a string): refused
+        with pytest.raises(ConfigError, match="grayscale must be true or false"):
+            sources.image_folder(data_dir=str(tmp_path), grayscale=text)
 
 
 def test_mixed_grey_and_colour_are_read_as_rgb_and_said(tmp_path: Path) -> None:

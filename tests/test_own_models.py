@@ -110,16 +110,19 @@ def test_results_record_how_the_model_was_loaded(run: Callable[..., Any], format
     one_line(again, "model")
 
 
-def test_the_fixed_batch_of_an_export_is_padded() -> None:
+@pytest.mark.parametrize(("dim", "smallest", "largest"), [(None, 2, 2), (torch.export.Dim("b", min=1, max=3), 1, 3),
+                                                        (torch.export.Dim("b", min=2), 2, None)])
+def test_batches_are_cut_and_padded_to_what_the_program_takes(dim: Any, smallest: int, largest: int | None) -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).eval()
-    program = torch.export.export(model, (torch.rand(4, 3, 2, 2),))
+    program = torch.export.export(model, (torch.rand(2, 3, 2, 2),), dynamic_shapes=None if dim is None else ({0: dim},))
     wrapped = ExportedModel(program)
-    assert wrapped.batch == 4
-    images = torch.rand(7, 3, 2, 2, requires_grad=True)
-    out = wrapped.eval()(images)
-    assert torch.allclose(out, model(images)) and out.shape == (7, 3)
-    out.sum().backward()
-    assert images.grad is not None and images.grad.abs().sum() > 0  # attacks get input gradients through it
+    assert (wrapped.smallest, wrapped.largest) == (smallest, largest)
+    for count in (1, 7):
+        images = torch.rand(count, 3, 2, 2, requires_grad=True)
+        out = wrapped.eval()(images)
+        assert out.shape == (count, 3) and torch.allclose(out, model(images), atol=1e-6)
+        out.sum().backward()
+        assert images.grad is not None and images.grad.abs().sum() > 0  # attacks get input gradients through it
 
 
 def test_normalize_equals_normalisation_inside_the_model(run: Callable[..., Any], tmp_path: Path) -> None:
@@ -156,6 +159,65 @@ class _Marker:
         return (os.system, (f"touch {self.path}",))
 
 
+def _rewritten(source: Path, target: Path, members: dict[str, bytes], extra: dict[str, bytes] | None = None) -> Path:
+    """A copy of the archive ``source`` with the members ending in a key of ``members`` replaced."""
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w") as copy:
+        root = original.namelist()[0].split("/")[0]
+        for item in original.infolist():
+            data = original.read(item)
+            copy.writestr(item, next((v for k, v in members.items() if item.filename.endswith(k)), data))
+        for name, data in (extra or {}).items():
+            copy.writestr(f"{root}/{name}", data)
+    return target
+
+
+def _hostile_programs(export: Path, folder: Path, marker: Path) -> dict[str, Path]:
+    """Exported programs that make torch.export.load unpickle or evaluate a payload creating ``marker``."""
+    import io
+    import json
+
+    with zipfile.ZipFile(export) as archive:
+        names = archive.namelist()
+        weights = json.loads(archive.read(next(n for n in names if n.endswith("model_weights_config.json"))))
+        program = archive.read(next(n for n in names if n.endswith("models/model.json"))).decode()
+    payload = io.BytesIO()
+    torch.save(_Marker(marker), payload)
+    first = next(iter(weights["config"]))
+    weights["config"][first]["use_pickle"] = True
+    stored = weights["config"][first]["path_name"]
+    symbol = next(iter(set(__import__("re").findall(r"Symbol\('(\w+)'", program))))
+    return {
+        "sample inputs": _rewritten(export, folder / "sample.pt2", {"sample_inputs/model.pt": payload.getvalue()}),
+        "pickled weight": _rewritten(export, folder / "weight.pt2", {
+            "model_weights_config.json": json.dumps(weights).encode(), f"weights/{stored}": payload.getvalue()}),
+        "opaque constant": _rewritten(export, folder / "opaque.pt2", {"model_constants_config.json": json.dumps(
+            {"config": {"c": {"path_name": "opaque_obj_0", "is_param": False, "use_pickle": False,
+                              "tensor_meta": None}}}).encode()}, {"data/constants/opaque_obj_0": pickle.dumps(
+                                  _Marker(marker))}),
+        "expression": _rewritten(export, folder / "expression.pt2", {"models/model.json": program.replace(
+            f"Symbol('{symbol}', positive=True, integer=True)",
+            f"__import__('os').system('touch {marker}') or Symbol('{symbol}', positive=True, integer=True)",
+            1).encode()}),
+    }
+
+
+def test_hostile_exported_programs_are_refused_before_torch_reads_them(formats: dict[str, Path],
+                                                                       tmp_path: Path) -> None:
+    from lipcli.models.external import EXPORTED, load_file_model
+
+    marker = tmp_path / "ran"
+    hostile = _hostile_programs(formats["export"], tmp_path, marker)
+    with pytest.raises(Exception):  # noqa: B017, PT011 - the control: torch alone runs the payload
+        torch.export.load(hostile["sample inputs"]).module()(torch.rand(2, 1, 8, 8))
+    assert marker.exists(), "the control payload did not run: the hostile files test nothing"
+    marker.unlink()
+    for name, path in hostile.items():
+        with pytest.raises(CheckpointError, match="refused"):
+            load_file_model(path, EXPORTED, torch.device("cpu"))
+        assert not marker.exists(), name
+    assert isinstance(load_file_model(formats["export"], EXPORTED, torch.device("cpu")), nn.Module)
+
+
 def test_malicious_files_are_refused_and_never_run(run: Callable[..., Any], formats: dict[str, Path],
                                                    tmp_path: Path) -> None:
     marker = tmp_path / "ran"
@@ -164,17 +226,37 @@ def test_malicious_files_are_refused_and_never_run(run: Callable[..., Any], form
     one_line(run("curve", "--model", f"{formats['factory']}:make", "--weights", evil, *DIGITS, *CURVE), "refused")
     with pytest.raises(CheckpointError, match="refused"):
         read_state_dict(evil)
-    # an exported program and a TorchScript file with a pickle payload in place of one of their members
-    for source, member in ((formats["export"], "weight_0"), (formats["torchscript"], "data.pkl")):
-        hostile = tmp_path / f"hostile{source.suffix}"
-        with zipfile.ZipFile(source) as original, zipfile.ZipFile(hostile, "w") as copy:
-            for item in original.infolist():
-                data = original.read(item)
-                copy.writestr(item, pickle.dumps(_Marker(marker)) if item.filename.endswith(member) else data)
-        result = run("curve", hostile, *DIGITS, *CURVE, "--out", tmp_path / "out")
-        assert result.exit_code != 0
-        one_line(result, str(hostile))
+    hostile = _hostile_programs(formats["export"], tmp_path, marker)["pickled weight"]
+    one_line(run("curve", hostile, *DIGITS, *CURVE, "--out", tmp_path / "out"), str(hostile), "refused")
+    scripted = _rewritten(formats["torchscript"], tmp_path / "hostile.ts", {"data.pkl": pickle.dumps(_Marker(marker))})
+    one_line(run("curve", scripted, *DIGITS, *CURVE, "--out", tmp_path / "out"), str(scripted))
     assert not marker.exists()
+
+
+def test_models_in_training_mode_are_refused(run: Callable[..., Any], tmp_path: Path) -> None:
+    """Dropout left on (other scores each call) or BatchNorm on batch statistics (scores depending on the other
+    images) would make attacks weaker and the model look robust."""
+    example = torch.rand(4, 1, 8, 8)
+    dropout = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Dropout(0.5), nn.Linear(32, 10)).train()
+    batchnorm = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 10)).train()
+    batch = ({0: torch.export.Dim("batch", min=1)},)
+    torch.export.save(torch.export.export(dropout, (example,), dynamic_shapes=batch), tmp_path / "dropout.pt2")
+    torch.export.save(torch.export.export(batchnorm, (example,), dynamic_shapes=batch), tmp_path / "bn.pt2")
+    one_line(run("curve", tmp_path / "dropout.pt2", *DIGITS, *CURVE), "other scores each time", "model.eval()")
+    one_line(run("curve", tmp_path / "bn.pt2", *DIGITS, *CURVE), "depend on the other images", "model.eval()")
+    torch.export.save(torch.export.export(batchnorm.eval(), (example,), dynamic_shapes=batch), tmp_path / "ok.pt2")
+    assert run("curve", tmp_path / "ok.pt2", *DIGITS, *CURVE, "--out", tmp_path / "ok").exit_code == 0
+
+
+def test_a_changed_factory_is_another_model(run: Callable[..., Any], tmp_path: Path) -> None:
+    """--model's identity is the model it builds, not the text of the spec: results of the old code and the new
+    are never mixed in one folder."""
+    nets = tmp_path / "nets.py"
+    nets.write_text("from torch import nn\n\ndef make():\n    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))\n")
+    assert run("curve", "--model", f"{nets}:make", *DIGITS, *CURVE, "--out", tmp_path / "c").exit_code == 0
+    nets.write_text("from torch import nn\n\ndef make():\n    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10, "
+                    "bias=False))\n")
+    one_line(run("curve", "--model", f"{nets}:make", *DIGITS, *CURVE, "--out", tmp_path / "c"), "checkpoint_sha256")
 
 
 def test_models_that_do_not_fit_the_data_are_refused_before_any_attack(run: Callable[..., Any], tmp_path: Path,
@@ -195,8 +277,8 @@ def test_models_that_do_not_fit_the_data_are_refused_before_any_attack(run: Call
         def broken():
             raise RuntimeError("no such weights")
     """))
-    one_line(run("curve", "--model", f"{nets}:three_classes", *DIGITS, *CURVE), "10 classes", "[2, 3]")
-    one_line(run("curve", "--model", f"{nets}:wide_input", *DIGITS, *CURVE), "cannot take", "[1, 8, 8]")
+    one_line(run("curve", "--model", f"{nets}:three_classes", *DIGITS, *CURVE), "10 classes", "[4, 3]")
+    one_line(run("curve", "--model", f"{nets}:wide_input", *DIGITS, *CURVE), "fails on", "[1, 8, 8]")
     assert run("curve", "--model", f"{nets}:counted", *DIGITS, *CURVE, "--out", tmp_path / "c").exit_code == 0
     one_line(run("curve", "--model", f"{nets}:broken", *DIGITS, *CURVE), "RuntimeError: no such weights")
     one_line(run("curve", "--model", f"{nets}:missing", *DIGITS, *CURVE), "no callable 'missing'")
@@ -273,3 +355,32 @@ def test_attack_and_robust_take_the_same_models(run: Callable[..., Any], formats
     assert robust.exit_code == 0 and reference.exit_code == 0, robust.output + reference.output
     mine, theirs = (json.loads(r.stdout)[0]["per_eps"]["0.5"] for r in (robust, reference))
     assert mine["robust_accuracy"] == theirs["robust_accuracy"]
+
+
+def test_torchrun_evaluates_an_exported_program_like_one_process(run: Callable[..., Any], formats: dict[str, Path],
+                                                                 tmp_path: Path) -> None:
+    """Two processes under torchrun write the distances one process writes, for a model lipcli did not train."""
+    from test_distributed import torchrun
+
+    flags = [formats["export"], *DIGITS, "--limit", "16", "--batch-size", "4", "-a", "deepfool", "--masking-check",
+             "0", "--device", "cpu", "-q"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun process computes: the same float rounding
+    try:
+        single = run("curve", *flags, "--out", tmp_path / "one")
+    finally:
+        torch.set_num_threads(threads)
+    assert single.exit_code == 0, single.output
+    done = torchrun("curve", *flags, "--out", tmp_path / "two")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "two" / "distances.csv").read_text() == (tmp_path / "one" / "distances.csv").read_text()
+
+
+def test_robust_takes_only_a_curve_of_the_model_loaded_the_same_way(run: Callable[..., Any],
+                                                                     formats: dict[str, Path], tmp_path: Path) -> None:
+    """The same file with another --normalize is another model: its curve's distances are not this one's."""
+    assert run("curve", formats["export"], *DIGITS, *CURVE, "--normalize", "0", "2", "--out", tmp_path / "c").exit_code == 0
+    robust = ["robust", formats["export"], *DIGITS, "--norm", "l2", "--eps", "0.5", "-a", "apgd-ce", "-O",
+              "apgd-ce.steps=5", "--limit", "24", "--device", "cpu", "--quiet", "--curve", tmp_path / "c"]
+    one_line(run(*robust, "--out", tmp_path / "r1"), "measured on the model loaded as")
+    assert run(*robust, "--normalize", "0", "2", "--out", tmp_path / "r2").exit_code == 0

@@ -28,6 +28,7 @@ from lipcli.cli.options import (
     eps_option,
     model_spec,
     out_folder,
+    model_paths,
     output_anchor,
     parse_eps_option,
 )
@@ -152,7 +153,7 @@ def stats(
     from lipcli.lipschitz.measure import measure_checkpoints
 
     sizes = stats_eps(eps, eps_l2, eps_linf)
-    paths = models or []
+    paths = model_paths(models, model)
     out = out or default_out(output_anchor(paths, weights), STATS_FOLDER)
     with command_engine(ctx, device, quiet=quiet) as engine:
         measured = measure_checkpoints(

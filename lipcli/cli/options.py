@@ -60,7 +60,7 @@ Checkpoints = Annotated[
 # the commands that evaluate models (curve, attack, robust, stats): lipcli's checkpoints and anyone's models
 
 _MODEL_FILES = ("lipcli checkpoints, exported programs (torch.export.save, .pt2) or TorchScript files "
-                "(torch.jit.save); none is unpickled")
+                "(torch.jit.save). Models are programs: evaluate ones you trust")
 Models = Annotated[
     Optional[list[Path]],
     typer.Argument(help=f"Models: {_MODEL_FILES}.", exists=True, dir_okay=False, show_default=False),
@@ -117,6 +117,14 @@ def model_spec(
         mean, std = (split_floats(text, f"--normalize {part}") for text, part in zip(normalize, ("MEAN", "STD")))
         scaling = Normalization(mean, std)
     return ModelSpec(dataset, options, factory, weights, scaling)
+
+
+def model_paths(files: list[Path] | None, factory: str | None) -> list[Path]:
+    """The model files given; none at all (no --model either) is a usage error, said before anything loads."""
+    if not files and factory is None:
+        raise typer.BadParameter("give model files (lipcli checkpoints, .pt2 or TorchScript) or --model",
+                                 param_hint="MODELS")
+    return list(files or [])
 
 
 def output_anchor(files: list[Path], weights: Path | None) -> list[Path]:

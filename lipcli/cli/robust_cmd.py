@@ -33,6 +33,7 @@ from lipcli.cli.options import (
     eps_option,
     model_spec,
     out_folder,
+    model_paths,
     output_anchor,
     parse_eps_option,
 )
@@ -109,7 +110,7 @@ def robust(
     Writes robust.csv (per image and eps: robust, or what broke it) and summary.json (default folder:
     robust-NORM beside the checkpoint, or in the current folder for several checkpoints).
     """
-    paths = models or []
+    paths = model_paths(models, model)
     out = out or default_out(output_anchor(paths, weights), robust_folder(norm))
     evaluations = _evaluate(
         ctx, paths, norm=norm, eps=eps, version=version, attacks=attacks, curve=curve,

@@ -34,6 +34,7 @@ from lipcli.cli.options import (
     eps_option,
     model_spec,
     out_folder,
+    model_paths,
     output_anchor,
     parse_eps_option,
 )
@@ -115,7 +116,7 @@ def curve(
     checkpoint, or in the current folder for several checkpoints, drawn on one plot). Random attacks draw
     from --seed: the same seed and batch size give the same distances.
     """
-    paths = models or []
+    paths = model_paths(models, model)
     out = out or default_out(output_anchor(paths, weights), curve_folder(norm))
     evaluations = _evaluate(
         ctx, paths, norm=norm, attacks=attacks, by="model", options=attack_option, limit=limit,
@@ -172,7 +173,7 @@ def attack(
     Writes distances.csv (a column per attack), summary.json and curve.png/.svg (default folder:
     attacks-NORM beside the checkpoint).
     """
-    paths = [model_file] if model_file else []
+    paths = model_paths([model_file] if model_file else None, model)
     out = out or default_out(output_anchor(paths, weights), attacks_folder(norm))
     (evaluation,) = _evaluate(
         ctx, paths, norm=norm, attacks=attacks, by="attack", options=attack_option, limit=limit,

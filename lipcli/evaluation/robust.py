@@ -284,11 +284,13 @@ def masking_warnings(result: RobustResult, attacks: Mapping[str, AttackAtBudget]
 
 
 def read_curve(
-    path: Path, *, norm: str, checkpoint: Path, digest: str, dataset: str, labels: torch.Tensor
+    path: Path, *, norm: str, checkpoint: Path, digest: str, source: dict[str, Any] | None, dataset: str,
+    labels: torch.Tensor,
 ) -> KnownDistances:
     """The ``min`` column of ``lipcli curve``'s ``distances.csv`` (``path`` or the folder holding it), checked to
-    describe the same model (``digest``: its SHA-256, :attr:`lipcli.models.targets.Target.sha256`), data set,
-    norm and first images as this evaluation; anything else is refused."""
+    describe the same model (``digest``: its SHA-256, :attr:`lipcli.models.targets.Target.sha256`; ``source``:
+    how a model lipcli did not train was loaded, normalisation included), data set, norm and first images as
+    this evaluation; anything else is refused."""
     csv_path = Path(path) / DISTANCES_FILE if Path(path).is_dir() else Path(path)
     summary_path = csv_path.parent / SUMMARY_FILE
     if not csv_path.is_file() or not summary_path.is_file():
@@ -309,6 +311,8 @@ def read_curve(
         same = recorded.is_file() and os.path.samefile(recorded, checkpoint)
     if not same:
         raise DataError(f"{csv_path}: measured on checkpoint {str(recorded)!r}, not {str(checkpoint)!r}")
+    if settings.get("model") != source:
+        raise DataError(f"{csv_path}: measured on the model loaded as {settings.get('model')}, not as {source}")
     for key, wanted in (("norm", norm), ("dataset", dataset)):
         if summary.get(key) != wanted:
             raise DataError(f"{csv_path}: measured with {key} {summary.get(key)!r}, not {wanted!r}")
@@ -421,7 +425,7 @@ def evaluate_robust(
         known = None
         if curves:
             known = read_curve(curves[number], norm=norm, checkpoint=target.path, digest=target.sha256,
-                               dataset=target.info.name, labels=target.test.labels)
+                               source=target.source, dataset=target.info.name, labels=target.test.labels)
         knowns[folder] = known
         planned.append(Planned(label, folder, target, {
             **target_settings(target), "norm": norm, "eps": dict(eps), "version": version,

@@ -1,9 +1,10 @@
 """Models lipcli did not train: an exported program, a TorchScript file, or a factory with a state dict.
 
-None of them is loaded by unpickling arbitrary objects. ``torch.export.load`` reads a program from its own
-serialised format, ``torch.jit.load`` reads TorchScript code with TorchScript's own restricted unpickler, and
-weights load with ``torch.load(weights_only=True)`` (or from a ``safetensors`` file). Only ``--model`` runs
-the user's own Python code, by the user's choice.
+Weights load with ``torch.load(weights_only=True)`` (or from a ``safetensors`` file), never unpickling an
+object; an exported program's archive is checked before torch reads it (:mod:`lipcli.models.exported`).
+But all three are programs: a factory is Python code, a TorchScript file runs TorchScript code when loaded
+and run (which can write files), an exported program runs the operations of its graph. Evaluate models from
+sources you trust.
 
 Preprocessing belongs to the model: :class:`Normalized` puts a per-channel normalisation in front, so attacks
 and distances stay in [0, 1] pixel space.
@@ -12,6 +13,7 @@ and distances stay in [0, 1] pixel space.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -27,9 +29,11 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.export.passes import move_to_device_pass
 
 from lipcli.checkpoint import describe_file
 from lipcli.errors import CheckpointError, ConfigError, DataError
+from lipcli.models.exported import ExportedModel, check_archive
 from lipcli.models.loading import state_dict_mismatch
 
 LIPCLI, EXPORTED, TORCHSCRIPT, FACTORY = "lipcli", "torch.export", "torchscript", "factory"
@@ -74,43 +78,6 @@ class Normalized(nn.Module):
         return bounds(self.model) / float(self.std.min())
 
 
-class ExportedModel(nn.Module):
-    """An exported program as a module. Its train/eval behaviour was fixed when it was exported (its module
-    refuses ``.eval()``), so mode changes stop here; a program exported with a fixed batch size gets batches
-    of that size, the last one padded."""
-
-    def __init__(self, program: torch.export.ExportedProgram) -> None:
-        super().__init__()
-        self.program = program.module()
-        self.batch = _static_batch(program)
-
-    def train(self, mode: bool = True) -> ExportedModel:
-        self.training = mode
-        return self
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.batch is None or images.shape[0] == self.batch:
-            return self.program(images)
-        outputs = []
-        for chunk in images.split(self.batch):
-            missing = self.batch - chunk.shape[0]
-            padded = torch.cat([chunk, chunk.new_zeros((missing, *chunk.shape[1:]))]) if missing else chunk
-            outputs.append(self.program(padded)[: chunk.shape[0]])
-        return torch.cat(outputs)
-
-
-def _static_batch(program: torch.export.ExportedProgram) -> int | None:
-    """The batch size the program was exported with when it is fixed (None: a dynamic batch dimension)."""
-    inputs = program.graph_signature.user_inputs
-    placeholders = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in inputs]
-    if len(placeholders) != 1:
-        raise CheckpointError(f"the exported program takes {len(placeholders)} inputs; lipcli evaluates a "
-                              "classifier of one batch of images")
-    value = placeholders[0].meta.get("val")
-    first = value.shape[0] if isinstance(value, torch.Tensor) and value.dim() > 0 else None
-    return first if isinstance(first, int) else None
-
-
 def model_format(path: Path) -> str:
     """:data:`LIPCLI`, :data:`EXPORTED` or :data:`TORCHSCRIPT`, from the archive's member names (nothing is
     loaded); any other file is a :class:`CheckpointError` naming the accepted formats."""
@@ -131,9 +98,14 @@ def model_format(path: Path) -> str:
 
 def load_file_model(path: Path, kind: str, device: torch.device) -> nn.Module:
     """The model in an exported program or TorchScript file, on ``device``, in eval mode."""
+    if kind == EXPORTED:
+        check_archive(path)
     try:
         if kind == EXPORTED:
-            model: nn.Module = ExportedModel(torch.export.load(path))
+            program = torch.export.load(path)
+            if device.type != "cpu":  # constants and device arguments baked into the graph move too
+                program = move_to_device_pass(program, device)
+            model: nn.Module = ExportedModel(program)
         else:
             with warnings.catch_warnings():  # torch.jit is deprecated in favour of torch.export, still supported
                 warnings.simplefilter("ignore", FutureWarning)
@@ -150,7 +122,7 @@ def load_factory_model(
     takes that argument, under a fixed seed; then ``weights`` (a state dict) loaded strictly."""
     factory = import_factory(spec)
     arguments = {"num_classes": num_classes} if _takes(factory, "num_classes") else {}
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):  # every generator it seeds comes back
         torch.manual_seed(INIT_SEED)
         try:
             model = factory(**arguments)
@@ -160,6 +132,10 @@ def load_factory_model(
         raise ConfigError(f"model: {spec} returned {type(model).__name__}, not a torch.nn.Module")
     if weights is not None:
         state = read_state_dict(weights)
+        unwrapped = {key.removeprefix("module."): value for key, value in state.items()}
+        if state_dict_mismatch(model, state) and all(key.startswith("module.") for key in state) \
+                and not state_dict_mismatch(model, unwrapped):
+            state = unwrapped  # saved from DistributedDataParallel, whose keys start with module.
         mismatch = state_dict_mismatch(model, state)
         if mismatch:
             raise CheckpointError(f"{weights}: the weights do not fit {spec}: {mismatch}")
@@ -182,7 +158,11 @@ def import_factory(spec: str) -> Any:
             assert loader is not None and loader.loader is not None
             module = importlib.util.module_from_spec(loader)
             sys.modules[loader.name] = module  # dataclasses and pickling look their module up by name
-            loader.loader.exec_module(module)
+            sys.path.insert(0, str(file.resolve().parent))  # its own imports of modules beside it
+            try:
+                loader.loader.exec_module(module)
+            finally:
+                sys.path.remove(str(file.resolve().parent))
         else:
             module = importlib.import_module(module_name)
     except ConfigError:
@@ -197,8 +177,7 @@ def import_factory(spec: str) -> Any:
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from ``path``: a ``safetensors`` file, or a ``torch.save`` file loaded with
-    ``weights_only=True`` (a dict of tensors, or one under ``state_dict`` or ``model``); a ``module.`` prefix
-    on every key (DistributedDataParallel's) is dropped."""
+    ``weights_only=True`` (a dict of tensors, or one under ``state_dict`` or ``model``)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such weights file")
@@ -226,25 +205,44 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = state[key]
     if not isinstance(state, Mapping) or not _tensors(state):
         raise CheckpointError(f"{path}: holds no state dict (a mapping of parameter names to tensors)")
-    if all(key.startswith("module.") for key in state):
-        state = {key.removeprefix("module."): value for key, value in state.items()}
     return dict(state)
 
 
+def module_digest(model: nn.Module, *context: str) -> str:
+    """SHA-256 of what a built model is: its structure (``repr``), every parameter and buffer, and ``context``
+    (how it was made), so that two different models never share results."""
+    digest = hashlib.sha256()
+    for text in (*context, repr(model)):
+        digest.update(text.encode() + b"\0")
+    for key, tensor in model.state_dict().items():
+        digest.update(f"{key} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def checked_output(model: nn.Module, images: torch.Tensor, num_classes: int, name: str) -> None:
-    """Refuse, before any attack, a model that cannot take the data set's images or gives other than one
-    score per class."""
+    """Refuse, before any attack, a model that fails on the data set's images, gives other than one score per
+    class, or is not a fixed function of each image: random (dropout left on) or depending on the rest of its
+    batch (BatchNorm in training mode), which would make attacks weaker and the model look robust."""
     shape = list(images.shape[1:])
     try:
         with torch.no_grad():
             output = model(images)
+            again = model(images)
+            alone = torch.cat([model(image[None]) for image in images])
     except Exception as exc:  # noqa: BLE001 - a shape mismatch shows as any error inside the user's model
-        raise DataError(f"{name}: the model cannot take the data set's images of shape {shape} "
+        raise DataError(f"{name}: the model fails on the data set's images of shape {shape} "
                         f"({type(exc).__name__}: {_first_line(exc)})") from None
     if not isinstance(output, torch.Tensor) or output.dim() != 2 or output.shape[1] != num_classes:
         found = list(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
         raise DataError(f"{name}: the model gives {found} for {images.shape[0]} images of shape {shape}; the data "
                         f"set has {num_classes} classes, so [{images.shape[0]}, {num_classes}] is needed")
+    if not torch.allclose(output, again, rtol=1e-5, atol=1e-6):
+        raise DataError(f"{name}: the model gives other scores each time for the same images (dropout left on?); "
+                        "export or trace it after model.eval()")
+    if not torch.allclose(output, alone, rtol=1e-3, atol=1e-4):
+        raise DataError(f"{name}: an image's scores depend on the other images of its batch (BatchNorm in "
+                        "training mode?); export or trace it after model.eval()")
 
 
 def _takes(factory: Any, name: str) -> bool:

@@ -6,7 +6,6 @@ for it, and checked against it before any attack runs."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from lipcli.models.external import (
     checked_output,
     load_factory_model,
     load_file_model,
+    module_digest,
     model_format,
 )
 from lipcli.models.loading import restore
@@ -61,7 +61,8 @@ class Target:
     info: DatasetInfo
     test: ImageSet
     sha256: str
-    """Of the checkpoint or model file; for ``--model``, of the factory's name and the weights' bytes."""
+    """Of the checkpoint or model file; for ``--model``, of the built model (structure, parameters and buffers),
+    the factory's name and its code file (:func:`lipcli.models.external.module_digest`)."""
     source: dict[str, Any] | None = None
     """How a model lipcli did not train was loaded (format, factory, weights, normalisation); None for a
     lipcli checkpoint."""
@@ -119,15 +120,15 @@ def _external_target(
         digest = sha256(path)
     else:
         model = load_factory_model(str(spec.factory), spec.weights, info.num_classes, engine.device)
-        weights = "none" if spec.weights is None else sha256(spec.weights)
-        digest = hashlib.sha256(f"{spec.factory}\n{weights}".encode()).hexdigest()
+        code = str(spec.factory).rpartition(":")[0]
+        digest = module_digest(model, str(spec.factory), sha256(Path(code)) if code.endswith(".py") else "")
     if spec.normalize is not None:
         if len(spec.normalize.mean) not in (1, info.channels):
             raise ConfigError(f"normalize: {len(spec.normalize.mean)} values for images of {info.channels} "
                               "channels: give one per channel (or one for all)")
         model = Normalized(model, spec.normalize).to(engine.device).eval()
     test = splits.test.subset(limit)
-    checked_output(model, test.as_float(test.images[:2]).to(engine.device), info.num_classes, name)
+    checked_output(model, test.as_float(test.images[:4]).to(engine.device), info.num_classes, name)
     source = {
         "format": kind, "factory": spec.factory, "weights": None if spec.weights is None else str(spec.weights),
         "normalize": None if spec.normalize is None else spec.normalize.to_dict(),

@@ -298,6 +298,8 @@ def image_folder(
     folder = _own_path("image-folder", data_dir, _IMAGE_FOLDER_FILES)
     if not folder.is_dir():
         raise DataError(f"data_dir {folder} is not a folder; image-folder reads {_IMAGE_FOLDER_FILES}")
+    if grayscale is not None and not isinstance(grayscale, bool):  # "False" or "no" would read as true
+        raise ConfigError(f"data.options.grayscale must be true or false, got {grayscale!r}")
     arrays = read_image_folder(folder, resize=resize, crop=crop, grayscale=grayscale, max_memory_gb=limit)
     return _splits("image-folder", arrays, len(arrays.class_names))
 
