@@ -5,10 +5,18 @@ from __future__ import annotations
 import difflib
 
 
-def suggest(name: str, candidates: list[str], n: int = 3) -> list[str]:
-    """The closest candidates to ``name`` (case-insensitive), best first."""
-    lowered = {c.lower(): c for c in candidates}
-    return [lowered[m] for m in difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.5)]
+def suggest(name: str, candidates: list[str], n: int = 3, cutoff: float = 0.5) -> list[str]:
+    """The closest candidates to ``name`` (case-insensitive), best first. A name is also compared without its
+    prefixes (``example-lenet`` as ``lenet``, ``tv-resnet18`` as ``resnet18``), so that a family of prefixed names
+    does not crowd out the one a user meant."""
+    wanted = name.lower()
+
+    def score(candidate: str) -> float:
+        parts = candidate.lower().split("-")
+        return max(difflib.SequenceMatcher(None, wanted, "-".join(parts[i:])).ratio() for i in range(len(parts)))
+
+    ranked = sorted(((score(c), c) for c in candidates), key=lambda pair: -pair[0])  # stable: ties keep their order
+    return [candidate for value, candidate in ranked[:n] if value >= cutoff]
 
 
 def did_you_mean_any(close: list[str]) -> str:

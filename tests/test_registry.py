@@ -118,6 +118,9 @@ def test_suggest_and_did_you_mean():
     candidates = ["cifar10", "cifar100", "mnist", "fashion-mnist"]
     assert suggest("CIFAR-10", candidates)[0] == "cifar10"
     assert suggest("nothing-like-it", candidates) == []
+    family = [f"tv-{m}" for m in ("alexnet", "googlenet", "resnet18", "resnet34")] + ["resnet34", "example-lenet"]
+    assert suggest("lenett", family)[0] == "example-lenet"  # compared without its prefix too
+    assert suggest("resnet18", family)[0] == "tv-resnet18" and suggest("tv-resnet43", family)[0] == "tv-resnet34"
     assert did_you_mean("minst", candidates).startswith(" Did you mean 'mnist'")
     assert did_you_mean("zzz", candidates) == " Known: cifar10, cifar100, fashion-mnist, mnist."
     assert did_you_mean("zzz", []) == ""
