@@ -5,6 +5,10 @@ from __future__ import annotations
 import difflib
 
 
+KNOWN_SHOWN = 12
+"""At most this many names are listed when none is close (``lipcli list`` shows them all)."""
+
+
 def suggest(name: str, candidates: list[str], n: int = 3, cutoff: float = 0.5) -> list[str]:
     """The closest candidates to ``name`` (case-insensitive), best first. A name is also compared without its
     prefixes (``example-lenet`` as ``lenet``, ``tv-resnet18`` as ``resnet18``), so that a family of prefixed names
@@ -29,6 +33,8 @@ def did_you_mean(name: str, candidates: list[str]) -> str:
     close = suggest(name, candidates)
     if close:
         return " " + did_you_mean_any(close)
+    if len(candidates) > KNOWN_SHOWN:  # a family of 80 torchvision models would fill the screen
+        return f" Known: {', '.join(sorted(candidates)[:KNOWN_SHOWN])} and {len(candidates) - KNOWN_SHOWN} more."
     if candidates:
         return " Known: " + ", ".join(sorted(candidates)) + "."
     return ""

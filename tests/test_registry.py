@@ -123,6 +123,8 @@ def test_suggest_and_did_you_mean():
     assert suggest("resnet18", family)[0] == "tv-resnet18" and suggest("tv-resnet43", family)[0] == "tv-resnet34"
     assert did_you_mean("minst", candidates).startswith(" Did you mean 'mnist'")
     assert did_you_mean("zzz", candidates) == " Known: cifar10, cifar100, fashion-mnist, mnist."
+    many = [f"net{i:02d}" for i in range(20)]
+    assert did_you_mean("zzz", many) == f" Known: {', '.join(many[:12])} and 8 more."
     assert did_you_mean("zzz", []) == ""
 
 
