@@ -53,10 +53,6 @@ Overwrite = Annotated[
     bool,
     typer.Option("--overwrite", help="Replace results of other settings in the output folder (refused without it)."),
 ]
-Checkpoints = Annotated[
-    list[Path], typer.Argument(help="Checkpoints written by lipcli train.", exists=True, dir_okay=False)
-]
-
 # the commands that evaluate models (curve, attack, robust, stats): lipcli's checkpoints and anyone's models
 
 _MODEL_FILES = ("lipcli checkpoints, exported programs (torch.export.save, .pt2) or TorchScript files "
