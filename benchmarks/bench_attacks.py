@@ -44,6 +44,7 @@ from torch import nn
 
 sys.modules.setdefault("visdom", types.ModuleType("visdom"))  # adv_lib imports it for plotting only
 
+from lipcli.data.selection import Selection
 from lipcli.config import resolve  # noqa: E402
 from lipcli.curves import median_distance  # noqa: E402
 from lipcli.evaluation.accounting import measured_distances  # noqa: E402
@@ -112,7 +113,7 @@ def file_hash(path: Path) -> str:
 
 
 def minimal_suite(args: argparse.Namespace, host: PluginHost, path: Path) -> None:
-    target = load_target(path, make_engine(args.device, plugins=host), data_dir=Path(args.data_dir), limit=args.limit)
+    target = load_target(path, make_engine(args.device, plugins=host), data_dir=Path(args.data_dir), selection=Selection(args.limit))
     images = target.test.as_float(target.test.images.to(args.device))
     labels = target.test.labels.to(args.device)
     model = target.model
@@ -181,7 +182,7 @@ def _print_norm(norm: str, results: dict[str, tuple[torch.Tensor, float, bool]],
 
 
 def deepfool_suite(args: argparse.Namespace, host: PluginHost, path: Path) -> None:
-    target = load_target(path, make_engine(args.device, plugins=host), data_dir=Path(args.data_dir), limit=args.limit)
+    target = load_target(path, make_engine(args.device, plugins=host), data_dir=Path(args.data_dir), selection=Selection(args.limit))
     images = target.test.as_float(target.test.images.to(args.device))
     labels = target.test.labels.to(args.device)
     with torch.no_grad():

@@ -33,6 +33,7 @@ from torch import nn
 
 sys.modules.setdefault("visdom", types.ModuleType("visdom"))  # adv_lib imports it for plotting only
 
+from lipcli.data.selection import Selection
 from lipcli.attacks import BUDGET_TOLERANCE
 from lipcli.evaluation.accounting import measured_distances
 from lipcli.evaluation.seeding import seeded
@@ -128,7 +129,7 @@ def main() -> None:
         for suite, limit in (("square", args.limit), ("fab", args.fab_limit)):
             if suite not in only:
                 continue
-            target = load_target(path, make_engine("cpu", plugins=host), data_dir=FASHION, limit=limit)
+            target = load_target(path, make_engine("cpu", plugins=host), data_dir=FASHION, selection=Selection(limit))
             model = target.model.eval()
             images, labels = target.test.as_float(target.test.images), target.test.labels
             with torch.no_grad():

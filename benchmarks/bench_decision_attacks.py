@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lipcli.data.selection import Selection
 from lipcli.curves import median_distance
 from lipcli.evaluation.accounting import QueryCounter, measured_distances
 from lipcli.evaluation.seeding import DEFAULT_SEED, seeded
@@ -204,7 +205,7 @@ def main() -> None:
     host, device = PluginHost(), torch.device(args.device)
     for path in args.checkpoints:
         # enough test images that ``max(counts)`` of them are classified correctly
-        target = load_target(path, make_engine(device, plugins=host), data_dir=args.data_dir, limit=2 * max(counts))
+        target = load_target(path, make_engine(device, plugins=host), data_dir=args.data_dir, selection=Selection(2 * max(counts)))
         images = target.test.as_float(target.test.images.to(device))
         labels = target.test.labels.to(device)
         with torch.no_grad():

@@ -29,6 +29,7 @@ from torch import nn
 
 sys.modules.setdefault("visdom", types.ModuleType("visdom"))  # adv_lib imports it for plotting only
 
+from lipcli.data.selection import Selection
 from lipcli.attacks import BUDGET_TOLERANCE
 from lipcli.curves import parse_eps
 from lipcli.evaluation.accounting import measured_distances
@@ -100,7 +101,7 @@ def main() -> None:
     device = torch.device(args.device)
     only = args.only.split(",")
     for path in args.checkpoints:
-        target = load_target(Path(path), make_engine(device, plugins=host), data_dir=Path(args.data_dir), limit=args.limit)
+        target = load_target(Path(path), make_engine(device, plugins=host), data_dir=Path(args.data_dir), selection=Selection(args.limit))
         model = target.model
         images = target.test.as_float(target.test.images).to(device)
         labels = target.test.labels.to(device)

@@ -25,16 +25,27 @@ def _number(value: float) -> float | None:
 
 
 def write_per_image(
-    path: Path, labels: torch.Tensor, predictions: torch.Tensor, columns: dict[str, torch.Tensor]
+    path: Path, labels: torch.Tensor, predictions: torch.Tensor, columns: dict[str, torch.Tensor], *,
+    index: torch.Tensor | None = None,
 ) -> None:
-    """A CSV with one row per image: index, label, prediction, then each column (floats as Python writes
-    them, so ``inf`` and ``nan`` read back)."""
+    """A CSV with one row per image: its index in the test split (``index``; default 0 to N-1), label,
+    prediction, then each column (floats as Python writes them, so ``inf`` and ``nan`` read back)."""
+    write_rows(path, labels, predictions, {name: [repr(float(v)) for v in column.tolist()]
+                                           for name, column in columns.items()}, index=index)
+
+
+def write_rows(
+    path: Path, labels: torch.Tensor, predictions: torch.Tensor, columns: dict[str, list[str]], *,
+    index: torch.Tensor | None = None,
+) -> None:
+    """A CSV with one row per image: its index in the test split (default 0 to N-1), label, prediction, then
+    each column's text."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["index", "label", "prediction", *columns])
-    values = [column.tolist() for column in columns.values()]
-    for index, (label, prediction) in enumerate(zip(labels.tolist(), predictions.tolist())):
-        writer.writerow([index, label, prediction, *(repr(float(column[index])) for column in values)])
+    positions = range(len(labels)) if index is None else index.tolist()
+    for row, (position, label, prediction) in enumerate(zip(positions, labels.tolist(), predictions.tolist())):
+        writer.writerow([position, label, prediction, *(column[row] for column in columns.values())])
     write_text(path, buffer.getvalue())
 
 

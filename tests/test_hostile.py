@@ -12,6 +12,7 @@ from typing import Any, Callable
 import pytest
 import torch
 
+from lipcli.data.selection import Selection
 from lipcli.attacks import Attack
 from lipcli.errors import LipcliError, LipcliWarning, UnknownNameError
 from lipcli.evaluation.minimal_distances import evaluate_checkpoints
@@ -180,7 +181,7 @@ def test_the_curve_is_drawn_while_its_folder_is_held(checkpoint: Path, tmp_path:
 
     monkeypatch.setattr(results, "draw_evaluations", spy)
     evaluate_checkpoints([checkpoint], engine, norm="l2", attacks={"noise": _Interrupted(None)}, out=tmp_path / "c",
-                         limit=16, masking_check=0)
+                         selection=Selection(16), masking_check=0)
     assert held == [True] and (tmp_path / "c" / "curve.png").is_file()
 
 
@@ -198,7 +199,7 @@ def test_an_attack_of_another_norm_gets_a_note(checkpoint: Path, tmp_path: Path,
     attack, reporter = _Interrupted(None), Lines()
     attack.norms = ("l2",)  # type: ignore[attr-defined]
     evaluate_checkpoints([checkpoint], replace(engine, reporter=reporter), norm="linf", attacks={"noise": attack},
-                         out=tmp_path / "c", limit=8, masking_check=0)
+                         out=tmp_path / "c", selection=Selection(8), masking_check=0)
     assert "note: noise minimises l2; its linf distances are measured on those adversarials" in reporter.lines
 
 
@@ -208,7 +209,7 @@ def test_partial_results_of_other_images_or_devices_are_not_resumed(checkpoint: 
     is attacked again, and partial results written on another kind of device are refused."""
     from lipcli.evaluation.journal import BatchRecord, Journal
 
-    common = dict(norm="l2", eps=[("1", 1.0)], limit=40, batch_size=8, masking_check=0)
+    common = dict(norm="l2", eps=[("1", 1.0)], selection=Selection(40), batch_size=8, masking_check=0)
     out = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
         evaluate_checkpoints([checkpoint], engine, attacks={"noise": _Interrupted(3)}, out=out, **common)
@@ -235,7 +236,7 @@ def _batches_attacked(out: Path) -> int:
 
 
 def test_an_interrupted_curve_resumes_its_finished_batches(checkpoint: Path, tmp_path: Path, engine: Engine) -> None:
-    common = dict(norm="l2", eps=[("1", 1.0)], limit=40, batch_size=8, masking_check=0)
+    common = dict(norm="l2", eps=[("1", 1.0)], selection=Selection(40), batch_size=8, masking_check=0)
     first = _Interrupted(None)
     evaluate_checkpoints([checkpoint], engine, attacks={"noise": first}, out=tmp_path / "whole", **common)
     batches = first.calls
@@ -255,11 +256,11 @@ def test_partial_results_of_other_settings_are_not_mixed_in(checkpoint: Path, tm
     common = dict(norm="l2", eps=[("1", 1.0)], batch_size=8, masking_check=0)
     out = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
-        evaluate_checkpoints([checkpoint], engine, attacks={"noise": _Interrupted(3)}, out=out, limit=40, **common)
+        evaluate_checkpoints([checkpoint], engine, attacks={"noise": _Interrupted(3)}, out=out, selection=Selection(40), **common)
     with pytest.raises(LipcliError, match="partial results of an interrupted run of other settings"):
-        evaluate_checkpoints([checkpoint], engine, attacks={"noise": _Interrupted(None)}, out=out, limit=32, **common)
+        evaluate_checkpoints([checkpoint], engine, attacks={"noise": _Interrupted(None)}, out=out, selection=Selection(32), **common)
     fresh = _Interrupted(None)
-    evaluate_checkpoints([checkpoint], engine, attacks={"noise": fresh}, out=out, limit=32, overwrite=True, **common)
+    evaluate_checkpoints([checkpoint], engine, attacks={"noise": fresh}, out=out, selection=Selection(32), overwrite=True, **common)
     assert fresh.calls >= 3  # nothing was taken from the other run's batches
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from lipcli.data.selection import Selection
 from lipcli.data.types import DatasetInfo, ImageSet
 from lipcli.evaluation.accounting import measured_distances
 from lipcli.gradients import frozen_eval
@@ -208,7 +209,7 @@ def test_certified_radius_is_never_above_an_attack(host: PluginHost, engine: Eng
     """On a trained model with a tanh head, per image: certified l2 radius <= the min-norm attack's distance."""
     from lipcli.models.targets import load_target
 
-    target = load_target(tanh_checkpoint, engine, data_dir=None, limit=60)
+    target = load_target(tanh_checkpoint, engine, data_dir=None, selection=Selection(60))
     stats = model_statistics(target.model, target.test, target.info, eps=EPS, batch_size=30, device=CPU)
     images = target.test.as_float(target.test.images)
     attack = host.registry("attack").get("min-norm").factory(steps=20)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import lipcli.evaluation.attack_set as runner_module
+from lipcli.data.selection import Selection
 from lipcli.attacks import Attack
 from lipcli.attacks.base import distance
 from lipcli.data.types import ImageSet
@@ -151,7 +152,7 @@ def test_saved_adversarials_are_misclassified_at_the_recorded_distance(
     assert saved["indices"].tolist() == [int(r[0]) for r in rows] == list(range(40))
     assert saved["labels"].tolist() == [int(r[1]) for r in rows]
     assert saved["distances"].tolist() == [float(r[-1]) for r in rows]  # the min column, exactly
-    target = load_target(checkpoint, engine, data_dir=None, limit=40)
+    target = load_target(checkpoint, engine, data_dir=None, selection=Selection(40))
     images = target.test.as_float(target.test.images)
     points, recorded = saved["adversarials"], saved["distances"]
     found = torch.isfinite(recorded)

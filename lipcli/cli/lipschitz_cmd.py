@@ -14,21 +14,24 @@ from lipcli.cli.options import (
     DataDir,
     DataOptions,
     Device,
+    Indices,
     Json,
     Limit,
     ModelDataset,
     ModelFactory,
     Models,
     Normalize,
+    Offset,
     Overwrite,
     Quiet,
     Verbose,
     Weights,
     deprecated,
     eps_option,
+    image_selection,
+    model_paths,
     model_spec,
     out_folder,
-    model_paths,
     output_anchor,
     parse_eps_option,
 )
@@ -128,6 +131,8 @@ def stats(
     ctx: typer.Context,
     models: Models = None,
     limit: Limit = None,
+    offset: Offset = 0,
+    indices: Indices = None,
     batch_size: BatchSize = None,
     out: StatsOut = None,
     data_dir: DataDir = None,
@@ -157,8 +162,9 @@ def stats(
     out = out or default_out(output_anchor(paths, weights), STATS_FOLDER)
     with command_engine(ctx, device, quiet=quiet) as engine:
         measured = measure_checkpoints(
-            paths, engine, out=out, eps=sizes, limit=limit, batch_size=batch_size, data_dir=data_dir,
-            overwrite=overwrite, spec=model_spec(dataset, data_option, model, weights, normalize),
+            paths, engine, out=out, eps=sizes, selection=image_selection(limit, offset, indices),
+            batch_size=batch_size, data_dir=data_dir, overwrite=overwrite,
+            spec=model_spec(dataset, data_option, model, weights, normalize),
         )
     for m in measured:
         if m.summary["bound"]["unavailable"]:

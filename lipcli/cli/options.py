@@ -48,6 +48,18 @@ Limit = Annotated[
     typer.Option("--limit", min=1, help="Evaluate the first N test images only (lipcli train's --train-limit "
                                         "counts training images)."),
 ]
+Offset = Annotated[
+    int,
+    typer.Option("--offset", min=0, help="Skip the first N test images: evaluate from index N on (with --limit, "
+                                         "N to N+limit-1)."),
+]
+Indices = Annotated[
+    Optional[Path],
+    typer.Option("--indices", dir_okay=False, exists=True, show_default=False,
+                  help="Evaluate the test images at these indices (with --limit, the first N of them): a file of "
+                       "integers, a .npy array, or a CSV with an index column such as another result's "
+                       "distances.csv."),
+]
 BatchSize = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per batch.")]
 Overwrite = Annotated[
     bool,
@@ -113,6 +125,16 @@ def model_spec(
         mean, std = (split_floats(text, f"--normalize {part}") for text, part in zip(normalize, ("MEAN", "STD")))
         scaling = Normalization(mean, std)
     return ModelSpec(dataset, options, factory, weights, scaling)
+
+
+def image_selection(limit: int | None, offset: int, indices: Path | None) -> Any:
+    """The :class:`lipcli.data.selection.Selection` of test images ``--limit``, ``--offset`` and ``--indices``
+    choose."""
+    from lipcli.data.selection import Selection, read_indices
+
+    if indices is None:
+        return Selection(limit, offset)
+    return Selection(limit, offset, read_indices(indices), str(indices))
 
 
 def model_paths(files: list[Path] | None, factory: str | None) -> list[Path]:

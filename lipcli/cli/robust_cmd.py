@@ -17,6 +17,7 @@ from lipcli.cli.options import (
     DataDir,
     DataOptions,
     Device,
+    Indices,
     Json,
     Limit,
     ModelDataset,
@@ -24,6 +25,7 @@ from lipcli.cli.options import (
     Models,
     Norm,
     Normalize,
+    Offset,
     Overwrite,
     Quiet,
     Seed,
@@ -31,9 +33,10 @@ from lipcli.cli.options import (
     Weights,
     attack_options,
     eps_option,
+    image_selection,
+    model_paths,
     model_spec,
     out_folder,
-    model_paths,
     output_anchor,
     parse_eps_option,
 )
@@ -56,7 +59,7 @@ Out = Annotated[Optional[Path], out_folder("Folder for robust.csv and summary.js
 
 def _evaluate(
     ctx: typer.Context, paths: list[Path], *, norm: str, eps: str, version: str | None, attacks: list[str] | None,
-    curve: list[Path] | None, options: list[str] | None, limit: int | None, batch_size: int | None,
+    curve: list[Path] | None, options: list[str] | None, selection: Any, batch_size: int | None,
     data_dir: Path | None, device: str, seed: int | None, out: Path, quiet: bool, overwrite: bool, spec: Any,
 ) -> list[Any]:
     """Robust accuracy of ``paths``, warnings shown."""
@@ -71,7 +74,7 @@ def _evaluate(
         evaluations = evaluate_robust(
             paths, engine, norm=norm, attacks=built, options=resolved, eps=points, out=out, version=recorded,
             seed=seed,
-            curves=curve, limit=limit, batch_size=batch_size, data_dir=data_dir, overwrite=overwrite, spec=spec,
+            curves=curve, selection=selection, batch_size=batch_size, data_dir=data_dir, overwrite=overwrite, spec=spec,
         )
     for evaluation in evaluations:
         for warning in evaluation.summary["warnings"]:
@@ -88,6 +91,8 @@ def robust(
     attacks: Attacks = None,
     curve: Curves = None,
     limit: Limit = None,
+    offset: Offset = 0,
+    indices: Indices = None,
     batch_size: BatchSize = None,
     data_dir: DataDir = None,
     dataset: ModelDataset = None,
@@ -114,8 +119,9 @@ def robust(
     out = out or default_out(output_anchor(paths, weights), robust_folder(norm))
     evaluations = _evaluate(
         ctx, paths, norm=norm, eps=eps, version=version, attacks=attacks, curve=curve,
-        options=attack_option, limit=limit, batch_size=batch_size, data_dir=data_dir, device=device, seed=seed,
-        out=out, quiet=quiet, overwrite=overwrite, spec=model_spec(dataset, data_option, model, weights, normalize),
+        options=attack_option, selection=image_selection(limit, offset, indices), batch_size=batch_size,
+        data_dir=data_dir, device=device, seed=seed, out=out, quiet=quiet, overwrite=overwrite,
+        spec=model_spec(dataset, data_option, model, weights, normalize),
     )
     if as_json:
         console.print_json([e.summary for e in evaluations])

@@ -17,6 +17,7 @@ from lipcli.cli.options import (
     DataDir,
     DataOptions,
     Device,
+    Indices,
     Json,
     Limit,
     Model,
@@ -25,6 +26,7 @@ from lipcli.cli.options import (
     Models,
     Norm,
     Normalize,
+    Offset,
     Overwrite,
     Quiet,
     Seed,
@@ -32,9 +34,10 @@ from lipcli.cli.options import (
     Weights,
     attack_options,
     eps_option,
+    image_selection,
+    model_paths,
     model_spec,
     out_folder,
-    model_paths,
     output_anchor,
     parse_eps_option,
 )
@@ -61,7 +64,7 @@ RequiredAttacks = Annotated[
 
 def _evaluate(
     ctx: typer.Context, paths: list[Path], *, norm: str, attacks: list[str] | None, by: str,
-    options: list[str] | None, limit: int | None, batch_size: int | None, eps: str | None, out: Path,
+    options: list[str] | None, selection: Any, batch_size: int | None, eps: str | None, out: Path,
     data_dir: Path | None, device: str, quiet: bool, seed: int | None, save_adversarials: bool, masking_check: int,
     overwrite: bool, spec: Any,
 ) -> list[Any]:
@@ -75,7 +78,7 @@ def _evaluate(
     built = build_attacks(attacks, attack_options(options), ctx.obj)
     with command_engine(ctx, device, quiet=quiet) as engine:
         evaluations = evaluate_checkpoints(
-            paths, engine, norm=norm, attacks=built, eps=points, out=out, by=by, limit=limit,
+            paths, engine, norm=norm, attacks=built, eps=points, out=out, by=by, selection=selection,
             batch_size=batch_size, data_dir=data_dir, seed=seed, save_adversarials=save_adversarials,
             masking_check=masking_check, overwrite=overwrite, spec=spec,
         )
@@ -91,6 +94,8 @@ def curve(
     norm: Norm = "l2",
     attacks: Attacks = None,
     limit: Limit = None,
+    offset: Offset = 0,
+    indices: Indices = None,
     batch_size: BatchSize = None,
     eps: Eps = None,
     out: Out = None,
@@ -119,8 +124,9 @@ def curve(
     paths = model_paths(models, model)
     out = out or default_out(output_anchor(paths, weights), curve_folder(norm))
     evaluations = _evaluate(
-        ctx, paths, norm=norm, attacks=attacks, by="model", options=attack_option, limit=limit,
-        batch_size=batch_size, eps=eps, out=out, data_dir=data_dir, device=device, quiet=quiet, seed=seed,
+        ctx, paths, norm=norm, attacks=attacks, by="model", options=attack_option,
+        selection=image_selection(limit, offset, indices), batch_size=batch_size, eps=eps, out=out,
+        data_dir=data_dir, device=device, quiet=quiet, seed=seed,
         save_adversarials=save_adversarials, masking_check=masking_check, overwrite=overwrite,
         spec=model_spec(dataset, data_option, model, weights, normalize),
     )
@@ -149,6 +155,8 @@ def attack(
     model_file: Model = None,
     norm: Norm = "l2",
     limit: Limit = None,
+    offset: Offset = 0,
+    indices: Indices = None,
     batch_size: BatchSize = None,
     eps: Eps = None,
     out: Out = None,
@@ -176,8 +184,9 @@ def attack(
     paths = model_paths([model_file] if model_file else None, model)
     out = out or default_out(output_anchor(paths, weights), attacks_folder(norm))
     (evaluation,) = _evaluate(
-        ctx, paths, norm=norm, attacks=attacks, by="attack", options=attack_option, limit=limit,
-        batch_size=batch_size, eps=eps, out=out, data_dir=data_dir, device=device, quiet=quiet, seed=seed,
+        ctx, paths, norm=norm, attacks=attacks, by="attack", options=attack_option,
+        selection=image_selection(limit, offset, indices), batch_size=batch_size, eps=eps, out=out,
+        data_dir=data_dir, device=device, quiet=quiet, seed=seed,
         save_adversarials=save_adversarials, masking_check=masking_check, overwrite=overwrite,
         spec=model_spec(dataset, data_option, model, weights, normalize),
     )

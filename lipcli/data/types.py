@@ -53,6 +53,9 @@ class ImageSet:
 
     images: torch.Tensor
     labels: torch.Tensor
+    positions: torch.Tensor | None = None
+    """Where a selection of a split (:meth:`take`) came from: each image's index in the split; None for a split
+    itself or its first images (indices 0 to N-1)."""
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4:
@@ -64,6 +67,13 @@ class ImageSet:
         if self.images.dtype not in (torch.uint8, torch.float32, torch.float64):
             raise ValueError(f"images must be uint8 or float, got {self.images.dtype}")
         self.labels = self.labels.to(torch.int64)
+        if self.positions is not None:
+            if self.positions.shape != self.labels.shape:
+                raise ValueError(f"positions must be [N] with N = {len(self.labels)}, "
+                                 f"got shape {tuple(self.positions.shape)}")
+            self.positions = self.positions.to(torch.int64)
+            if torch.equal(self.positions, torch.arange(len(self.positions))):
+                self.positions = None  # the first N images, however they were chosen
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -74,11 +84,16 @@ class ImageSet:
             return images.to(torch.float32).div_(255.0)
         return images.to(torch.float32)
 
+    @property
+    def index(self) -> torch.Tensor:
+        """Each image's index in the split it was selected from (:attr:`positions`, or 0 to N-1)."""
+        return torch.arange(len(self)) if self.positions is None else self.positions
+
     def sha256(self) -> str:
-        """The hex SHA-256 of the images' and labels' bytes: results record exactly which images they measured,
-        wherever the files were read from."""
+        """The hex SHA-256 of the images' and labels' bytes (and their positions, for a selection other than the
+        first images): results record exactly which images they measured, wherever the files were read from."""
         digest = hashlib.sha256()
-        for tensor in (self.images, self.labels):
+        for tensor in (self.images, self.labels, *(() if self.positions is None else (self.positions,))):
             digest.update(str((tuple(tensor.shape), tensor.dtype)).encode())
             digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
@@ -87,7 +102,13 @@ class ImageSet:
         """The first ``limit`` images (all when None)."""
         if limit is None or limit >= len(self):
             return self
-        return ImageSet(self.images[:limit], self.labels[:limit])
+        positions = None if self.positions is None else self.positions[:limit]
+        return ImageSet(self.images[:limit], self.labels[:limit], positions)  # views: no copy of the images
+
+    def take(self, rows: torch.Tensor) -> "ImageSet":
+        """The images at ``rows`` (int64 indices into this set), in that order, keeping their positions in the
+        split."""
+        return ImageSet(self.images[rows], self.labels[rows], self.index[rows])
 
 
 @dataclass

@@ -58,6 +58,8 @@ class RobustnessResult:
     adversarials: torch.Tensor | None = None
     """With ``keep_adversarials``: per image (on the CPU), the input whose distance is :attr:`minimum`: the
     image itself where the model misclassifies it, NaN where every attack failed."""
+    positions: torch.Tensor | None = None
+    """Each image's index in the test split (None: 0 to N-1), as :attr:`lipcli.data.types.ImageSet.positions`."""
 
     @property
     def minimum(self) -> torch.Tensor:
@@ -137,7 +139,8 @@ def attack_set(
             results.append(AttackResult(
                 name, distances, seconds, queries, outside, getattr(attack, "decision_based", False)
             ))
-    result = RobustnessResult(norm, data.labels.clone(), predictions, results, zero_gradients)
+    result = RobustnessResult(norm, data.labels.clone(), predictions, results, zero_gradients,
+                              positions=data.positions)
     result.warnings = masking_warnings(result)
     if closest is not None:
         result.adversarials = closest.joined(data, correct, result.minimum)

@@ -23,6 +23,7 @@ import torch
 from lipcli.attacks import NORMS, Attack, AttackAtBudget
 from lipcli.components import call_factory, option_defaults
 from lipcli.curves import default_eps
+from lipcli.data.selection import EVERY, Selection
 from lipcli.data.types import ImageSet
 from lipcli.engine import Engine
 from lipcli.errors import ConfigError
@@ -175,7 +176,7 @@ def evaluate_checkpoints(
     out: Path,
     eps: list[tuple[str, float]] | None = None,
     by: str = "model",
-    limit: int | None = None,
+    selection: Selection = EVERY,
     batch_size: int | None = None,
     data_dir: Path | None = None,
     seed: int | None = None,
@@ -203,7 +204,8 @@ def evaluate_checkpoints(
         engine.reporter.info(f"note: {note}")
     options = getattr(attacks, "options", None) or {}
     planned = []
-    for label, folder, target in load_targets(paths, out, engine, data_dir=data_dir, limit=limit, spec=spec):
+    for label, folder, target in load_targets(paths, out, engine, data_dir=data_dir,
+                                                  selection=selection, spec=spec):
         size = batch_size or evaluation_batch_size(len(target.test), target.config.evaluation.batch_size)
         planned.append(Planned(label, folder, target, {
             **target_settings(target), "norm": norm, "attacks": {name: options.get(name) for name in attacks},
@@ -227,7 +229,7 @@ def evaluate_checkpoints(
         summary = results.summarise(
             result, eps, options, settings=plan.settings, checkpoint=str(target.path), label=plan.label,
             dataset=target.info.name, data_dir=target.config.data.data_dir if data_dir is None else str(data_dir),
-            limit=limit, **provenance(engine.device), masking_check=asdict(check) if check else None,
+            **selection.describe(), **provenance(engine.device), masking_check=asdict(check) if check else None,
         )
         return Evaluation(plan.label, plan.folder, result, summary)
 

@@ -21,7 +21,8 @@ from lipcli.result_files import curve_summary, write_per_image
 def write_distances(path: Path, result: RobustnessResult) -> None:
     """One row per image: test index, label, clean prediction, each attack's distance, the minimum."""
     columns = {a.name: a.distances for a in result.attacks}
-    write_per_image(path, result.labels, result.predictions, {**columns, "min": result.minimum})
+    write_per_image(path, result.labels, result.predictions, {**columns, "min": result.minimum},
+                    index=result.positions)
 
 
 def summarise(
@@ -82,7 +83,7 @@ def write_adversarials(path: Path, result: RobustnessResult, seed: int) -> None:
     if result.adversarials is None:
         raise ValueError("the attacks ran without keep_adversarials: there are no adversarials to write")
     payload = {
-        "indices": torch.arange(result.labels.numel()),
+        "indices": torch.arange(result.labels.numel()) if result.positions is None else result.positions.clone(),
         "labels": result.labels,
         "adversarials": result.adversarials,
         "distances": result.minimum,

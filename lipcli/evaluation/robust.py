@@ -27,7 +27,6 @@ two runs with the same seed are identical. With several processes (torchrun) eac
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import os
@@ -42,6 +41,7 @@ from torch import nn
 
 from lipcli.attacks import NORMS, AttackAtBudget, within_budget
 from lipcli.data.batches import iterate_batches, num_batches
+from lipcli.data.selection import EVERY, Selection
 from lipcli.data.types import ImageSet
 from lipcli.distributed import all_reduce, owned
 from lipcli.engine import Engine
@@ -49,14 +49,14 @@ from lipcli.errors import ConfigError, DataError
 from lipcli.evaluation.accounting import QueryCounter, measured_distances
 from lipcli.evaluation.minimal_distances import build_attacks
 from lipcli.evaluation.seeding import DEFAULT_SEED, seeded
-from lipcli.files import sha256, write_text
+from lipcli.files import sha256
 from lipcli.gradients import frozen_eval
 from lipcli.layout import DISTANCES_FILE, ROBUST_FILE, SUMMARY_FILE
 from lipcli.models.each_checkpoint import Planned, for_each_checkpoint
 from lipcli.models.targets import ModelSpec, load_targets, target_settings
 from lipcli.plugin_host import PluginHost
 from lipcli.reporting import SILENT, Reporter
-from lipcli.result_files import write_summary
+from lipcli.result_files import write_rows, write_summary
 from lipcli.results_folder import Layout, provenance
 from lipcli.suggestions import did_you_mean
 
@@ -111,6 +111,8 @@ class RobustResult:
     attacks: list[str]
     per_eps: dict[str, EpsResult]
     warnings: list[str] = field(default_factory=list)
+    positions: torch.Tensor | None = None
+    """Each image's index in the test split (None: 0 to N-1), as :attr:`lipcli.data.types.ImageSet.positions`."""
 
     @property
     def clean_accuracy(self) -> float:
@@ -221,7 +223,8 @@ def robust_accuracy(
                     for now, earlier in zip(outcome, previous.outcome)
                 ]
             previous = results[text] = EpsResult(text, value, outcome, members)
-    result = RobustResult(norm, data.labels.clone(), predictions, list(attacks), {t: results[t] for t, _ in eps})
+    result = RobustResult(norm, data.labels.clone(), predictions, list(attacks), {t: results[t] for t, _ in eps},
+                          positions=data.positions)
     result.warnings = masking_warnings(result, attacks)
     return result
 
@@ -285,12 +288,13 @@ def masking_warnings(result: RobustResult, attacks: Mapping[str, AttackAtBudget]
 
 def read_curve(
     path: Path, *, norm: str, checkpoint: Path, digest: str, source: dict[str, Any] | None, dataset: str,
-    labels: torch.Tensor,
+    data: ImageSet,
 ) -> KnownDistances:
-    """The ``min`` column of ``lipcli curve``'s ``distances.csv`` (``path`` or the folder holding it), checked to
+    """The ``min`` column of ``lipcli curve``'s ``distances.csv`` (``path`` or the folder holding it) for the
+    images of ``data`` (found by their index in the test split, so a curve of more images serves), checked to
     describe the same model (``digest``: its SHA-256, :attr:`lipcli.models.targets.Target.sha256`; ``source``:
-    how a model lipcli did not train was loaded, normalisation included), data set, norm and first images as
-    this evaluation; anything else is refused."""
+    how a model lipcli did not train was loaded, normalisation included), data set, norm and labels as this
+    evaluation; anything else is refused."""
     csv_path = Path(path) / DISTANCES_FILE if Path(path).is_dir() else Path(path)
     summary_path = csv_path.parent / SUMMARY_FILE
     if not csv_path.is_file() or not summary_path.is_file():
@@ -318,19 +322,25 @@ def read_curve(
             raise DataError(f"{csv_path}: measured with {key} {summary.get(key)!r}, not {wanted!r}")
     with csv_path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    count = labels.numel()
-    if len(rows) < count or not rows or "min" not in rows[0]:
-        raise DataError(f"{csv_path}: {len(rows)} images with a 'min' column needed for {count}; run lipcli curve "
-                        f"on at least as many images (--limit)")
+    if not rows or "min" not in rows[0]:
+        raise DataError(f"{csv_path}: no images with a 'min' column; not a lipcli curve distances file")
     try:
-        indices = [int(row["index"]) for row in rows[:count]]
-        found = torch.tensor([int(row["label"]) for row in rows[:count]])
-        predictions = torch.tensor([int(row["prediction"]) for row in rows[:count]])
-        distances = torch.tensor([float(row["min"]) for row in rows[:count]], dtype=torch.float64)
+        by_index = {int(row["index"]): row for row in rows}
+        wanted = data.index.tolist()
+        missing = [index for index in wanted if index not in by_index]
+        if missing:
+            raise DataError(f"{csv_path}: {len(missing)} of the {len(wanted)} images evaluated here are not in it "
+                            f"(test index {missing[0]} is the first); run lipcli curve on these images too")
+        chosen = [by_index[index] for index in wanted]
+        found = torch.tensor([int(row["label"]) for row in chosen], dtype=torch.int64)
+        predictions = torch.tensor([int(row["prediction"]) for row in chosen], dtype=torch.int64)
+        distances = torch.tensor([float(row["min"]) for row in chosen], dtype=torch.float64)
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{csv_path}: not a lipcli curve distances file ({exc})") from None
-    if indices != list(range(count)) or not torch.equal(found, labels.cpu()):
-        raise DataError(f"{csv_path}: its images are not this evaluation's (indices or labels differ)")
+    if not torch.equal(found, data.labels.cpu()):
+        row = int((found != data.labels.cpu()).nonzero()[0])
+        raise DataError(f"{csv_path}: its images are not this evaluation's (test index {wanted[row]} has label "
+                        f"{int(found[row])} there, {int(data.labels[row])} here)")
     return KnownDistances(csv_path, distances, predictions)
 
 
@@ -372,15 +382,10 @@ def summarise(result: RobustResult, options: Mapping[str, Mapping[str, Any]], **
 
 
 def write_outcomes(path: Path, result: RobustResult) -> None:
-    """robust.csv: index, label, prediction, then per eps (as written) ``robust``, ``misclassified``, ``curve``
-    or the attack that broke the image."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["index", "label", "prediction", *result.per_eps])
-    columns = [point.outcome for point in result.per_eps.values()]
-    for index, (label, prediction) in enumerate(zip(result.labels.tolist(), result.predictions.tolist())):
-        writer.writerow([index, label, prediction, *(column[index] for column in columns)])
-    write_text(path, buffer.getvalue())
+    """robust.csv: index in the test split, label, prediction, then per eps (as written) ``robust``,
+    ``misclassified``, ``curve`` or the attack that broke the image."""
+    write_rows(path, result.labels, result.predictions,
+               {text: point.outcome for text, point in result.per_eps.items()}, index=result.positions)
 
 
 @dataclass
@@ -405,7 +410,7 @@ def evaluate_robust(
     version: str,
     seed: int | None = None,
     curves: list[Path] | None = None,
-    limit: int | None = None,
+    selection: Selection = EVERY,
     batch_size: int | None = None,
     data_dir: Path | None = None,
     spec: ModelSpec = ModelSpec(),
@@ -420,12 +425,12 @@ def evaluate_robust(
         raise ConfigError(f"curve: give one curve result per checkpoint ({len(paths)}), not {len(curves)}")
     planned, knowns = [], {}
     for number, (label, folder, target) in enumerate(load_targets(paths, out, engine, data_dir=data_dir,
-                                                                  limit=limit, spec=spec)):
+                                                                  selection=selection, spec=spec)):
         size = batch_size or target.config.evaluation.batch_size
         known = None
         if curves:
             known = read_curve(curves[number], norm=norm, checkpoint=target.path, digest=target.sha256,
-                               source=target.source, dataset=target.info.name, labels=target.test.labels)
+                               source=target.source, dataset=target.info.name, data=target.test)
         knowns[folder] = known
         planned.append(Planned(label, folder, target, {
             **target_settings(target), "norm": norm, "eps": dict(eps), "version": version,
@@ -445,7 +450,7 @@ def evaluate_robust(
         summary = summarise(
             result, options, settings=plan.settings, checkpoint=str(target.path), label=plan.label,
             dataset=target.info.name, version=version, curve=None if known is None else str(known.source),
-            data_dir=target.config.data.data_dir if data_dir is None else str(data_dir), limit=limit,
+            data_dir=target.config.data.data_dir if data_dir is None else str(data_dir), **selection.describe(),
             **provenance(engine.device),
         )
         return RobustEvaluation(plan.label, plan.folder, result, summary)

@@ -44,6 +44,7 @@ from lipcli.config.schema import TrainingConfig
 from lipcli.config.toml_reader import load_toml
 from lipcli.defence import build_defence
 from lipcli.device import select_device
+from lipcli.data.selection import Selection
 from lipcli.distributed import barrier, broadcast
 from lipcli.engine import Engine
 from lipcli.errors import ConfigError, LipcliError
@@ -109,8 +110,9 @@ def pending_stages(run: PlannedRun, plan: EvaluationPlan) -> list[str]:
 def _describes(result: Path, checkpoint_hash: str | None, plan: EvaluationPlan, stage: str) -> bool:
     """Whether the result file itself says it measured this checkpoint (by hash), on the planned images, with
     the planned attacks and seed: a result another command wrote into the folder since (``lipcli curve
-    RUN/last.pt --limit 10 --overwrite``) is stale whatever ``plan.json`` says. A summary from before results
-    recorded their settings is judged by ``plan.json`` (and its checkpoint hash, where it has one)."""
+    RUN/last.pt --limit 10 --overwrite``, or with ``--offset``) is stale whatever ``plan.json`` says. A summary
+    from before results recorded their settings is judged by ``plan.json`` (and its checkpoint hash, where it
+    has one)."""
     try:
         summary = json.loads(result.read_text())
     except (OSError, ValueError):
@@ -121,6 +123,8 @@ def _describes(result: Path, checkpoint_hash: str | None, plan: EvaluationPlan, 
     if not isinstance(settings, dict):
         return summary.get("checkpoint_sha256", checkpoint_hash) == checkpoint_hash
     if settings.get("checkpoint_sha256") != checkpoint_hash or summary.get("limit") != plan.limit:
+        return False
+    if summary.get("offset", 0) != 0 or summary.get("indices_file") is not None:  # not the first images
         return False
     if stage.startswith(CURVE_PREFIX):
         planned = {name.lower() for name in plan.attacks_for(stage.removeprefix(CURVE_PREFIX))}
@@ -235,11 +239,12 @@ def _run_stages(
         return
     checkpoint = folder / (LAST if plan.checkpoint == "last" else BEST)
     where = engine.on(select_device(run.config.training.device))
+    images = Selection(plan.limit)
     for stage in evaluations:
         out = folder / stage
         if stage == "stats":
             measure_checkpoints(
-                [checkpoint], where, out=out, eps={n: plan.eps_for(n) for n in ("l2", "linf")}, limit=plan.limit,
+                [checkpoint], where, out=out, eps={n: plan.eps_for(n) for n in ("l2", "linf")}, selection=images,
                 batch_size=plan.batch_size, overwrite=True,
             )
         elif stage.startswith(ROBUST_PREFIX):
@@ -248,14 +253,14 @@ def _run_stages(
             evaluate_robust(
                 [checkpoint], where, norm=norm, attacks=attacks, options=options, eps=plan.robust[norm], out=out,
                 version=plan.robust_version, seed=plan.seed,
-                curves=[folder / curve_folder(norm)] if norm in plan.norms else None, limit=plan.limit,
+                curves=[folder / curve_folder(norm)] if norm in plan.norms else None, selection=images,
                 batch_size=plan.batch_size, overwrite=True,
             )
         else:
             norm = stage.removeprefix(CURVE_PREFIX)
             attacks = build_attacks(plan.attacks_for(norm), plan.options_for(norm), engine.plugins)
             evaluate_checkpoints(
-                [checkpoint], where, norm=norm, attacks=attacks, eps=plan.eps_for(norm), out=out, limit=plan.limit,
+                [checkpoint], where, norm=norm, attacks=attacks, eps=plan.eps_for(norm), out=out, selection=images,
                 batch_size=plan.batch_size, seed=plan.seed, overwrite=True,
             )
         if engine.main:

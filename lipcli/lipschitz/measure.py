@@ -9,6 +9,7 @@ from typing import Any
 
 from lipcli.attacks import NORMS
 from lipcli.curves import default_eps
+from lipcli.data.selection import EVERY, Selection
 from lipcli.engine import Engine
 from lipcli.layout import STATS_CSV, STATS_FILE
 from lipcli.lipschitz.statistics import Statistics, model_statistics
@@ -35,7 +36,7 @@ def measure_checkpoints(
     *,
     out: Path,
     eps: Mapping[str, list[tuple[str, float]]] | None = None,
-    limit: int | None = None,
+    selection: Selection = EVERY,
     batch_size: int | None = None,
     data_dir: Path | None = None,
     spec: ModelSpec = ModelSpec(),
@@ -48,7 +49,8 @@ def measure_checkpoints(
     eps = {norm: (eps or {}).get(norm) or default_eps(norm) for norm in NORMS}
     planned = [
         Planned(label, folder, target, {**target_settings(target), "eps": {n: dict(p) for n, p in eps.items()}})
-        for label, folder, target in load_targets(paths, out, engine, data_dir=data_dir, limit=limit, spec=spec)
+        for label, folder, target in load_targets(paths, out, engine, data_dir=data_dir, selection=selection,
+                                                  spec=spec)
     ]
 
     def evaluate(plan: Planned) -> tuple[Statistics, Measured]:
@@ -61,7 +63,7 @@ def measure_checkpoints(
         )
         summary = {
             "settings": plan.settings, "checkpoint": str(target.path), "label": plan.label,
-            "dataset": target.info.name, "limit": limit,
+            "dataset": target.info.name, **selection.describe(),
             "data_dir": target.config.data.data_dir if data_dir is None else str(data_dir),
             **provenance(engine.device), **statistics.summary,
         }
@@ -69,7 +71,8 @@ def measure_checkpoints(
 
     def write(plan: Planned, measured: tuple[Statistics, Measured]) -> None:
         statistics, result = measured
-        write_per_image(plan.folder / STATS_CSV, statistics.labels, statistics.predictions, statistics.per_image)
+        write_per_image(plan.folder / STATS_CSV, statistics.labels, statistics.predictions, statistics.per_image,
+                        index=plan.target.test.positions)
         write_summary(plan.folder / STATS_FILE, result.summary)
 
     done = for_each_checkpoint(planned, LAYOUT, engine, evaluate=evaluate, write=write, overwrite=overwrite)

@@ -15,6 +15,7 @@ from torch import nn
 
 from lipcli.config import ExperimentConfig
 from lipcli.data.load import load_data
+from lipcli.data.selection import EVERY, Selection
 from lipcli.data.types import DatasetInfo, ImageSet
 from lipcli.engine import Engine
 from lipcli.errors import ConfigError, DataError
@@ -69,22 +70,22 @@ class Target:
 
 
 def load_target(
-    path: Path | None, engine: Engine, *, data_dir: Path | None, limit: int | None, spec: ModelSpec = ModelSpec(),
-    label: str | None = None,
+    path: Path | None, engine: Engine, *, data_dir: Path | None, selection: Selection = EVERY,
+    spec: ModelSpec = ModelSpec(), label: str | None = None,
 ) -> Target:
-    """The model on the engine's device (eval mode) and the first ``limit`` test images (all if None): from a
-    lipcli checkpoint, an exported program or a TorchScript file at ``path``, or (``path`` None) from
+    """The model on the engine's device (eval mode) and the test images ``selection`` chooses: from a lipcli
+    checkpoint, an exported program or a TorchScript file at ``path``, or (``path`` None) from
     ``spec.factory``."""
     kind = FACTORY if path is None else model_format(path)
     if kind == LIPCLI:
         if not spec.is_empty():
             raise ConfigError(f"{path}: a lipcli checkpoint names its data set and takes images in [0, 1]; "
                               "--dataset, --data-option, --weights and --normalize are for other models")
-        return _checkpoint_target(Path(path), engine, data_dir=data_dir, limit=limit)
-    return _external_target(path, kind, engine, data_dir=data_dir, limit=limit, spec=spec, label=label)
+        return _checkpoint_target(Path(path), engine, data_dir=data_dir, selection=selection)
+    return _external_target(path, kind, engine, data_dir=data_dir, selection=selection, spec=spec, label=label)
 
 
-def _checkpoint_target(path: Path, engine: Engine, *, data_dir: Path | None, limit: int | None) -> Target:
+def _checkpoint_target(path: Path, engine: Engine, *, data_dir: Path | None, selection: Selection) -> Target:
     model, config, info = restore(path, engine.device, engine.plugins)
     data_config = config.data if data_dir is None else dataclasses.replace(config.data, data_dir=str(data_dir))
     splits = load_data(data_config, engine.plugins)
@@ -95,13 +96,13 @@ def _checkpoint_target(path: Path, engine: Engine, *, data_dir: Path | None, lim
             f"{list(found.input_shape)} in {found.num_classes} classes; the model was trained on "
             f"{list(trained.input_shape)} in {trained.num_classes} classes"
         )
-    test = splits.test.subset(limit)
+    test = selection.apply(splits.test)
     return Target(path, run_label(path), model, config, info, test, sha256(path))
 
 
 def _external_target(
-    path: Path | None, kind: str, engine: Engine, *, data_dir: Path | None, limit: int | None, spec: ModelSpec,
-    label: str | None,
+    path: Path | None, kind: str, engine: Engine, *, data_dir: Path | None, selection: Selection,
+    spec: ModelSpec, label: str | None,
 ) -> Target:
     """A model lipcli did not train, checked against the data set named by ``spec.dataset``."""
     name = str(path) if path is not None else str(spec.factory)
@@ -127,7 +128,7 @@ def _external_target(
             raise ConfigError(f"normalize: {len(spec.normalize.mean)} values for images of {info.channels} "
                               "channels: give one per channel (or one for all)")
         model = Normalized(model, spec.normalize).to(engine.device).eval()
-    test = splits.test.subset(limit)
+    test = selection.apply(splits.test)
     checked_output(model, test.as_float(test.images[:4]).to(engine.device), info.num_classes, name)
     source = {
         "format": kind, "factory": spec.factory, "weights": None if spec.weights is None else str(spec.weights),
@@ -139,7 +140,7 @@ def _external_target(
 
 
 def load_targets(
-    paths: list[Path], out: Path, engine: Engine, *, data_dir: Path | None, limit: int | None,
+    paths: list[Path], out: Path, engine: Engine, *, data_dir: Path | None, selection: Selection = EVERY,
     spec: ModelSpec = ModelSpec(),
 ) -> list[tuple[str, Path, Target]]:
     """(label, output folder, target) per model file (or the one ``spec.factory`` model when ``paths`` is
@@ -151,7 +152,8 @@ def load_targets(
         raise ConfigError("model: give a model file (a lipcli checkpoint, .pt2 or TorchScript) or --model")
     sources: list[Path | None] = list(paths) or [None]
     labels = [run_label(Path(p)) if p is not None else _factory_label(spec) for p in sources]
-    return [(label, folder, load_target(source, engine, data_dir=data_dir, limit=limit, spec=spec, label=label))
+    return [(label, folder, load_target(source, engine, data_dir=data_dir, selection=selection, spec=spec,
+                                        label=label))
             for source, (label, folder) in zip(sources, output_folders(labels, out))]
 
 
