@@ -14,7 +14,8 @@ components import the rest when they are built.
 What is here, by use:
 
 - plugin wiring: :data:`hookimpl`, :data:`Register` (the type of the ``register`` callable a hook receives);
-- data sets: :class:`DatasetInfo`, :class:`DataSplits`, :class:`ImageSet`, and the errors a user can fix:
+- data sets: :class:`DatasetInfo`, :class:`DataSplits`, :class:`ImageSet` (with :class:`ImageFiles` for images read
+  from their files a batch at a time), and the errors a user can fix:
   :class:`DataError` for files that are missing or wrong, :class:`ConfigError` for a wrong option value;
 - attacks: :class:`Attack`, :class:`AttackAtBudget`, :data:`NORMS` (the attack norms, ``l2`` and ``linf``),
   :func:`distance`, :func:`largest_distance`, :func:`within_budget`, and the search and projection helpers
@@ -50,6 +51,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time these load 
     )
     from lipcli.attacks.projection import box_projection
     from lipcli.attacks.search import AttackAt, parameter_search
+    from lipcli.data.image_files import ImageFiles
     from lipcli.data.types import DatasetInfo, DataSplits, ImageSet
     from lipcli.defence import Perturbation, StepLoss, plain_loss
     from lipcli.distributed import current, gather, unwrap
@@ -74,6 +76,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "DataSplits": ("lipcli.data.types", "DataSplits"),
     "DatasetInfo": ("lipcli.data.types", "DatasetInfo"),
     "GRADIENT_NORMS": ("lipcli.gradients", "GRADIENT_NORMS"),
+    "ImageFiles": ("lipcli.data.image_files", "ImageFiles"),
     "ImageSet": ("lipcli.data.types", "ImageSet"),
     "LayerBounds": ("lipcli.lipschitz.bound", "LayerBounds"),
     "NORMS": ("lipcli.attacks.base", "NORMS"),
@@ -109,6 +112,7 @@ __all__ = [
     "DataSplits",
     "DatasetInfo",
     "GRADIENT_NORMS",
+    "ImageFiles",
     "ImageSet",
     "LayerBounds",
     "NORMS",

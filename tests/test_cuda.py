@@ -108,3 +108,18 @@ def test_curve_on_the_gpu_matches_the_cpu(checkpoint: Path, run: Callable[..., A
     cpu, gpu = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("cpu", "cuda"))
     assert abs(cpu["clean_error"] - gpu["clean_error"]) <= 1 / 200  # one image on the boundary may flip
     assert gpu["median_distance"] == pytest.approx(cpu["median_distance"], rel=1e-2)
+
+
+def test_a_streamed_folder_reaches_the_gpu_through_pinned_memory_unchanged(tmp_path: Path) -> None:
+    """The DataLoader path with ``pin_memory``: the batches on the device are those read on the CPU."""
+    from test_own_data import write_images
+
+    from lipcli.data.batches import iterate_batches
+    from lipcli_builtins.datasets import sources
+
+    write_images(tmp_path, {"train": {"a": 5, "b": 4}, "test": {"a": 3, "b": 3}}, size=(9, 7))
+    streamed = sources.image_folder(data_dir=str(tmp_path), stream=True, workers=2)
+    held = sources.image_folder(data_dir=str(tmp_path))
+    for (a, y), (b, z) in zip(iterate_batches(streamed.train, 4, CUDA), iterate_batches(held.train, 4, CUDA),
+                              strict=True):
+        assert a.device.type == "cuda" and torch.equal(a, b) and torch.equal(y, z)

@@ -192,24 +192,15 @@ def _damage(root: Path, damage: str) -> tuple[dict[str, Any], tuple[str, ...]]:
     if damage == "16-bit":
         Image.fromarray(np.full((32, 32), 1000, np.uint16)).save(root / "train" / "dog" / "0.png")
         return {}, (str(root / "train" / "dog" / "0.png"), "16-bit")
-    if damage == "too-large":
-        return {"max_memory_gb": 1e-5}, ("the 8 images", "take 2.46e-05 GB in memory as uint8 3x32x32",
-                                         "max_memory_gb = 1e-05", "streaming large folders is not supported yet")
     raise AssertionError(damage)
 
 
 @pytest.mark.parametrize("damage", ["no-test", "no-classes", "lone-class", "empty-class", "not-an-image", "truncated",
-                                    "mixed-sizes", "smaller-than-crop", "16-bit", "too-large"])
+                                    "mixed-sizes", "smaller-than-crop", "16-bit"])
 def test_a_damaged_image_folder_is_a_one_line_error(tmp_path: Path, damage: str) -> None:
     write_images(tmp_path, TWO_CLASSES)
     options, fragments = _damage(tmp_path, damage)
     one_line_error(lambda: sources.image_folder(data_dir=str(tmp_path), **options), *fragments)
-
-
-def test_the_memory_limit_is_checked_before_any_image_is_decoded(tmp_path: Path) -> None:
-    write_images(tmp_path, TWO_CLASSES)
-    _truncated(tmp_path)  # would fail when decoded
-    one_line_error(lambda: sources.image_folder(data_dir=str(tmp_path), max_memory_gb=1e-5), "streaming")
 
 
 @pytest.mark.parametrize(
@@ -223,6 +214,8 @@ def test_the_memory_limit_is_checked_before_any_image_is_decoded(tmp_path: Path)
         (".", {"resize": 8, "crop": 16}, ("data.options.crop = 16 is larger than data.options.resize = 8",),
          ConfigError),
         (".", {"max_memory_gb": 0}, ("data.options.max_memory_gb",), ConfigError),
+        (".", {"stream": "yes"}, ("data.options.stream must be true or false",), ConfigError),
+        (".", {"workers": -1}, ("data.options.workers",), ConfigError),
     ],
 )
 def test_image_folder_arguments_are_checked(tmp_path: Path, data_dir: str | None, options: dict[str, Any],

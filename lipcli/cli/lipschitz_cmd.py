@@ -182,6 +182,7 @@ def data_lipschitz(
     dataset: Dataset,
     split: Split = "train",
     data_dir: DataDir = None,
+    data_option: DataOptions = None,
     limit: CurveLimit = None,
     curve: Curve = True,
     out: DataOut = None,
@@ -198,10 +199,13 @@ def data_lipschitz(
     curve's output (distances.csv, summary.json, curve.png) into --out (default: data-lipschitz-NAME/).
     """
     from lipcli.config import resolve
+    from lipcli.config.loader import parse_override
     from lipcli.layout import DATA_LIPSCHITZ_FILE
     from lipcli.lipschitz.dataset_report import data_lipschitz as measure
 
-    config = resolve(None, {"data.dataset": dataset, "data.data_dir": str(data_dir) if data_dir else None})
+    options = dict(parse_override(item, "--data-option", "KEY=VALUE") for item in data_option or [])
+    config = resolve(None, {"data.dataset": dataset, "data.data_dir": str(data_dir) if data_dir else None,
+                            "data.options": options})
     folder = out or Path(data_lipschitz_folder(config.data.dataset))
     with command_engine(ctx, device, quiet=quiet) as engine:
         report = measure(config.data, engine, split=split, out=folder, limit=limit, curve=curve, overwrite=overwrite)

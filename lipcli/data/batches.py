@@ -1,4 +1,5 @@
-"""Mini-batches straight from in-memory tensors: one gather and one host-to-device copy per batch."""
+"""Mini-batches straight from in-memory tensors: one gather and one host-to-device copy per batch (or, for a set
+streamed from its files, one batch read ahead by DataLoader workers)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Iterator
 
 import torch
 
+from lipcli.data.image_files import ImageFiles
 from lipcli.data.types import ImageSet
 
 
@@ -61,6 +63,9 @@ def iterate_batches(
     ``start`` skips that many batches (resuming mid-epoch).
     """
     non_blocking = device.type == "cuda"
+    if isinstance(data.images, ImageFiles):
+        yield from _streamed(data, data.images, batch_size, device, order, start)
+        return
     for first in range(start * batch_size, len(data) if order is None else len(order), batch_size):
         if order is None:
             images = data.images[first : first + batch_size]
@@ -73,4 +78,18 @@ def iterate_batches(
         yield (
             data.as_float(images.to(device, non_blocking=non_blocking)),
             labels.to(device, non_blocking=non_blocking),
+        )
+
+
+def _streamed(
+    data: ImageSet, files: ImageFiles, batch_size: int, device: torch.device, order: torch.Tensor | None, start: int,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`iterate_batches` of a set read from its files: each batch read a batch ahead, pinned for a GPU."""
+    rows = torch.arange(len(data)) if order is None else order
+    batches = rows[start * batch_size :].split(batch_size)
+    non_blocking = device.type == "cuda"
+    for index, images in zip(batches, files.stream(batches, pin=non_blocking)):
+        yield (
+            data.as_float(images.to(device, non_blocking=non_blocking)),
+            data.labels[index].to(device, non_blocking=non_blocking),
         )

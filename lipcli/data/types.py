@@ -1,15 +1,19 @@
-"""The in-memory data set types that dataset plugins return.
+"""The data set types that dataset plugins return.
 
 Images are held whole in memory (uint8 where the source is 8-bit, so CIFAR-10 is 150 MB) and batched by
-slicing tensors: no per-sample Python work on the training path, and augmentation runs on the device.
+slicing tensors: no per-sample Python work on the training path, and augmentation runs on the device. A set
+too large for memory holds :class:`lipcli.data.image_files.ImageFiles` instead, read a batch at a time.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
+
+from lipcli.data.image_files import ImageFiles
 
 
 @dataclass(frozen=True)
@@ -49,9 +53,10 @@ class DatasetInfo:
 
 @dataclass
 class ImageSet:
-    """Images ``[N, C, H, W]`` (uint8 in 0..255, or float in [0, 1]) and int64 labels ``[N]``."""
+    """Images ``[N, C, H, W]`` (uint8 in 0..255, or float in [0, 1]; or image files read a batch at a time) and
+    int64 labels ``[N]``."""
 
-    images: torch.Tensor
+    images: torch.Tensor | ImageFiles
     labels: torch.Tensor
     positions: torch.Tensor | None = None
     """Where a selection of a split (:meth:`take`) came from: each image's index in the split; None for a split
@@ -78,6 +83,12 @@ class ImageSet:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def read(self, rows: torch.Tensor | slice) -> torch.Tensor:
+        """The images at ``rows`` (indices or a bool mask, on any device; or a slice) as a tensor on the CPU,
+        read from their files where the set is streamed."""
+        chosen = self.images[rows.cpu() if isinstance(rows, torch.Tensor) else rows]
+        return chosen.read() if isinstance(chosen, ImageFiles) else chosen
+
     def as_float(self, images: torch.Tensor) -> torch.Tensor:
         """Convert a slice of :attr:`images` to float32 in [0, 1] (after it has moved to the device)."""
         if images.dtype == torch.uint8:
@@ -95,7 +106,13 @@ class ImageSet:
         digest = hashlib.sha256()
         for tensor in (self.images, self.labels, *(() if self.positions is None else (self.positions,))):
             digest.update(str((tuple(tensor.shape), tensor.dtype)).encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            if isinstance(tensor, ImageFiles):  # the bytes of the pixels read, as for images in memory
+                rows = torch.arange(len(tensor)).split(1024)
+                chunks: Iterator[torch.Tensor] | tuple[torch.Tensor, ...] = tensor.stream(rows)
+            else:
+                chunks = (tensor,)
+            for chunk in chunks:
+                digest.update(chunk.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
 
     def subset(self, limit: int | None) -> "ImageSet":
@@ -103,7 +120,7 @@ class ImageSet:
         if limit is None or limit >= len(self):
             return self
         positions = None if self.positions is None else self.positions[:limit]
-        return ImageSet(self.images[:limit], self.labels[:limit], positions)  # views: no copy of the images
+        return ImageSet(self.images[:limit], self.labels[:limit], positions)  # views: no copy, no reading
 
     def take(self, rows: torch.Tensor) -> "ImageSet":
         """The images at ``rows`` (int64 indices into this set), in that order, keeping their positions in the

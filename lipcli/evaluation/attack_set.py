@@ -180,7 +180,7 @@ class _Closest:
         """The points of every process (the rows a process did not attack are 0 there, so a sum joins them),
         the clean image where it is misclassified (distance 0), NaN where ``minimum`` is a failure."""
         points = all_reduce(self.points)
-        points[~correct] = data.as_float(data.images[~correct.to(data.images.device)]).cpu()
+        points[~correct] = data.as_float(data.read(~correct)).cpu()
         points[minimum.isinf()] = math.nan
         return points
 

@@ -70,7 +70,7 @@ def gradient_free_check(
     chosen = torch.nonzero(sighted > 0).flatten()[:images]
     if chosen.numel() == 0:
         return MaskingCheck(name, 0, 0, 0, 0.0)
-    batch = data.as_float(data.images[chosen.to(data.images.device)].to(device))
+    batch = data.as_float(data.read(chosen).to(device))
     labels = data.labels[chosen.to(data.labels.device)].to(device)
     bound = (1 - CHECK_GAIN) * sighted[chosen]
     bound = torch.where(torch.isfinite(bound), bound, largest_distance(norm, batch[0].numel()))

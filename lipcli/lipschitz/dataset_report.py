@@ -13,10 +13,11 @@ import torch
 from lipcli import figures
 from lipcli.config.schema import DataConfig
 from lipcli.curves import default_eps
+from lipcli.data.image_files import ImageFiles
 from lipcli.data.load import load_data
 from lipcli.data.types import DataSplits, ImageSet
 from lipcli.engine import Engine
-from lipcli.errors import ConfigError
+from lipcli.errors import ConfigError, DataError
 from lipcli.layout import CURVE_FILE, DATA_LIPSCHITZ_FILE, DISTANCES_FILE, SUMMARY_FILE
 from lipcli.lipschitz.data import closest_pair, conflicting_duplicates, nearest_distinct
 from lipcli.reporting import Reporter
@@ -58,6 +59,9 @@ def data_lipschitz(
         raise ConfigError(f"split: unknown split {split!r}; use {' or '.join(SPLITS)}")
     splits = load_data(config, engine.plugins)
     data = splits.train if split == "train" else splits.test
+    if isinstance(data.images, ImageFiles) or isinstance(splits.test.images, ImageFiles):
+        raise DataError(f"data-lipschitz compares every pair of images, so it needs them in memory; "
+                        f"{splits.info.name} is read from its files a batch at a time (too large to hold)")
     test = splits.test.subset(limit)
     settings = {
         "dataset": splits.info.name, "split": split, "images": len(data), "images_sha256": data.sha256(),
@@ -65,12 +69,12 @@ def data_lipschitz(
     }
     with claim({out: settings}, LAYOUT, overwrite=overwrite):
         return _measure(splits, data, test, settings, out=out, curve=curve, chunk=chunk, device=engine.device,
-                        reporter=engine.reporter, data_dir=config.data_dir)
+                        reporter=engine.reporter, data_dir=config.data_dir, data_options=dict(config.options))
 
 
 def _measure(
     splits: DataSplits, data: ImageSet, test: ImageSet, settings: dict[str, Any], *, out: Path, curve: bool,
-    chunk: int, device: torch.device, reporter: Reporter, data_dir: str | None,
+    chunk: int, device: torch.device, reporter: Reporter, data_dir: str | None, data_options: dict[str, Any],
 ) -> dict[str, Any]:
     split = settings["split"]
     reporter.info(f"{splits.info.name} {split}: {len(data)} images, on {device}")
@@ -81,7 +85,7 @@ def _measure(
     first, second = (int(original[pair.first]), int(original[pair.second])) if pair.first >= 0 else (None, None)
     report: dict[str, Any] = {
         "settings": settings, "dataset": splits.info.name, "split": split, "images": len(data),
-        "data_dir": data_dir, **provenance(device),
+        "data_dir": data_dir, "data_options": data_options, **provenance(device),
         "dropped_duplicates": {"count": int(dropped.numel()), "indices": dropped.tolist()},
         "min_distance": pair.distance if first is not None else None,
         "lipschitz_2inf": pair.lipschitz if first is not None else None,

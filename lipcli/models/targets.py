@@ -129,7 +129,7 @@ def _external_target(
                               "channels: give one per channel (or one for all)")
         model = Normalized(model, spec.normalize).to(engine.device).eval()
     test = selection.apply(splits.test)
-    checked_output(model, test.as_float(test.images[:4]).to(engine.device), info.num_classes, name)
+    checked_output(model, test.as_float(test.read(slice(0, 4))).to(engine.device), info.num_classes, name)
     source = {
         "format": kind, "factory": spec.factory, "weights": None if spec.weights is None else str(spec.weights),
         "normalize": None if spec.normalize is None else spec.normalize.to_dict(),

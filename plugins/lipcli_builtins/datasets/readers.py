@@ -17,6 +17,7 @@ import pickle
 import warnings
 import zlib
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -379,48 +380,73 @@ def _fit(image: Image.Image, resize: int | None, crop: int | None) -> Image.Imag
     return image
 
 
-def _decode(paths: Sequence[Path], mode: str, shape: tuple[int, int, int], resize: int | None,
-            crop: int | None) -> np.ndarray:
-    """The images of ``paths`` as one uint8 array ``[N, C, H, W]``, each decoded straight into its slot."""
-    images = np.empty((len(paths), *shape), dtype=np.uint8)
-    for index, path in enumerate(paths):
-        try:
-            with Image.open(path) as image:
-                pixels = np.asarray(_fit(image.convert(mode), resize, crop))
-        except Exception as exc:  # noqa: BLE001 - a truncated or corrupt file fails only when decoded
-            raise _image_error(path, exc) from None
-        images[index] = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-    return images
+def read_image(path: str, *, mode: str, shape: tuple[int, int, int], resize: int | None,
+               crop: int | None) -> np.ndarray:
+    """One image file as uint8 ``[C, H, W]``, read in ``mode`` and fitted (:func:`_fit`) to ``shape``; a file
+    that cannot be decoded, or decodes to another size, is a :class:`DataError` naming it."""
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(_fit(image.convert(mode), resize, crop))
+    except Exception as exc:  # noqa: BLE001 - a truncated or corrupt file fails only when decoded
+        raise _image_error(Path(path), exc) from None
+    pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+    if pixels.shape != shape:
+        raise DataError(f"{path} reads as {pixels.shape[2]}x{pixels.shape[1]}, not {shape[2]}x{shape[1]} like "
+                        "the other images (its header said otherwise); set data.options.resize to read it")
+    return pixels
 
 
-def read_image_folder(root: Path, *, resize: int | None, crop: int | None, grayscale: bool | None,
-                      max_memory_gb: float) -> SplitArrays:
-    """An ImageFolder tree ``root/{train,test}/CLASS/*`` as uint8 arrays held in memory.
+@dataclass(frozen=True)
+class FolderScan:
+    """An ImageFolder tree as found from the image headers alone: per split, the image files (ordered by class,
+    then by file name) and their labels (the class's index), and how every image is read."""
 
-    Headers are read first (sizes and modes, nothing decoded), so that a set too large for
-    ``max_memory_gb`` (GB of 10^9 bytes) or of mixed sizes is refused before any pixel is decoded.
-    Images are ordered by class, then by file name; the label of an image is its class's index.
-    """
+    class_names: tuple[str, ...]
+    files: dict[str, list[str]]
+    labels: dict[str, np.ndarray]
+    mode: str
+    """The PIL mode every image is read in: "L" (one channel) or "RGB"."""
+    shape: tuple[int, int, int]
+    resize: int | None
+    crop: int | None
+
+    @property
+    def nbytes(self) -> int:
+        """The memory the images of both splits take as uint8."""
+        return sum(map(len, self.files.values())) * int(np.prod(self.shape))
+
+    def reader(self) -> Callable[[str], np.ndarray]:
+        """:func:`read_image` with this folder's settings (a partial, so that DataLoader workers receive it)."""
+        return partial(read_image, mode=self.mode, shape=self.shape, resize=self.resize, crop=self.crop)
+
+    def read(self) -> SplitArrays:
+        """Every image, decoded into one uint8 array per split."""
+        read = self.reader()
+        images = {}
+        for split, files in self.files.items():
+            images[split] = np.empty((len(files), *self.shape), dtype=np.uint8)
+            for row, path in enumerate(files):
+                images[split][row] = read(path)
+        return SplitArrays(images["train"], self.labels["train"], images["test"], self.labels["test"],
+                           self.class_names)
+
+
+def scan_image_folder(root: Path, *, resize: int | None, crop: int | None, grayscale: bool | None) -> FolderScan:
+    """The files and labels of an ImageFolder tree ``root/{train,test}/CLASS/*`` and the mode and size every image
+    will be read in, from the headers alone, so that mixed sizes or 16-bit images are refused before any pixel
+    is decoded."""
     class_names, files = _folder_files(root)
     paths = {split: [path for images in per_class for path in images] for split, per_class in files.items()}
     every = [*paths["train"], *paths["test"]]
     modes, sizes = zip(*(_probe(path) for path in every))
     mode = _target_mode(every, modes, grayscale, root)
     height, width = _target_size(every, np.array(sizes), resize, crop)
-    shape = (len(mode), height, width)  # "L": one channel, "RGB": three
-    needed = len(every) * shape[0] * height * width
-    if needed > max_memory_gb * 1e9:
-        raise DataError(
-            f"image-folder: the {len(every)} images of {root} take {needed / 1e9:.3g} GB in memory as uint8 "
-            f"{shape[0]}x{height}x{width}, more than data.options.max_memory_gb = {max_memory_gb:g}; streaming "
-            "large folders is not supported yet: read them smaller (data.options.resize) or raise max_memory_gb"
-        )
-    images = {split: _decode(paths[split], mode, shape, resize, crop) for split in paths}
     labels = {
         split: np.repeat(np.arange(len(class_names), dtype=np.int64), [len(class_paths) for class_paths in per_class])
         for split, per_class in files.items()
     }
-    return SplitArrays(images["train"], labels["train"], images["test"], labels["test"], class_names)
+    return FolderScan(class_names, {split: [str(p) for p in found] for split, found in paths.items()}, labels,
+                      mode, (len(mode), height, width), resize, crop)  # "L": one channel, "RGB": three
 
 
 # -- numpy arrays (.npz, .npy) ----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,7 +19,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from lipcli.api import ConfigError, DataError, DatasetInfo, DataSplits, ImageSet
+from lipcli.api import ConfigError, DataError, DatasetInfo, DataSplits, ImageFiles, ImageSet
 from lipcli_builtins.datasets.readers import (
     ARRAY_KEYS,
     CIFAR_LAYOUTS,
@@ -31,7 +32,7 @@ from lipcli_builtins.datasets.readers import (
     read_arrays,
     read_cifar,
     read_idx,
-    read_image_folder,
+    scan_image_folder,
 )
 
 ENV_DATA_DIR = "LIPCLI_DATA_DIR"
@@ -280,14 +281,18 @@ def image_folder(
     crop: int | None = None,
     grayscale: bool | None = None,
     max_memory_gb: float = 8.0,
+    stream: bool | None = None,
+    workers: int | None = None,
 ) -> DataSplits:
-    """Your own images in torchvision's ImageFolder layout, ``data_dir/{train,test}/CLASS/*``, held in memory as uint8.
+    """Your own images in torchvision's ImageFolder layout, ``data_dir/{train,test}/CLASS/*``, as uint8.
 
     Classes are the class folders' names, sorted; both splits must have the same ones. ``resize`` scales each
     image's central square to resize x resize; ``crop`` then keeps the central crop x crop; without either,
     every image must have the same size. ``grayscale`` true or false reads one or three channels; unset, one
-    when every image is grey. A set larger than ``max_memory_gb`` in memory is refused: streaming is not
-    supported yet. ``download`` is ignored: there is nothing to download.
+    when every image is grey. The images are held in memory unless they take more than ``max_memory_gb``;
+    then (or with ``stream = true``) they are read from their files a batch at a time by ``workers``
+    DataLoader processes (default: one per CPU core, at most 8). ``download`` is ignored: there is nothing
+    to download.
     """
     resize = None if resize is None else _int_option("resize", resize, 1)
     crop = None if crop is None else _int_option("crop", crop, 1)
@@ -295,13 +300,33 @@ def image_folder(
         raise ConfigError(f"data.options.crop = {crop} is larger than data.options.resize = {resize}; the crop "
                           "is taken from the resized image")
     limit = _float_option("max_memory_gb", max_memory_gb, lambda f: f > 0.0, "a number > 0")
+    workers = _default_workers() if workers is None else _int_option("workers", workers, 0)
+    for key, flag in (("grayscale", grayscale), ("stream", stream)):
+        if flag is not None and not isinstance(flag, bool):  # "False" or "no" would read as true
+            raise ConfigError(f"data.options.{key} must be true or false, got {flag!r}")
     folder = _own_path("image-folder", data_dir, _IMAGE_FOLDER_FILES)
     if not folder.is_dir():
         raise DataError(f"data_dir {folder} is not a folder; image-folder reads {_IMAGE_FOLDER_FILES}")
-    if grayscale is not None and not isinstance(grayscale, bool):  # "False" or "no" would read as true
-        raise ConfigError(f"data.options.grayscale must be true or false, got {grayscale!r}")
-    arrays = read_image_folder(folder, resize=resize, crop=crop, grayscale=grayscale, max_memory_gb=limit)
-    return _splits("image-folder", arrays, len(arrays.class_names))
+    scan = scan_image_folder(folder, resize=resize, crop=crop, grayscale=grayscale)
+    if stream is None and scan.nbytes > limit * 1e9:
+        warnings.warn(f"image-folder: the {sum(map(len, scan.files.values()))} images of {folder} take "
+                      f"{scan.nbytes / 1e9:.3g} GB as uint8 {'x'.join(map(str, scan.shape))}, more than "
+                      f"data.options.max_memory_gb = {limit:g}: they are read from their files a batch at a time",
+                      stacklevel=2)
+        stream = True
+    if not stream:
+        return _splits("image-folder", scan.read(), len(scan.class_names))
+    channels, height, width = scan.shape
+    info = DatasetInfo("image-folder", channels, height, width, len(scan.class_names), scan.class_names)
+    read = scan.reader()
+    train, test = (ImageSet(ImageFiles(scan.files[split], scan.shape, read, workers),
+                            torch.from_numpy(scan.labels[split])) for split in ("train", "test"))
+    return DataSplits(info, train, test)
+
+
+def _default_workers() -> int:
+    """DataLoader processes reading a streamed set: one per CPU core this process may use, at most 8."""
+    return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def npz(

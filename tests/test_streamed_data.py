@@ -1,0 +1,140 @@
+"""Image folders too large for memory are read from their files a batch at a time (``ImageFiles``, DataLoader
+workers): the same pixels, batches, digests, trained weights and distances as the same folder held in memory,
+nothing decoded until a batch is needed, and a damaged file still a one-line error naming it."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import torch
+from test_own_data import FAST_CURVE, write_images
+
+from lipcli.checkpoint import load_checkpoint
+from lipcli.data.batches import epoch_order, iterate_batches
+from lipcli.data.image_files import ImageFiles
+from lipcli.data.selection import Selection
+from lipcli.data.validation import hold_out
+from lipcli.errors import DataError
+from lipcli_builtins.datasets import sources
+
+LAYOUT = {"train": {"ant": 7, "bee": 6, "cat": 7}, "test": {"ant": 4, "bee": 5, "cat": 3}}
+CPU = torch.device("cpu")
+
+
+def _value(path: str, *, table: dict[str, int]) -> np.ndarray:
+    if path not in table:
+        raise DataError(f"cannot read image {path}: missing")
+    return np.full((1, 2, 2), table[path], dtype=np.uint8)
+
+
+def _files(count: int, workers: int = 0) -> ImageFiles:
+    table = {f"f{i}": i for i in range(count)}
+    return ImageFiles(list(table), (1, 2, 2), partial(_value, table=table), workers)
+
+
+def test_indexing_chooses_files_without_reading_them() -> None:
+    files = _files(6)
+    assert files.shape == (6, 1, 2, 2) and files.dtype == torch.uint8 and len(files) == 6
+    assert files[1:5:2].files == ("f1", "f3")
+    assert files[torch.tensor([4, 0])].files == ("f4", "f0")
+    assert files[torch.tensor([True, False, False, True, False, False])].files == ("f0", "f3")
+    assert files[torch.tensor([5, 2])].read()[:, 0, 0, 0].tolist() == [5, 2]
+    with pytest.raises(ValueError, match="workers"):
+        ImageFiles([], (1, 1, 1), partial(_value, table={}), workers=-1)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_streamed_folder_gives_the_pixels_batches_and_digest_of_the_folder_in_memory(
+    tmp_path: Path, workers: int,
+) -> None:
+    write_images(tmp_path, LAYOUT, size=(9, 7))
+    held = sources.image_folder(data_dir=str(tmp_path))
+    streamed = sources.image_folder(data_dir=str(tmp_path), stream=True, workers=workers)
+    assert isinstance(streamed.train.images, ImageFiles) and isinstance(held.train.images, torch.Tensor)
+    assert streamed.info == held.info and streamed.train.images.shape == held.train.images.shape
+    for split in ("train", "test"):
+        assert torch.equal(getattr(streamed, split).labels, getattr(held, split).labels)
+        assert getattr(streamed, split).sha256() == getattr(held, split).sha256()
+    order = epoch_order(len(held.train), seed=3, epoch=1, batch_size=6)
+    for (a, y), (b, z) in zip(iterate_batches(held.train, 6, CPU, order, start=1),
+                              iterate_batches(streamed.train, 6, CPU, order, start=1), strict=True):
+        assert torch.equal(a, b) and torch.equal(y, z) and b.dtype == torch.float32
+    chosen = Selection(offset=3, limit=5)
+    assert chosen.apply(streamed.test).sha256() == chosen.apply(held.test).sha256()
+    train, kept = hold_out(streamed.train, 4, seed=0), hold_out(held.train, 4, seed=0)
+    for part, same in zip(train, kept):
+        assert isinstance(part.images, ImageFiles)
+        assert torch.equal(part.read(slice(None)), same.images)
+
+
+def test_a_folder_larger_than_the_memory_limit_is_streamed_and_nothing_is_decoded_first(tmp_path: Path) -> None:
+    write_images(tmp_path, LAYOUT)
+    damaged = tmp_path / "test" / "bee" / "4.png"
+    damaged.write_bytes(damaged.read_bytes()[:200])  # the header reads; the pixels do not
+    with pytest.warns(UserWarning, match=r"the 32 images .* take 9.83e-05 GB as uint8 3x32x32, more than "
+                                         r"data.options.max_memory_gb = 1e-05: they are read from their files"):
+        splits = sources.image_folder(data_dir=str(tmp_path), max_memory_gb=1e-5, workers=0)
+    assert isinstance(splits.test.images, ImageFiles)
+    first = Selection(limit=8).apply(splits.test)  # images 0-7; the damaged one is the last of its class, 8
+    assert first.read(slice(None)).shape == (8, 3, 32, 32)
+    with pytest.raises(DataError) as error:
+        list(iterate_batches(splits.test, 4, CPU))
+    assert str(error.value) .startswith(f"cannot read image {damaged}") and "\n" not in str(error.value)
+
+
+def test_a_damaged_file_read_by_a_worker_is_a_one_line_error_naming_it() -> None:
+    files = _files(9, workers=2)
+    table = dict(files.decode.keywords["table"])
+    del table["f7"]
+    broken = ImageFiles(files.files, (1, 2, 2), partial(_value, table=table), workers=2)
+    with pytest.raises(DataError) as error:
+        list(broken.stream(torch.arange(9).split(3)))
+    assert str(error.value) == "cannot read image f7: missing"
+
+
+def _train(run: Callable[..., Any], folder: Path, data: Path, *options: str) -> Path:
+    result = run("train", "--dataset", "image-folder", "--data-dir", data, "--arch", "small-cnn", "--epochs", "1",
+                 "--batch-size", "8", "--set", "model.options={width=4}", "--set", "data.validation=4",
+                 *(item for option in options for item in ("--set", option)),
+                 "--device", "cpu", "--quiet", "--out", folder)
+    assert result.exit_code == 0, result.output
+    return folder / "last.pt"
+
+
+def test_training_and_a_curve_on_a_streamed_folder_equal_those_in_memory(
+    run: Callable[..., Any], tmp_path: Path,
+) -> None:
+    write_images(tmp_path / "data", LAYOUT, size=(8, 8))
+    held = _train(run, tmp_path / "held", tmp_path / "data")
+    streamed = _train(run, tmp_path / "streamed", tmp_path / "data", "data.options.stream=true",
+                      "data.options.workers=1")
+    weights, same = load_checkpoint(held)["model"], load_checkpoint(streamed)["model"]
+    assert weights.keys() == same.keys() and all(torch.equal(weights[k], same[k]) for k in weights)
+    for checkpoint in (held, streamed):
+        done = run("curve", checkpoint, *FAST_CURVE, "--out", checkpoint.parent / "curve")
+        assert done.exit_code == 0, done.output
+    assert (tmp_path / "held" / "curve" / "distances.csv").read_text() == \
+        (tmp_path / "streamed" / "curve" / "distances.csv").read_text()
+    settings = [json.loads((tmp_path / f / "curve" / "summary.json").read_text())["settings"]
+                for f in ("held", "streamed")]
+    assert settings[0]["images_sha256"] == settings[1]["images_sha256"]
+
+
+def test_data_lipschitz_refuses_a_streamed_folder(run: Callable[..., Any], tmp_path: Path) -> None:
+    write_images(tmp_path, LAYOUT, size=(8, 8))
+    common = ["data-lipschitz", "--dataset", "image-folder", "--data-dir", tmp_path, "--quiet"]
+    refused = run(*common, "--data-option", "stream=true", "--out", tmp_path / "out")
+    assert refused.exit_code == 1 and "needs them in memory" in refused.output, refused.output
+    held = run(*common, "--data-option", "stream=false", "--data-option", "grayscale=true", "--out", tmp_path / "b",
+               "--json")
+    assert held.exit_code == 0, held.output
+    report = json.loads(held.output)
+    grey = sources.image_folder(data_dir=str(tmp_path), grayscale=True)
+    colour = sources.image_folder(data_dir=str(tmp_path))
+    assert report["settings"]["images_sha256"] == grey.train.sha256() != colour.train.sha256()
+    assert report["data_options"] == {"stream": False, "grayscale": True}
