@@ -28,7 +28,9 @@ What is here, by use:
   (:class:`TanhHead`, :class:`WithHead`), and for several processes :func:`gather`, :func:`unwrap`,
   :func:`current`;
 - architectures that bound themselves (a ``lipschitz_bound(bounds)`` method): :class:`LayerBounds` and
-  :class:`BoundUnavailable`.
+  :class:`BoundUnavailable`;
+- error messages: :func:`did_you_mean` (`` Did you mean 'a' or 'b'?``, the closest of the known names, as lipcli's
+  own errors suggest them).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from lipcli import hookimpl
 from lipcli.errors import ConfigError, DataError
 from lipcli.hookspecs import Register
+from lipcli.suggestions import did_you_mean
 
 if TYPE_CHECKING:  # what type checkers and editors see; at run time these load from _LAZY on first use
     from lipcli.attacks.base import (
@@ -125,6 +128,7 @@ __all__ = [
     "box_projection",
     "cross_entropy",
     "current",
+    "did_you_mean",
     "distance",
     "full_float32",
     "gather",

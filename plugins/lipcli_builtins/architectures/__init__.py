@@ -1,11 +1,14 @@
-"""First-party lipcli plugin: the architectures of the paper (AllCNN-C, ResNet34, ResNeXt34), small CPU models, and
-torchvision's classification models as ``tv-<name>`` (``tv-resnet18``, ...).
+"""First-party lipcli plugin: the architectures of the paper (AllCNN-C, ResNet34, ResNeXt34), small CPU models,
+torchvision's classification models as ``tv-<name>`` (``tv-resnet18``, ...), and, when timm is installed (the
+``timm`` extra), timm's models as ``timm`` (``model.options.name`` picks one).
 
 The module itself imports nothing heavy: torch and the model code load only when the architecture
-registry is first built, so ``lipcli --help`` and plugin discovery stay fast.
+registry is first built, so ``lipcli --help`` and plugin discovery stay fast; timm is found, not imported.
 """
 
 from __future__ import annotations
+
+import importlib.util
 
 from lipcli.api import Register, hookimpl
 
@@ -13,7 +16,7 @@ from lipcli.api import Register, hookimpl
 @hookimpl
 def register_architectures(register: Register) -> None:
     """Register the built-in architectures (every BatchNorm without affine parameters by default, as in the paper)."""
-    from lipcli_builtins.architectures import torchvision_models  # plain Python: neither torch nor torchvision
+    from lipcli_builtins.architectures import timm_models, torchvision_models  # plain Python: no torch
 
     register(
         "allcnn", "lipcli_builtins.architectures.allcnn:build_allcnn",
@@ -41,3 +44,5 @@ def register_architectures(register: Register) -> None:
             f"tv-{name}", f"lipcli_builtins.architectures.torchvision_models:tv_{name}",
             torchvision_models.description(name), **({"contract_skip": skip} if skip else {}),
         )
+    if importlib.util.find_spec("timm") is not None:  # installed (the timm extra); found without importing it
+        register("timm", "lipcli_builtins.architectures.timm_models:timm_model", timm_models.DESCRIPTION)
