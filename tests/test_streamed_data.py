@@ -138,3 +138,29 @@ def test_data_lipschitz_refuses_a_streamed_folder(run: Callable[..., Any], tmp_p
     colour = sources.image_folder(data_dir=str(tmp_path))
     assert report["settings"]["images_sha256"] == grey.train.sha256() != colour.train.sha256()
     assert report["data_options"] == {"stream": False, "grayscale": True}
+
+
+def test_torchrun_evaluates_chosen_images_of_a_streamed_folder_like_one_process(
+    run: Callable[..., Any], tmp_path: Path,
+) -> None:
+    """Two processes, each reading its own batches through DataLoader workers, write the files one process
+    writes, images named by their test index."""
+    from test_distributed import torchrun
+
+    write_images(tmp_path / "data", LAYOUT, size=(8, 8))
+    checkpoint = _train(run, tmp_path / "run", tmp_path / "data", "data.options.stream=true",
+                        "data.options.workers=1")
+    flags = [checkpoint, "--offset", 2, "--limit", 9, "--batch-size", 2, "-a", "min-norm", "-O", "min-norm.steps=5",
+             "--masking-check", "0", "--device", "cpu", "-q"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun process computes: the same float rounding
+    try:
+        single = run("curve", *flags, "--out", tmp_path / "one")
+    finally:
+        torch.set_num_threads(threads)
+    assert single.exit_code == 0, single.output
+    done = torchrun("curve", *flags, "--out", tmp_path / "two")
+    assert done.returncode == 0, done.stderr[-3000:]
+    written = (tmp_path / "two" / "distances.csv").read_text()
+    assert written == (tmp_path / "one" / "distances.csv").read_text()
+    assert [line.split(",")[0] for line in written.splitlines()[1:]] == [str(i) for i in range(2, 11)]
