@@ -132,3 +132,4 @@ def unwrap(model: nn.Module) -> nn.Module:
 def owned(index: int) -> bool:
     """Whether this process handles the ``index``-th batch of a sharded evaluation (round robin)."""
     return index % _context.world == _context.rank
+

@@ -123,3 +123,4 @@ def test_a_streamed_folder_reaches_the_gpu_through_pinned_memory_unchanged(tmp_p
     for (a, y), (b, z) in zip(iterate_batches(streamed.train, 4, CUDA), iterate_batches(held.train, 4, CUDA),
                               strict=True):
         assert a.device.type == "cuda" and torch.equal(a, b) and torch.equal(y, z)
+    assert all(images.is_pinned() for images in streamed.train.images.stream(torch.arange(9).split(4), pin=True))

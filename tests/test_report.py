@@ -27,7 +27,7 @@ from lipcli.experiments.report import (
 
 
 def run_folder(root: Path, name: str, *, seed: int, distances: list[float], labels: list[int] | None = None,
-               defence: str = "j0", grad_loss_l2: float | None = None) -> Path:
+               defence: str = "j0", grad_loss_l2: float | None = None, offset: int = 0) -> Path:
     """A run folder with a config.toml and a curve-l2/distances.csv written out line by line (no lipcli code)."""
     config = resolve(None, {}, ["data.dataset='digits'", f"defence.name={defence!r}", f"training.seed={seed}"])
     folder = root / name
@@ -35,7 +35,7 @@ def run_folder(root: Path, name: str, *, seed: int, distances: list[float], labe
     (folder / "config.toml").write_text(dumps(config.to_dict()))
     labels = labels or [i % 10 for i in range(len(distances))]
     lines = ["index,label,prediction,min-norm,min"]
-    for index, (label, distance) in enumerate(zip(labels, distances)):
+    for index, (label, distance) in enumerate(zip(labels, distances), offset):
         prediction = label + 1 if distance == 0 else label
         lines.append(f"{index},{label},{prediction},{distance},{distance}")
     (folder / "curve-l2" / "distances.csv").write_text("\n".join(lines) + "\n")
@@ -98,14 +98,15 @@ def test_seeds_are_counted_by_value(tmp_path: Path) -> None:
     assert str(tmp_path / "a") in str(caught.value) and str(tmp_path / "copy-of-a") in str(caught.value)
 
 
-@pytest.mark.parametrize(("distances", "labels", "message"), [
-    ([0.0, 0.3, 0.5], None, r"l2: 4 images in .*, 3 in "),  # another limit
-    ([0.0, 0.3, 0.5, 0.7], [5, 5, 5, 5], r"l2: 4 images in .*, 4 other in "),  # other images, as many
+@pytest.mark.parametrize(("distances", "labels", "offset", "message"), [
+    ([0.0, 0.3, 0.5], None, 0, r"l2: 4 images in .*, 3 in "),  # another limit
+    ([0.0, 0.3, 0.5, 0.7], [5, 5, 5, 5], 0, r"l2: 4 images in .*, 4 other in "),  # other images, as many
+    ([0.0, 0.3, 0.5, 0.7], [5, 5, 5, 5], 20, r"l2: 4 images in .*, 4 other in "),  # --offset, the same labels
 ])
 def test_seeds_measured_on_other_images_are_refused(tmp_path: Path, distances: list[float], labels: list[int] | None,
-                                                    message: str) -> None:
-    run_folder(tmp_path, "s0", seed=0, distances=[0.0, 0.2, 0.4, 0.6])
-    run_folder(tmp_path, "s1", seed=1, distances=distances, labels=labels)
+                                                    offset: int, message: str) -> None:
+    run_folder(tmp_path, "s0", seed=0, distances=[0.0, 0.2, 0.4, 0.6], labels=[5, 5, 5, 5] if offset else None)
+    run_folder(tmp_path, "s1", seed=1, distances=distances, labels=labels, offset=offset)
     with pytest.raises(LipcliError, match="its seeds were measured on different test images") as caught:
         collect([tmp_path])
     assert caught.match(message)

@@ -15,9 +15,12 @@ import torch
 
 from lipcli.data.selection import Selection, read_indices
 from lipcli.data.types import ImageSet
+from lipcli.engine import Engine
 from lipcli.errors import ConfigError, DataError
+from lipcli.evaluation.robust import read_curve
 from lipcli.experiments.grid import EvaluationPlan
 from lipcli.experiments.grid_runner import _describes
+from lipcli.models.targets import load_target
 
 FAST = ["--attack", "deepfool", "--masking-check", "0", "--device", "cpu", "--quiet"]
 
@@ -72,9 +75,9 @@ def test_a_selection_of_a_selection_keeps_the_split_positions() -> None:
     (lambda: Selection(offset=-1), ConfigError, "offset: must be at least 0"),
     (lambda: Selection(limit=0), ConfigError, "limit: must be at least 1"),
     (lambda: Selection(offset=2, indices=(1,)), ConfigError, "with --indices"),
-    (lambda: Selection(indices=()), ConfigError, "names no image"),
-    (lambda: Selection(indices=(3, -1)), ConfigError, "-1 is negative"),
-    (lambda: Selection(indices=(4, 1, 4)), ConfigError, "image 4 is listed twice"),
+    (lambda: Selection(indices=()), DataError, "names no image"),
+    (lambda: Selection(indices=(3, -1)), DataError, "-1 is negative"),
+    (lambda: Selection(indices=(4, 1, 4)), DataError, "image 4 is listed twice"),
     (lambda: Selection(offset=10).apply(_split()), DataError, "offset: 10 is beyond the 10 test images"),
     (lambda: Selection(indices=(2, 10)).apply(_split()), DataError, "image 10 is beyond the 10 test images"),
 ])
@@ -93,10 +96,22 @@ def test_indices_are_read_from_text_npy_and_another_results_csv(tmp_path: Path) 
     table = tmp_path / "distances.csv"
     table.write_text("index,label,prediction,min\n8,1,1,0.5\n2,0,0,inf\n")
     assert read_indices(table) == (8, 2)
+    for name, content, expected in (
+        ("excel.csv", "\ufeffindex,label\r\n4,1\r\n9,0\r\n", (4, 9)),  # a spreadsheet's UTF-8 CSV
+        ("tabs.tsv", "label\tindex\n1\t6\n0\t3\n", (6, 3)),
+        ("semicolons.csv", "index;label\n2;1\n", (2,)),
+        ("bom.txt", "\ufeff3 1\n", (3, 1)),
+    ):
+        path = tmp_path / name
+        path.write_text(content, encoding="utf-8")
+        assert read_indices(path) == expected
     for name, content, message in (
         ("floats.npy", np.array([1.0, 2.0]), "float64 array"),
-        ("table.csv", "image,label\n1,2\n", "without an 'index' column"),
-        ("words.txt", "1 2 three\n", "an index file holds integers"),
+        ("table.csv", "image,label\n1,2\n", "has no 'index' column"),
+        ("words.txt", "1 2 three\n", "'three' is not an index"),
+        ("typo.txt", "+3 4_0\n", r"'\+3' is not an index"),
+        ("typo2.txt", "3 4_0\n", "'4_0' is not an index"),
+        ("arabic.txt", "\u0663\n", "is not an index"),
     ):
         path = tmp_path / name
         np.save(path, content) if name.endswith(".npy") else path.write_text(content)
@@ -183,3 +198,41 @@ def test_the_grid_does_not_take_a_curve_of_other_images_for_its_own(tmp_path: Pa
     for changes, trusted in (({}, True), ({"offset": 2}, False), ({"indices_file": "x.txt"}, False)):
         path.write_text(json.dumps({**summary, **changes}))
         assert _describes(path, "abc", plan, "curve-l2") is trusted
+
+
+def test_robust_refuses_a_curve_of_other_images_at_the_same_indices(
+    run: Callable[..., Any], checkpoint: Path, tmp_path: Path, engine: Engine,
+) -> None:
+    """A curve is taken only for the images it measured: other pixels at its indices (another data folder,
+    files changed), or an index listed twice, are refused; a mismatch names the test index."""
+    assert run("curve", checkpoint, "--norm", "linf", "--offset", 20, "--limit", 10, *FAST,
+               "--out", tmp_path / "curve").exit_code == 0
+    target = load_target(checkpoint, engine, data_dir=None, selection=Selection(offset=22, limit=5))
+    common = dict(norm="linf", checkpoint=checkpoint, digest=target.sha256, source=None, dataset="digits",
+                  data=target.test)
+    known = read_curve(tmp_path / "curve", split=target.split, **common)
+    rows = _rows(tmp_path / "curve" / "distances.csv")[2:7]
+    assert known.distances.tolist() == [float(row["min"]) for row in rows]
+    changed = target.split.images.clone()
+    changed[27, 0, 0, 0] += 1 / 1024  # one pixel of one image the curve measured (not one evaluated here)
+    other = ImageSet(changed, target.split.labels)
+    with pytest.raises(DataError, match="measured on other images than those of this data set at its indices"):
+        read_curve(tmp_path / "curve", split=other, **common)
+    table = tmp_path / "curve" / "distances.csv"
+    lines = table.read_text().splitlines()
+    table.write_text("\n".join([*lines, lines[5].replace(lines[5].split(",")[-1], "1e-09")]) + "\n")
+    with pytest.raises(DataError, match="test index 24 has two rows"):
+        read_curve(tmp_path / "curve", split=target.split, **common)
+
+
+def test_robust_takes_the_curve_of_a_model_given_by_its_factory(run: Callable[..., Any], tmp_path: Path) -> None:
+    (tmp_path / "net.py").write_text(
+        "from torch import nn\n\n\ndef build(num_classes):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))\n")
+    model = ["--model", f"{tmp_path / 'net.py'}:build", "--dataset", "digits", "--offset", 5, "--limit", 8]
+    assert run("curve", *model, "--norm", "linf", *FAST, "--out", tmp_path / "curve").exit_code == 0
+    done = run("robust", *model, "--norm", "linf", "--eps", "0.05", "--version", "fast", "-O", "apgd-ce.steps=2",
+               "-O", "apgd-t.steps=2", "-O", "apgd-t.targets=1", "--device", "cpu", "--quiet",
+               "--curve", tmp_path / "curve", "--out", tmp_path / "robust")
+    assert done.exit_code == 0, done.output
+    assert [row["index"] for row in _rows(tmp_path / "robust" / "robust.csv")] == [str(i) for i in range(5, 13)]

@@ -5,6 +5,7 @@ nothing decoded until a batch is needed, and a damaged file still a one-line err
 from __future__ import annotations
 
 import json
+import os
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -15,9 +16,11 @@ import torch
 from test_own_data import FAST_CURVE, write_images
 
 from lipcli.checkpoint import load_checkpoint
-from lipcli.data.batches import epoch_order, iterate_batches
+from lipcli.data import batches as batches_module
+from lipcli.data.batches import elsewhere, epoch_order, iterate_batches
 from lipcli.data.image_files import ImageFiles
 from lipcli.data.selection import Selection
+from lipcli.data.types import ImageSet
 from lipcli.data.validation import hold_out
 from lipcli.errors import DataError
 from lipcli_builtins.datasets import sources
@@ -30,6 +33,15 @@ def _value(path: str, *, table: dict[str, int]) -> np.ndarray:
     if path not in table:
         raise DataError(f"cannot read image {path}: missing")
     return np.full((1, 2, 2), table[path], dtype=np.uint8)
+
+
+READ: list[str] = []
+"""Files :func:`_counted` read, in this process."""
+
+
+def _counted(path: str) -> np.ndarray:
+    READ.append(path)
+    return np.full((1, 2, 2), int(path[1:]), dtype=np.uint8)
 
 
 def _files(count: int, workers: int = 0) -> ImageFiles:
@@ -85,6 +97,40 @@ def test_a_folder_larger_than_the_memory_limit_is_streamed_and_nothing_is_decode
     with pytest.raises(DataError) as error:
         list(iterate_batches(splits.test, 4, CPU))
     assert str(error.value) .startswith(f"cannot read image {damaged}") and "\n" not in str(error.value)
+
+
+def test_only_the_batches_a_process_uses_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torchrun each process reads its own batches; a batch with nothing to attack is not read at all."""
+    data = ImageSet(ImageFiles([f"f{i}" for i in range(10)], (1, 2, 2), _counted), torch.zeros(10))
+    attacked = torch.tensor([True, False, False, False, False, True, False, False, False, True])
+    READ.clear()
+    batches = list(iterate_batches(data, 2, CPU, skip=elsewhere(2, attacked)))  # one process: batches 0, 2, 4
+    assert READ == ["f0", "f1", "f4", "f5", "f8", "f9"]
+    assert [images is None for images, _ in batches] == [False, True, False, True, False]
+    assert [len(labels) for _, labels in batches] == [2] * 5
+    assert (batches[2][0].flatten(1)[:, 0] * 255).round().tolist() == [4, 5]
+    READ.clear()
+    monkeypatch.setattr(batches_module, "owned", lambda number: number % 2 == 1)  # the second of two processes
+    list(iterate_batches(data, 2, CPU, skip=elsewhere(2, attacked)))
+    assert READ == []  # its batches 1 and 3 hold nothing to attack
+    list(iterate_batches(data, 2, CPU, skip=elsewhere(2)))
+    assert READ == ["f2", "f3", "f6", "f7"]
+
+
+MAIN = os.getpid()
+
+
+def _elsewhere(path: str) -> np.ndarray:
+    if os.getpid() == MAIN:
+        raise DataError(f"{path} read in the main process")
+    return np.zeros((1, 2, 2), dtype=np.uint8)
+
+
+def test_workers_read_the_batches_in_other_processes() -> None:
+    files = ImageFiles([f"f{i}" for i in range(6)], (1, 2, 2), _elsewhere, workers=2)
+    assert [len(images) for images in files.stream(torch.arange(6).split(2))] == [2, 2, 2]
+    with pytest.raises(DataError, match="f0 read in the main process"):
+        list(ImageFiles(files.files, (1, 2, 2), _elsewhere, workers=0).stream(torch.arange(6).split(2)))
 
 
 def test_a_damaged_file_read_by_a_worker_is_a_one_line_error_naming_it() -> None:
@@ -164,3 +210,23 @@ def test_torchrun_evaluates_chosen_images_of_a_streamed_folder_like_one_process(
     written = (tmp_path / "two" / "distances.csv").read_text()
     assert written == (tmp_path / "one" / "distances.csv").read_text()
     assert [line.split(",")[0] for line in written.splitlines()[1:]] == [str(i) for i in range(2, 11)]
+
+
+def test_how_images_are_read_is_not_part_of_a_results_identity(run: Callable[..., Any], tmp_path: Path) -> None:
+    """``stream``, ``workers`` and ``max_memory_gb`` change how the images are read, not which: results of a
+    model lipcli did not train, measured either way, are one result; ``resize`` is still part of it."""
+    write_images(tmp_path / "data", LAYOUT, size=(8, 8))
+    (tmp_path / "net.py").write_text(
+        "from torch import nn\n\n\ndef build(num_classes):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, num_classes))\n")
+    common = ["curve", "--model", f"{tmp_path / 'net.py'}:build", "--dataset", "image-folder", "--data-dir",
+              tmp_path / "data", *FAST_CURVE, "--out", tmp_path / "curve"]
+    first = run(*common, "--data-option", "workers=0")
+    assert first.exit_code == 0, first.output
+    before = (tmp_path / "curve" / "distances.csv").read_text()
+    again = run(*common, "--data-option", "stream=true", "--data-option", "workers=1")
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "curve" / "distances.csv").read_text() == before
+    assert json.loads((tmp_path / "curve" / "summary.json").read_text())["settings"]["model"]["data_options"] == {}
+    other = run(*common, "--data-option", "resize=8")
+    assert other.exit_code == 1 and "model.data_options" in other.output, other.output

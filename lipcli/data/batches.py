@@ -3,11 +3,12 @@ streamed from its files, one batch read ahead by DataLoader workers)."""
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
 from lipcli.data.image_files import ImageFiles
+from lipcli.distributed import owned
 from lipcli.data.types import ImageSet
 
 
@@ -57,39 +58,50 @@ def iterate_batches(
     device: torch.device,
     order: torch.Tensor | None = None,
     start: int = 0,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    *,
+    skip: Callable[[int], bool] | None = None,
+) -> Iterator[tuple[torch.Tensor | None, torch.Tensor]]:
     """Yield float batches in [0, 1] and labels on ``device``, in ``order`` (default: all, as stored).
 
-    ``start`` skips that many batches (resuming mid-epoch).
+    ``start`` skips that many batches (resuming mid-epoch). A batch ``skip(number)`` is true for (counted
+    from ``start``: another process's, or one with nothing to attack) is not read or copied: its images are
+    None, its labels given (their length is the batch's), so a set read from its files decodes only the
+    batches used.
     """
-    non_blocking = device.type == "cuda"
-    if isinstance(data.images, ImageFiles):
-        yield from _streamed(data, data.images, batch_size, device, order, start)
-        return
-    for first in range(start * batch_size, len(data) if order is None else len(order), batch_size):
-        if order is None:
-            images = data.images[first : first + batch_size]
-            labels = data.labels[first : first + batch_size]
-        else:
-            index = order[first : first + batch_size]
-            images, labels = data.images[index], data.labels[index]
-        if non_blocking:
-            images, labels = images.pin_memory(), labels.pin_memory()
-        yield (
-            data.as_float(images.to(device, non_blocking=non_blocking)),
-            labels.to(device, non_blocking=non_blocking),
-        )
-
-
-def _streamed(
-    data: ImageSet, files: ImageFiles, batch_size: int, device: torch.device, order: torch.Tensor | None, start: int,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """:func:`iterate_batches` of a set read from its files: each batch read a batch ahead, pinned for a GPU."""
     rows = torch.arange(len(data)) if order is None else order
     batches = rows[start * batch_size :].split(batch_size)
+    used = [index for number, index in enumerate(batches) if skip is None or not skip(number)]
     non_blocking = device.type == "cuda"
-    for index, images in zip(batches, files.stream(batches, pin=non_blocking)):
-        yield (
-            data.as_float(images.to(device, non_blocking=non_blocking)),
-            data.labels[index].to(device, non_blocking=non_blocking),
-        )
+    if isinstance(data.images, ImageFiles):
+        read: Iterator[torch.Tensor] = data.images.stream(used, pin=non_blocking)
+    else:
+        read = (_gathered(data.images, index, pin=non_blocking) for index in used)
+    for number, index in enumerate(batches):
+        labels = data.labels[index].to(device, non_blocking=non_blocking)
+        if skip is not None and skip(number):
+            yield None, labels
+        else:
+            yield data.as_float(next(read).to(device, non_blocking=non_blocking)), labels
+
+
+def elsewhere(batch_size: int, attacked: torch.Tensor | None = None) -> Callable[[int], bool]:
+    """The ``skip`` of :func:`iterate_batches` in a sharded loop: the batches another process handles
+    (:func:`lipcli.distributed.owned`) and, with ``attacked`` (bool ``[N]``), those holding no image to attack."""
+
+    def skip(number: int) -> bool:
+        if not owned(number):
+            return True
+        return attacked is not None and not bool(attacked[number * batch_size : (number + 1) * batch_size].any())
+
+    return skip
+
+
+def _gathered(images: torch.Tensor, index: torch.Tensor, *, pin: bool) -> torch.Tensor:
+    """The rows ``index`` of in-memory images: a view where they are consecutive, else one gather; pinned for
+    a copy to a GPU that overlaps the computation."""
+    first = int(index[0]) if len(index) else 0
+    if torch.equal(index, torch.arange(first, first + len(index))):
+        chosen = images[first : first + len(index)]
+    else:
+        chosen = images[index]
+    return chosen.pin_memory() if pin else chosen

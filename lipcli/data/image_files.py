@@ -3,8 +3,8 @@
 :class:`ImageFiles` stands where :attr:`lipcli.data.types.ImageSet.images` holds a tensor. It has the images'
 shape and dtype (uint8), and indexing it (a slice, int64 or bool indices) chooses files without reading any,
 so a selection of test images, a held-out split or an epoch's order cost no reading. Pixels are read only by
-:meth:`ImageFiles.stream`, in DataLoader worker processes, into pinned memory for a GPU, a batch ahead of the
-one being used; :func:`lipcli.data.batches.iterate_batches` reads every batch of a training epoch or an
+:meth:`ImageFiles.stream`, in DataLoader worker processes, into pinned memory for a GPU, ahead of the batch
+being used (DataLoader's prefetch: two batches per worker); :func:`lipcli.data.batches.iterate_batches` reads every batch of a training epoch or an
 attack this way.
 """
 
@@ -62,8 +62,8 @@ class ImageFiles:
         return torch.from_numpy(pixels)
 
     def stream(self, batches: Sequence[torch.Tensor], *, pin: bool = False) -> Iterator[torch.Tensor]:
-        """The images of each batch of rows in turn, read by :attr:`workers` processes a batch ahead (in this
-        process when there are none or a single batch); ``pin``: into pinned memory, for a copy to a GPU
+        """The images of each batch of rows in turn, read by :attr:`workers` processes ahead of their use (in
+        this process when there are none or a single batch); ``pin``: into pinned memory, for a copy to a GPU
         that overlaps the next read."""
         workers = self.workers if len(batches) > 1 else 0
         loader = DataLoader(_Batches(self, batches), batch_size=None, shuffle=False, num_workers=workers,

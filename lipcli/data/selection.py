@@ -42,12 +42,12 @@ class Selection:
             raise ConfigError("offset: --offset counts from the start of the test split; with --indices, list the "
                               "images wanted instead")
         if not self.indices:
-            raise ConfigError(f"indices: {self.indices_file or 'the list'} names no image")
+            raise DataError(f"indices: {self.indices_file or 'the list'} names no image")
         if min(self.indices) < 0:
-            raise ConfigError(f"indices: {min(self.indices)} is negative; indices count from 0")
+            raise DataError(f"indices: {min(self.indices)} is negative; indices count from 0")
         repeated = sorted(index for index, count in Counter(self.indices).items() if count > 1)
         if repeated:
-            raise ConfigError(f"indices: image {repeated[0]} is listed twice; each image counts once in a curve")
+            raise DataError(f"indices: image {repeated[0]} is listed twice; each image counts once in a curve")
 
     def apply(self, split: ImageSet) -> ImageSet:
         """The selected images of ``split`` (the whole test split), each with its position in it."""
@@ -76,9 +76,10 @@ EVERY = Selection()
 
 
 def read_indices(path: Path) -> tuple[int, ...]:
-    """Test-set indices from a file: a 1-d integer ``.npy`` array; a CSV with an ``index`` column (such as the
-    ``distances.csv`` of another evaluation, to measure the same images); or integers separated by spaces,
-    commas or new lines, with ``#`` comments."""
+    """Test-set indices from a file: a 1-d integer ``.npy`` array; a table (comma, tab or semicolon separated)
+    with an ``index`` column, such as the ``distances.csv`` of another evaluation, to measure the same images;
+    or integers separated by spaces, commas or new lines, with ``#`` comments. Each must be written in
+    ASCII digits (an optional minus sign is reported as negative), so a typo is an error, not an index."""
     path = Path(path)
     try:
         if path.suffix.lower() == ".npy":
@@ -87,19 +88,23 @@ def read_indices(path: Path) -> tuple[int, ...]:
                 raise DataError(f"indices: {path} holds a {array.dtype} array of shape {list(array.shape)}; "
                                 "an index file holds one row of integers")
             return tuple(int(i) for i in array)
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # a spreadsheet's UTF-8 CSV starts with a byte order mark
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"indices: cannot read {path}: {exc}") from None
     first = text.lstrip().split("\n", 1)[0].split("#", 1)[0].strip()
-    if first == "index" or ("," in first and re.search(r"[A-Za-z_]", first)):  # a CSV's header line
-        rows = csv.DictReader(text.splitlines())
+    if first == "index" or (re.search(r"[A-Za-z_]", first) and re.search(r"[,\t;]", first)):  # a table's header
+        try:
+            dialect = csv.Sniffer().sniff(first, delimiters=",\t;")
+        except csv.Error:
+            dialect = csv.excel
+        rows = csv.DictReader(text.splitlines(), dialect=dialect)
         if "index" not in (rows.fieldnames or []):
-            raise DataError(f"indices: {path} is a table without an 'index' column (it has "
-                            f"{', '.join(rows.fieldnames or [])})")
-        cells = [row["index"] for row in rows]
+            raise DataError(f"indices: {path} has no 'index' column (its first line is {first!r}); give a table "
+                            "whose header names an index column, or integers alone")
+        cells = [row["index"] or "" for row in rows]
     else:
         cells = [cell for line in text.splitlines() for cell in re.split(r"[\s,]+", line.split("#", 1)[0]) if cell]
-    try:
-        return tuple(int(cell) for cell in cells)
-    except ValueError as exc:
-        raise DataError(f"indices: {path}: {exc}; an index file holds integers") from None
+    bad = next((cell for cell in cells if not re.fullmatch(r"-?[0-9]+", cell.strip())), None)
+    if bad is not None:
+        raise DataError(f"indices: {path}: {bad!r} is not an index; an index file holds integers (0, 1, 2, ...)")
+    return tuple(int(cell) for cell in cells)

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from lipcli.attacks import Attack
-from lipcli.data.batches import iterate_batches
+from lipcli.data.batches import elsewhere, iterate_batches
 from lipcli.data.types import ImageSet
-from lipcli.distributed import all_reduce, owned
+from lipcli.distributed import all_reduce
 from lipcli.errors import DataError
 from lipcli.evaluation.accounting import QueryCounter, measured_distances
 from lipcli.evaluation.journal import BatchRecord, Journal
@@ -112,13 +112,14 @@ def attack_set(
             seconds = 0.0
             description = f"attack {position}/{len(attacks)} {name} ({norm})"
             with reporter.task(description, int(correct.sum()), unit="images", log_each=True) as task:
-                for number, (images, labels) in enumerate(iterate_batches(data, batch_size, device)):
+                batches = iterate_batches(data, batch_size, device, skip=elsewhere(batch_size, correct))
+                for number, (images, labels) in enumerate(batches):
                     first = number * batch_size
-                    keep = correct[first : first + images.shape[0]]
-                    if owned(number) and keep.any():
+                    keep = correct[first : first + labels.shape[0]]
+                    if images is not None:
                         chosen = keep.to(device)
                         attacked, truth = images[chosen], labels[chosen]
-                        rows = torch.arange(first, first + images.shape[0])[keep]
+                        rows = torch.arange(first, first + labels.shape[0])[keep]
                         record = journal.load(name, number, rows, need_proposals=keep_adversarials) if journal else None
                         if record is None:
                             record = _attack_batch(model, counter, attack, attacked, truth, norm, device, rows,
@@ -192,13 +193,14 @@ def _clean_pass(
     predictions = torch.zeros(len(data), dtype=torch.int64)
     zero = torch.zeros((), dtype=torch.int64)
     with reporter.task("clean", len(data), unit="images") as task:
-        for number, (images, labels) in enumerate(iterate_batches(data, batch_size, device)):
-            if owned(number):
+        batches = iterate_batches(data, batch_size, device, skip=elsewhere(batch_size))
+        for number, (images, labels) in enumerate(batches):
+            if images is not None:
                 _, logits, gradient = input_gradient(model, images, labels)
                 predicted = logits.detach().argmax(1)
-                predictions[number * batch_size : number * batch_size + images.shape[0]] = predicted.cpu()
+                predictions[number * batch_size : number * batch_size + labels.shape[0]] = predicted.cpu()
                 zero += ((gradient.flatten(1) == 0).all(1) & (predicted == labels)).sum().cpu()
-            task.advance(images.shape[0])
+            task.advance(labels.shape[0])
     return all_reduce(predictions), int(all_reduce(zero))
 
 

@@ -29,7 +29,8 @@ class BatchRecord:
     are kept) the proposals."""
 
     rows: torch.Tensor
-    """The test-set indices attacked (an image classified otherwise, on another device, makes the batch stale)."""
+    """The rows of the evaluated images attacked (an image classified otherwise, on another device, makes the
+    batch stale); which test images those are is fixed by the settings' images digest."""
     distances: torch.Tensor
     seconds: float
     queries: int

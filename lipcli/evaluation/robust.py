@@ -31,6 +31,7 @@ import json
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,10 +41,10 @@ import torch
 from torch import nn
 
 from lipcli.attacks import NORMS, AttackAtBudget, within_budget
-from lipcli.data.batches import iterate_batches, num_batches
+from lipcli.data.batches import elsewhere, iterate_batches, num_batches
 from lipcli.data.selection import EVERY, Selection
 from lipcli.data.types import ImageSet
-from lipcli.distributed import all_reduce, owned
+from lipcli.distributed import all_reduce
 from lipcli.engine import Engine
 from lipcli.errors import ConfigError, DataError
 from lipcli.evaluation.accounting import QueryCounter, measured_distances
@@ -158,9 +159,9 @@ def _sync(device: torch.device) -> None:
 @torch.no_grad()
 def _predictions(model: nn.Module, data: ImageSet, batch_size: int, device: torch.device) -> torch.Tensor:
     predictions = torch.zeros(len(data), dtype=torch.int64)
-    for number, (images, _) in enumerate(iterate_batches(data, batch_size, device)):
-        if owned(number):
-            predictions[number * batch_size : number * batch_size + images.shape[0]] = model(images).argmax(1).cpu()
+    for number, (images, labels) in enumerate(iterate_batches(data, batch_size, device, skip=elsewhere(batch_size))):
+        if images is not None:
+            predictions[number * batch_size : number * batch_size + labels.shape[0]] = model(images).argmax(1).cpu()
     return all_reduce(predictions)
 
 
@@ -194,7 +195,8 @@ def robust_accuracy(
         correct = predictions == data.labels
         if known is not None and not torch.equal(known.predictions, predictions):
             row = int((known.predictions != predictions).nonzero()[0])
-            raise DataError(f"{known.source}: image {row} was classified {int(known.predictions[row])} there and "
+            raise DataError(f"{known.source}: test image {int(data.index[row])} was classified "
+                            f"{int(known.predictions[row])} there and "
                             f"{int(predictions[row])} now: not the same checkpoint (or device) as this evaluation")
         previous: EpsResult | None = None
         for text, value in sorted(eps, key=lambda point: point[1]):
@@ -246,10 +248,11 @@ def _run_member(
     broke = torch.zeros(len(data), dtype=torch.bool)
     seconds, outside = 0.0, 0
     with reporter.task(f"{name} ({norm} {text})", batches) as task:
-        for number, (images, labels) in enumerate(iterate_batches(data, batch_size, device)):
+        batches = iterate_batches(data, batch_size, device, skip=elsewhere(batch_size, robust))
+        for number, (images, labels) in enumerate(batches):
             first = number * batch_size
-            keep = robust[first : first + images.shape[0]].to(device)
-            if owned(number) and keep.any():
+            keep = robust[first : first + labels.shape[0]].to(device)
+            if images is not None:
                 budget = torch.full((int(keep.sum()),), value, dtype=torch.float64, device=device)
                 _sync(device)
                 started = time.perf_counter()
@@ -259,7 +262,7 @@ def _run_member(
                 seconds += time.perf_counter() - started
                 measured, bad = measured_distances(model, images[keep], labels[keep], proposals, norm)
                 outside += bad
-                rows = torch.arange(first, first + images.shape[0])[keep.cpu()]
+                rows = torch.arange(first, first + labels.shape[0])[keep.cpu()]
                 broke[rows] = within_budget(measured, value).cpu()
             task.advance(1)
     broke = all_reduce(broke.to(torch.int64)) > 0  # each process filled its own batches' rows
@@ -288,13 +291,14 @@ def masking_warnings(result: RobustResult, attacks: Mapping[str, AttackAtBudget]
 
 def read_curve(
     path: Path, *, norm: str, checkpoint: Path, digest: str, source: dict[str, Any] | None, dataset: str,
-    data: ImageSet,
+    data: ImageSet, split: ImageSet | None = None,
 ) -> KnownDistances:
     """The ``min`` column of ``lipcli curve``'s ``distances.csv`` (``path`` or the folder holding it) for the
     images of ``data`` (found by their index in the test split, so a curve of more images serves), checked to
     describe the same model (``digest``: its SHA-256, :attr:`lipcli.models.targets.Target.sha256`; ``source``:
-    how a model lipcli did not train was loaded, normalisation included), data set, norm and labels as this
-    evaluation; anything else is refused."""
+    how a model lipcli did not train was loaded, normalisation included), data set, norm and images as this
+    evaluation: with ``split`` (the whole test split), the curve's images are taken from it by their indices
+    and must have the digest the curve recorded. Anything else is refused."""
     csv_path = Path(path) / DISTANCES_FILE if Path(path).is_dir() else Path(path)
     summary_path = csv_path.parent / SUMMARY_FILE
     if not csv_path.is_file() or not summary_path.is_file():
@@ -325,7 +329,11 @@ def read_curve(
     if not rows or "min" not in rows[0]:
         raise DataError(f"{csv_path}: no images with a 'min' column; not a lipcli curve distances file")
     try:
-        by_index = {int(row["index"]): row for row in rows}
+        listed = [int(row["index"]) for row in rows]
+        by_index = dict(zip(listed, rows))
+        if len(by_index) < len(listed):
+            twice = min(index for index, count in Counter(listed).items() if count > 1)
+            raise DataError(f"{csv_path}: test index {twice} has two rows; not a file lipcli wrote")
         wanted = data.index.tolist()
         missing = [index for index in wanted if index not in by_index]
         if missing:
@@ -341,6 +349,11 @@ def read_curve(
         row = int((found != data.labels.cpu()).nonzero()[0])
         raise DataError(f"{csv_path}: its images are not this evaluation's (test index {wanted[row]} has label "
                         f"{int(found[row])} there, {int(data.labels[row])} here)")
+    images = settings.get("images_sha256")
+    if split is not None and images and (max(listed) >= len(split) or min(listed) < 0
+                                         or split.take(torch.tensor(listed)).sha256() != images):
+        raise DataError(f"{csv_path}: measured on other images than those of this data set at its indices (their "
+                        "digest differs: another data folder, or files added or changed)")
     return KnownDistances(csv_path, distances, predictions)
 
 
@@ -421,8 +434,9 @@ def evaluate_robust(
     A folder holding results of other settings is refused before any work unless ``overwrite``; ``seed``:
     default :data:`DEFAULT_SEED`."""
     seed = DEFAULT_SEED if seed is None else seed
-    if curves and len(curves) != len(paths):
-        raise ConfigError(f"curve: give one curve result per checkpoint ({len(paths)}), not {len(curves)}")
+    models = len(paths) or 1  # no path: the one model of --model
+    if curves and len(curves) != models:
+        raise ConfigError(f"curve: give one curve result per checkpoint ({models}), not {len(curves)}")
     planned, knowns = [], {}
     for number, (label, folder, target) in enumerate(load_targets(paths, out, engine, data_dir=data_dir,
                                                                   selection=selection, spec=spec)):
@@ -430,7 +444,8 @@ def evaluate_robust(
         known = None
         if curves:
             known = read_curve(curves[number], norm=norm, checkpoint=target.path, digest=target.sha256,
-                               source=target.source, dataset=target.info.name, data=target.test)
+                               source=target.source, dataset=target.info.name, data=target.test,
+                               split=target.split)
         knowns[folder] = known
         planned.append(Planned(label, folder, target, {
             **target_settings(target), "norm": norm, "eps": dict(eps), "version": version,

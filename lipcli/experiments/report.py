@@ -83,11 +83,13 @@ PAPER_EPS = {"l2": (("0.1", 0.1), ("1.5", 1.5)), "linf": (("8/255", 8 / 255),)}
 
 @dataclass(frozen=True)
 class Images:
-    """The test images a result was measured on: how many, and their labels in order where its CSV lists them
-    (results on the same images list the same labels; another limit or subset shows in one or the other)."""
+    """The test images a result was measured on: how many, and their test indices and labels in order where its
+    CSV lists them (results on the same images list the same ones; another limit, offset or subset shows in
+    the indices, and other images at the same indices in the labels)."""
 
     count: int
     labels: tuple[int, ...] | None = None
+    indices: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -303,19 +305,27 @@ def _read_run(folder: Path, seed: int) -> Run | None:
 
 def _stats_images(folder: Path, stats: dict[str, Any]) -> Images | None:
     """The images ``lipcli stats`` measured: the labels of its stats.csv, else the count in stats.json."""
-    labels = _labels(folder / STATS_CSV)
-    if labels is not None:
-        return Images(len(labels), labels)
+    listed = _listed(folder / STATS_CSV)
+    if listed is not None:
+        return listed
     return Images(int(stats["images"])) if isinstance(stats.get("images"), int) else None
 
 
-def _labels(path: Path) -> tuple[int, ...] | None:
+def _listed(path: Path) -> Images | None:
+    """The images a per-image CSV lists (None without the file or a label column)."""
     if not path.is_file():
         return None
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
-        labels = tuple(int(r["label"]) for r in reader) if "label" in (reader.fieldnames or []) else None
-    return labels or None
+        records = list(reader)
+        fields = reader.fieldnames or []
+    return _images(records, fields) if records and "label" in fields else None
+
+
+def _images(records: list[dict[str, str]], fields: list[str]) -> Images:
+    labels = tuple(int(r["label"]) for r in records) if "label" in fields else None
+    indices = tuple(int(r["index"]) for r in records) if "index" in fields else None
+    return Images(len(records), labels, indices)
 
 
 def read_distances(path: Path) -> Distances | None:
@@ -329,9 +339,8 @@ def read_distances(path: Path) -> Distances | None:
         fields = reader.fieldnames or []
     if not records:
         return None
-    labels = tuple(int(r["label"]) for r in records) if "label" in fields else None
     return Distances(torch.tensor([float(r["min"]) for r in records], dtype=torch.float64),
-                     Images(len(records), labels), [f for f in fields if f not in ("index", "label", "prediction", "min")])
+                     _images(records, fields), [f for f in fields if f not in ("index", "label", "prediction", "min")])
 
 
 def _number(value: float, column: Column) -> str:

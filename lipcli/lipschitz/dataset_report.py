@@ -61,7 +61,8 @@ def data_lipschitz(
     data = splits.train if split == "train" else splits.test
     if isinstance(data.images, ImageFiles) or isinstance(splits.test.images, ImageFiles):
         raise DataError(f"data-lipschitz compares every pair of images, so it needs them in memory; "
-                        f"{splits.info.name} is read from its files a batch at a time (too large to hold)")
+                        f"{splits.info.name} is read from its files a batch at a time (set --data-option "
+                        "stream=false to hold it in memory)")
     test = splits.test.subset(limit)
     settings = {
         "dataset": splits.info.name, "split": split, "images": len(data), "images_sha256": data.sha256(),

@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from lipcli.data.batches import iterate_batches, num_batches
+from lipcli.data.batches import elsewhere, iterate_batches, num_batches
 from lipcli.data.types import DatasetInfo, ImageSet
-from lipcli.distributed import all_reduce, owned
+from lipcli.distributed import all_reduce
 from lipcli.errors import DataError
 from lipcli.gradients import frozen_eval
 from lipcli.lipschitz.bound import BoundUnavailable, product_bound
@@ -76,9 +76,10 @@ def model_statistics(
     logits = torch.zeros((len(data), info.num_classes), dtype=torch.float64)
     with frozen_eval(model):
         with reporter.task("jacobians", num_batches(len(data), batch_size)) as task:
-            for number, (images, labels) in enumerate(iterate_batches(data, batch_size, device)):
-                if owned(number):
-                    rows = slice(number * batch_size, number * batch_size + images.shape[0])
+            batches = iterate_batches(data, batch_size, device, skip=elsewhere(batch_size))
+            for number, (images, labels) in enumerate(batches):
+                if images is not None:
+                    rows = slice(number * batch_size, number * batch_size + labels.shape[0])
                     norms = jacobian_norms(model, images, labels)
                     logits[rows] = norms.logits.double().cpu()
                     for name in measured:

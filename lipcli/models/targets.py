@@ -67,6 +67,8 @@ class Target:
     source: dict[str, Any] | None = None
     """How a model lipcli did not train was loaded (format, factory, weights, normalisation); None for a
     lipcli checkpoint."""
+    split: ImageSet | None = None
+    """The whole test split :attr:`test` was chosen from (to identify the images of earlier results)."""
 
 
 def load_target(
@@ -97,7 +99,7 @@ def _checkpoint_target(path: Path, engine: Engine, *, data_dir: Path | None, sel
             f"{list(trained.input_shape)} in {trained.num_classes} classes"
         )
     test = selection.apply(splits.test)
-    return Target(path, run_label(path), model, config, info, test, sha256(path))
+    return Target(path, run_label(path), model, config, info, test, sha256(path), split=splits.test)
 
 
 def _external_target(
@@ -130,13 +132,14 @@ def _external_target(
         model = Normalized(model, spec.normalize).to(engine.device).eval()
     test = selection.apply(splits.test)
     checked_output(model, test.as_float(test.read(slice(0, 4))).to(engine.device), info.num_classes, name)
+    reading = engine.plugins.registry("dataset").get(spec.dataset).metadata.get("reading_options", ())
     source = {
         "format": kind, "factory": spec.factory, "weights": None if spec.weights is None else str(spec.weights),
         "normalize": None if spec.normalize is None else spec.normalize.to_dict(),
-        "data_options": dict(spec.data_options),
+        "data_options": {key: value for key, value in spec.data_options.items() if key not in reading},
     }
     where = Path(path) if path is not None else Path(spec.weights or str(spec.factory).rpartition(":")[2])
-    return Target(where, label or run_label(where), model, config, info, test, digest, source)
+    return Target(where, label or run_label(where), model, config, info, test, digest, source, splits.test)
 
 
 def load_targets(

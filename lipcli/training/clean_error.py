@@ -7,9 +7,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lipcli.data.batches import iterate_batches, num_batches
+from lipcli.data.batches import elsewhere, iterate_batches, num_batches
 from lipcli.data.types import ImageSet
-from lipcli.distributed import all_reduce, owned
+from lipcli.distributed import all_reduce
 from lipcli.reporting import SILENT, Reporter
 
 
@@ -26,8 +26,8 @@ def clean_error_and_loss(
     loss = torch.zeros((), device=device, dtype=torch.float64)
     try:
         with reporter.task(description, num_batches(len(data), batch_size)) as task:
-            for number, (images, labels) in enumerate(iterate_batches(data, batch_size, device)):
-                if owned(number):
+            for images, labels in iterate_batches(data, batch_size, device, skip=elsewhere(batch_size)):
+                if images is not None:
                     logits = model(images)
                     wrong += (logits.argmax(1) != labels).sum()
                     loss += nn.functional.cross_entropy(logits, labels, reduction="sum").double()

@@ -26,6 +26,7 @@ def register_datasets(register: Register) -> None:
     register(
         "image-folder", "lipcli_builtins.datasets.sources:image_folder",
         "Your own images: DATA_DIR/{train,test}/CLASS/*.png|jpg|jpeg|bmp|webp, classes from the folder names",
+        reading_options=("stream", "workers", "max_memory_gb"),  # how the images are read, not which
     )
     register(
         "npz", "lipcli_builtins.datasets.sources:npz",

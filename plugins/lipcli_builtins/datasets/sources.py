@@ -291,7 +291,7 @@ def image_folder(
     every image must have the same size. ``grayscale`` true or false reads one or three channels; unset, one
     when every image is grey. The images are held in memory unless they take more than ``max_memory_gb``;
     then (or with ``stream = true``) they are read from their files a batch at a time by ``workers``
-    DataLoader processes (default: one per CPU core, at most 8). ``download`` is ignored: there is nothing
+    DataLoader processes (default: one per CPU core, shared among torchrun's processes, at most 8). ``download`` is ignored: there is nothing
     to download.
     """
     resize = None if resize is None else _int_option("resize", resize, 1)
@@ -325,8 +325,10 @@ def image_folder(
 
 
 def _default_workers() -> int:
-    """DataLoader processes reading a streamed set: one per CPU core this process may use, at most 8."""
-    return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    """DataLoader processes reading a streamed set: the CPU cores this process may use, shared with the other
+    processes of this machine under torchrun (``LOCAL_WORLD_SIZE``), at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))))
 
 
 def npz(
