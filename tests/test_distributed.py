@@ -116,6 +116,23 @@ def test_torchrun_training_writes_one_run(tmp_path: Path) -> None:
     assert "batch 128 = 2 processes x 64" in done.stderr
 
 
+def curve_in_one_and_two_processes(run: Any, flags: list[Any], out: Path) -> str:
+    """``distances.csv`` of ``lipcli curve FLAGS`` in this process, with one thread as each torchrun process
+    computes (the same float rounding), checked to equal that of two processes under torchrun."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = run("curve", *flags, "--out", out / "one")
+    finally:
+        torch.set_num_threads(threads)
+    assert single.exit_code == 0, single.output
+    done = torchrun("curve", *flags, "--out", out / "two")
+    assert done.returncode == 0, done.stderr[-3000:]
+    written = (out / "two" / "distances.csv").read_text()
+    assert written == (out / "one" / "distances.csv").read_text()
+    return written
+
+
 def test_distributed_curve_and_stats_write_the_single_process_files(tmp_path: Path, checkpoint: Path, run: Any) -> None:
     """Byte-identical files. The single process computes with one thread, as each torchrun process does: the
     order of a multi-threaded reduction changes float rounding, and the attacks' iterates with it."""

@@ -360,20 +360,11 @@ def test_attack_and_robust_take_the_same_models(run: Callable[..., Any], formats
 def test_torchrun_evaluates_an_exported_program_like_one_process(run: Callable[..., Any], formats: dict[str, Path],
                                                                  tmp_path: Path) -> None:
     """Two processes under torchrun write the distances one process writes, for a model lipcli did not train."""
-    from test_distributed import torchrun
+    from test_distributed import curve_in_one_and_two_processes
 
     flags = [formats["export"], *DIGITS, "--limit", "16", "--batch-size", "4", "-a", "deepfool", "--masking-check",
              "0", "--device", "cpu", "-q"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each torchrun process computes: the same float rounding
-    try:
-        single = run("curve", *flags, "--out", tmp_path / "one")
-    finally:
-        torch.set_num_threads(threads)
-    assert single.exit_code == 0, single.output
-    done = torchrun("curve", *flags, "--out", tmp_path / "two")
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "two" / "distances.csv").read_text() == (tmp_path / "one" / "distances.csv").read_text()
+    curve_in_one_and_two_processes(run, flags, tmp_path)
 
 
 def test_robust_takes_only_a_curve_of_the_model_loaded_the_same_way(run: Callable[..., Any],

@@ -191,24 +191,14 @@ def test_torchrun_evaluates_chosen_images_of_a_streamed_folder_like_one_process(
 ) -> None:
     """Two processes, each reading its own batches through DataLoader workers, write the files one process
     writes, images named by their test index."""
-    from test_distributed import torchrun
+    from test_distributed import curve_in_one_and_two_processes
 
     write_images(tmp_path / "data", LAYOUT, size=(8, 8))
     checkpoint = _train(run, tmp_path / "run", tmp_path / "data", "data.options.stream=true",
                         "data.options.workers=1")
     flags = [checkpoint, "--offset", 2, "--limit", 9, "--batch-size", 2, "-a", "min-norm", "-O", "min-norm.steps=5",
              "--masking-check", "0", "--device", "cpu", "-q"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each torchrun process computes: the same float rounding
-    try:
-        single = run("curve", *flags, "--out", tmp_path / "one")
-    finally:
-        torch.set_num_threads(threads)
-    assert single.exit_code == 0, single.output
-    done = torchrun("curve", *flags, "--out", tmp_path / "two")
-    assert done.returncode == 0, done.stderr[-3000:]
-    written = (tmp_path / "two" / "distances.csv").read_text()
-    assert written == (tmp_path / "one" / "distances.csv").read_text()
+    written = curve_in_one_and_two_processes(run, flags, tmp_path)
     assert [line.split(",")[0] for line in written.splitlines()[1:]] == [str(i) for i in range(2, 11)]
 
 

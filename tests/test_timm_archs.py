@@ -5,16 +5,13 @@ line, refused in one line where they cannot be built."""
 from __future__ import annotations
 
 import importlib.util
-import json
-import subprocess
-import sys
-import textwrap
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 import torch
+from test_torchvision_archs import listed_architectures
 from torch import nn
 
 from lipcli.components import call_factory, option_defaults
@@ -61,26 +58,10 @@ def test_registered_only_where_timm_is_installed(monkeypatch: pytest.MonkeyPatch
 
 
 def test_listing_shows_it_and_imports_neither_torch_nor_timm() -> None:
-    script = textwrap.dedent("""
-        import json, runpy, sys, io, contextlib
-        sys.argv = ["lipcli", "list", "architectures", "--json"]
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            try:
-                runpy.run_module("lipcli", run_name="__main__")
-            except SystemExit as exit:
-                assert not exit.code, exit.code
-        listed = {a["name"]: a for a in json.loads(out.getvalue())["architectures"]}
-        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "timm", "torchvision"))
-        print(json.dumps({"timm": listed.get("timm"), "modules": heavy}))
-    """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads(done.stdout)
-    assert report["modules"] == [], report["modules"]
-    assert report["timm"]["options"] == {"name": timm_models.DEFAULT}
-    assert report["timm"]["plugin"] == "lipcli-architectures"
-    assert "model.options.name" in report["timm"]["description"]
+    listed = listed_architectures(("torch", "timm", "torchvision"))["timm"]
+    assert listed["options"] == {"name": timm_models.DEFAULT}
+    assert listed["plugin"] == "lipcli-architectures"
+    assert "model.options.name" in listed["description"]
 
 
 def test_options_are_read_from_source(host: PluginHost) -> None:
