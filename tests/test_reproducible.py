@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+import lipcli.data.batches as batches_module
 import lipcli.evaluation.attack_set as runner_module
 from lipcli.data.selection import Selection
 from lipcli.attacks import Attack
@@ -83,7 +84,7 @@ def test_seeds_are_per_attack_and_batch_not_per_process_or_order(monkeypatch: py
     monkeypatch.setattr(runner_module, "all_reduce", lambda tensor, op="sum": tensor)
     parts = []
     for rank in (0, 1):
-        monkeypatch.setattr(runner_module, "owned", lambda number, rank=rank: number % 2 == rank)
+        monkeypatch.setattr(batches_module, "owned", lambda number, rank=rank: number % 2 == rank)
         parts.append(push(3, {"push": RandomPush()}))
     assert torch.equal(parts[0] + parts[1], once) and (parts[0] > 0).sum() == 8 and (parts[1] > 0).sum() == 4
     # the batches draw differently from one another (the seed depends on the batch number)
