@@ -220,3 +220,10 @@ def test_how_images_are_read_is_not_part_of_a_results_identity(run: Callable[...
     assert json.loads((tmp_path / "curve" / "summary.json").read_text())["settings"]["model"]["data_options"] == {}
     other = run(*common, "--data-option", "resize=8")
     assert other.exit_code == 1 and "model.data_options" in other.output, other.output
+
+
+def test_no_batch_is_yielded_past_the_end() -> None:
+    for images in (torch.zeros(4, 1, 2, 2, dtype=torch.uint8), _files(4)):
+        data = ImageSet(images, torch.zeros(4))
+        assert list(iterate_batches(data, 2, CPU, start=2)) == []
+        assert len(list(iterate_batches(data, 3, CPU))) == 2

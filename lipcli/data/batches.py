@@ -8,8 +8,8 @@ from typing import Callable, Iterator
 import torch
 
 from lipcli.data.image_files import ImageFiles
-from lipcli.distributed import owned
 from lipcli.data.types import ImageSet
+from lipcli.distributed import owned
 
 
 def epoch_order(size: int, seed: int, epoch: int, batch_size: int) -> torch.Tensor:
@@ -65,11 +65,11 @@ def iterate_batches(
 
     ``start`` skips that many batches (resuming mid-epoch). A batch ``skip(number)`` is true for (counted
     from ``start``: another process's, or one with nothing to attack) is not read or copied: its images are
-    None, its labels given (their length is the batch's), so a set read from its files decodes only the
-    batches used.
+    None and its labels stay on the CPU (their length is the batch's), so a set read from its files decodes
+    only the batches used.
     """
     rows = torch.arange(len(data)) if order is None else order
-    batches = rows[start * batch_size :].split(batch_size)
+    batches = [index for index in rows[start * batch_size :].split(batch_size) if len(index)]
     used = [index for number, index in enumerate(batches) if skip is None or not skip(number)]
     non_blocking = device.type == "cuda"
     if isinstance(data.images, ImageFiles):
@@ -77,11 +77,11 @@ def iterate_batches(
     else:
         read = (_gathered(data.images, index, pin=non_blocking) for index in used)
     for number, index in enumerate(batches):
-        labels = data.labels[index].to(device, non_blocking=non_blocking)
         if skip is not None and skip(number):
-            yield None, labels
+            yield None, data.labels[index]
         else:
-            yield data.as_float(next(read).to(device, non_blocking=non_blocking)), labels
+            images = data.as_float(next(read).to(device, non_blocking=non_blocking))
+            yield images, data.labels[index].to(device, non_blocking=non_blocking)
 
 
 def elsewhere(batch_size: int, attacked: torch.Tensor | None = None) -> Callable[[int], bool]:
