@@ -35,7 +35,7 @@ in the spirit of FAB (Croce & Hein 2020):
 
 Cost per image with the defaults (10 classes): at most 20 start steps (2 backward passes each; most images
 need 3-5), 5 refinement steps (2 each), 9 x 4 screening and 2 x 26 targeted steps (1 each), 4 x 10 polish
-steps (1 each) and about 50 bisection forward passes: about 150 backward and 210 forward passes, against
+steps (1 each) and about 50 bisection forward passes: about 150 backward and 225 forward passes, against
 1000 of each for DDN, FMN or ALMA at 1000 steps. On two Fashion-MNIST CNNs (undefended and tanh head, l2,
 262 and 264 images) that is 0.24 and 0.22 of ALMA's time at 1000 steps, measured in the same run, at a median
 1.0028 times the per-image best over foolbox's DDN, adv_lib's DDN and ALMA, and itself
