@@ -141,7 +141,7 @@ def test_min_norm_finds_the_closest_boundary_of_a_low_scoring_class(host: Plugin
         return float(measured_distances(model, images, labels, proposals, norm)[0])
 
     assert 0.1 - 1e-6 <= found() <= 0.1 * 1.001
-    assert found(target_pool=2, linf_rounds=0) >= 0.25 - 1e-6  # only the two highest-scoring classes: the far one
+    assert found(target_pool=2) >= 0.25 - 1e-6  # only the two highest-scoring classes: the far one
 
 
 def test_min_norm_polish_walks_from_a_far_boundary_point_to_the_closest(
@@ -167,7 +167,9 @@ def test_min_norm_polish_walks_from_a_far_boundary_point_to_the_closest(
     attack = host.registry("attack").get("min-norm").factory()
     with frozen_eval(model):
         before, _ = measured_distances(model, images, labels, start, "l2")
-        after, _ = measured_distances(model, images, labels, attack._polish_margin(model, images, labels, "l2", start.clone()), "l2")
+        polished = start.clone()
+        attack._polish(model, images, labels, "l2", polished, before.clone(), attack.schedules["l2"].polish_rounds)
+        after, _ = measured_distances(model, images, labels, polished, "l2")
     assert usable.sum() >= 20 and torch.isfinite(before[usable]).all()
     assert (before[usable] / truth[usable]).min() > 1.015
     assert (after <= before).all()  # a round only ever replaces the best point by a closer one
@@ -283,22 +285,59 @@ def test_distance_is_float64_and_exact() -> None:
     assert distance(delta, "linf").tolist() == [4.0, 0.0]
 
 
-def test_min_norm_linf_rounds_bring_a_far_adversarial_to_the_closest_boundary(
-    host: PluginHost, affine: tuple[nn.Module, torch.Tensor, torch.Tensor]
+def test_min_norm_linf_default_costs_a_quarter_of_the_outside_attacks(
+    host: PluginHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Step 6 (l-inf): from adversarials 30 % (median; up to 70 %) farther than the exact distance, on a direction
-    off the shortest one (so bisection towards x alone stops short), three APGD-T rounds end within 1 % (median)
-    and 5 % (every image) of the exact distance."""
+    """The l-inf default's budget, counted rather than timed: at most 90 backward passes per image on a 10-class
+    model (about 80 here; the earlier default, with its APGD-T rounds, took 331; adv_lib's APGD-T searched over
+    eps, the strongest outside attack of ``benchmarks/bench_attacks.py`` in l-inf, about 440 on Fashion-MNIST)."""
+    model = nn.Linear(SHAPE[0] * SHAPE[1] * SHAPE[2], 10)
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(model.weight.shape, generator=torch.Generator().manual_seed(4)))
+        model.bias.zero_()
+    network = nn.Sequential(nn.Flatten(), model).eval()
+    images = 0.3 + 0.4 * torch.rand((40, *SHAPE), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        labels = network(images).argmax(1)
+    passes = [0]
+    grad = torch.autograd.grad
+
+    def counted(outputs: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        passes[0] += (inputs[0] if isinstance(inputs, (tuple, list)) else inputs).shape[0]
+        return grad(outputs, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counted)
+    with frozen_eval(network):
+        proposals = host.registry("attack").get("min-norm").factory().run(network, images, labels, "linf")
+    distances, _ = measured_distances(network, images, labels, proposals, "linf")
+    assert torch.isfinite(distances).all()
+    assert passes[0] / len(labels) <= 90, passes[0] / len(labels)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_min_norm_walk_brings_a_far_adversarial_to_the_closest_boundary(
+    host: PluginHost, affine: tuple[nn.Module, torch.Tensor, torch.Tensor], norm: str
+) -> None:
+    """Step 6, the boundary walk (the l-inf default's last stage, ``walk_steps`` in l2): from adversarials 17-24 %
+    (l2) and 30-70 % (l-inf) farther than the exact distance, on a direction off the shortest one (so bisection
+    towards x alone stops short), 60 steps end within 0.1 % of the exact distance on every image (0.06 % and
+    0.04 % at most)."""
     model, images, labels = affine
-    truth = exact_distances(model, images, labels, "linf")
+    truth = exact_distances(model, images, labels, norm)
     weight = model.linear.weight.detach()
     with torch.no_grad():
         logits = model(images)
-    dual = (weight[labels][:, None] - weight[None]).abs().sum(dim=2)
+    difference = weight[labels][:, None] - weight[None]
+    dual = difference.norm(dim=2) if norm == "l2" else difference.abs().sum(dim=2)
     closest = ((logits.gather(1, labels[:, None]) - logits) / dual).scatter(1, labels[:, None], torch.inf).argmin(1)
-    direction = (weight[closest] - weight[labels]).sign().view(images.shape)
-    noise = torch.rand(images.shape, generator=torch.Generator().manual_seed(3)) < 0.1  # 10 % of pixels flipped
-    direction = torch.where(noise, -direction, direction)
+    normal = (weight[closest] - weight[labels]).view(images.shape)
+    if norm == "linf":
+        noise = torch.rand(images.shape, generator=torch.Generator().manual_seed(3)) < 0.1  # 10 % of pixels flipped
+        direction = torch.where(noise, -normal.sign(), normal.sign())
+    else:  # the unit normal tilted by a random direction of half its length
+        noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(3))
+        direction = normal / normal.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        direction = direction + 0.5 * noise / noise.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
     scale = truth.view(-1, 1, 1, 1).float()
     start = images + direction * scale
     while True:  # out along the perturbed direction until the model is fooled
@@ -310,9 +349,10 @@ def test_min_norm_linf_rounds_bring_a_far_adversarial_to_the_closest_boundary(
     start = start.clamp(0, 1)
     attack = host.registry("attack").get("min-norm").factory()
     with frozen_eval(model):
-        before, _ = measured_distances(model, images, labels, start, "linf")
-        after, _ = measured_distances(model, images, labels,
-                                      attack._polish_targeted(model, images, labels, "linf", start.clone()), "linf")
-    assert (before / truth).min() > 1.05  # the start is well off the closest point
+        before, _ = measured_distances(model, images, labels, start, norm)
+        walked = start.clone()
+        attack._walk(model, images, labels, norm, walked, before.clone(), 60)
+        after, _ = measured_distances(model, images, labels, walked, norm)
+    assert (before / truth).min() > 1.05, (before / truth).min()  # the start is well off the closest point
     assert (after <= before).all() and (after / truth).min() >= 1 - 1e-6
-    assert (after / truth).median() <= 1.01 and (after / truth).max() <= 1.05  # from 1.3 and 1.7
+    assert (after / truth).max() <= 1.001, (after / truth).max()
