@@ -141,7 +141,7 @@ def test_min_norm_finds_the_closest_boundary_of_a_low_scoring_class(host: Plugin
         return float(measured_distances(model, images, labels, proposals, norm)[0])
 
     assert 0.1 - 1e-6 <= found() <= 0.1 * 1.001
-    assert found(target_pool=2) >= 0.25 - 1e-6  # only the two highest-scoring classes: the far one
+    assert found(target_pool=2, linf_walk_steps=0) >= 0.25 - 1e-6  # only the two highest-scoring classes: the far one
 
 
 def test_min_norm_polish_walks_from_a_far_boundary_point_to_the_closest(
@@ -285,7 +285,7 @@ def test_distance_is_float64_and_exact() -> None:
     assert distance(delta, "linf").tolist() == [4.0, 0.0]
 
 
-def test_min_norm_linf_default_costs_a_quarter_of_the_outside_attacks(
+def test_min_norm_linf_default_backward_passes_per_image(
     host: PluginHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The l-inf default's budget, counted rather than timed: at most 90 backward passes per image on a 10-class
@@ -320,8 +320,7 @@ def test_min_norm_walk_brings_a_far_adversarial_to_the_closest_boundary(
 ) -> None:
     """Step 6, the boundary walk (the l-inf default's last stage, ``walk_steps`` in l2): from adversarials 17-24 %
     (l2) and 30-70 % (l-inf) farther than the exact distance, on a direction off the shortest one (so bisection
-    towards x alone stops short), 60 steps end within 0.1 % of the exact distance on every image (0.06 % and
-    0.04 % at most)."""
+    towards x alone stops short), the l-inf default's 50 steps end within 0.1 % of the exact distance on every image."""
     model, images, labels = affine
     truth = exact_distances(model, images, labels, norm)
     weight = model.linear.weight.detach()
@@ -350,9 +349,10 @@ def test_min_norm_walk_brings_a_far_adversarial_to_the_closest_boundary(
     attack = host.registry("attack").get("min-norm").factory()
     with frozen_eval(model):
         before, _ = measured_distances(model, images, labels, start, norm)
-        walked = start.clone()
-        attack._walk(model, images, labels, norm, walked, before.clone(), 60)
+        walked, walked_distance = start.clone(), before.clone()
+        attack._walk(model, images, labels, norm, walked, walked_distance, attack.schedules["linf"].walk_steps)
         after, _ = measured_distances(model, images, labels, walked, norm)
+    assert torch.allclose(walked_distance, after, rtol=1e-6, atol=0)  # the distances kept are the points' own
     assert (before / truth).min() > 1.05, (before / truth).min()  # the start is well off the closest point
     assert (after <= before).all() and (after / truth).min() >= 1 - 1e-6
     assert (after / truth).max() <= 1.001, (after / truth).max()

@@ -8,21 +8,22 @@ in the spirit of FAB (Croce & Hein 2020):
 1. Start: box-aware DeepFool over the ``candidates`` highest-scoring other classes: each step goes to the
    closest linearised boundary that the box [0, 1]^n can reach, the step solved exactly inside the box
    (:func:`lipcli.api.box_projection`).
-2. Refine, ``steps`` times: linearise the margins at the current point p; project the clean image x onto
-   the closest linearised boundary inside the box (``delta_x``) and the point itself onto it (``delta_p``); move to
-   ``(1 - a)(p + eta delta_p) + a (x + eta delta_x)`` with ``a = min(|delta_p| / (|delta_p| + |delta_x|),
-   alpha_max)``. An adversarial p is first pulled towards x by ``beta`` (using the same linearisation), so
-   the iterate walks along the boundary towards the closest point instead of staying outside it.
-3. Targeted walks: the same walk from x towards one class. A short one (``screen_steps``) towards each of the
-   ``target_pool`` highest-scoring other classes; then the ``targets`` walks that got closest, per image,
-   continue to ``target_steps`` steps. The untargeted walk settles on one class's boundary, and the class
-   whose boundary is closest is often not among the highest-scoring ones: on 47 images of a tanh-head
-   Fashion-MNIST CNN, walks towards the two highest-scoring classes only left the median l2 distance 5.7 %
-   above the per-image best of the attacks tried (ALMA among them); screening every class, 0.5 %.
+2. Refine, ``steps`` (l-inf: ``linf_refine_steps``) times: linearise the margins at the current point p; project
+   the clean image x onto the closest linearised boundary inside the box (``delta_x``) and the point itself onto it
+   (``delta_p``); move to ``(1 - a)(p + eta delta_p) + a (x + eta delta_x)`` with ``a = min(|delta_p| / (|delta_p|
+   + |delta_x|), alpha_max)``. An adversarial p is first pulled towards x by ``beta`` (using the same
+   linearisation), so the iterate walks along the boundary towards the closest point instead of staying outside it.
+3. Targeted walks: the same walk from x towards one class. A short one (``screen_steps``; ``linf_screen_steps``)
+   towards each of the ``target_pool`` highest-scoring other classes; then the ``targets`` walks that got closest,
+   per image, continue to ``target_steps`` (``linf_target_steps``) steps. The untargeted walk settles on one
+   class's boundary, and the class whose boundary is closest is often not among the highest-scoring ones: on 47
+   images of a tanh-head Fashion-MNIST CNN, walks towards the two highest-scoring classes only left the median l2
+   distance 5.7 % above the per-image best of the attacks tried (ALMA among them); screening every class, 0.5 %.
 4. Bisection on the segment from x to the best adversarial found.
-5. Polish, ``polish_rounds`` times: projected gradient ascent on the margin (``polish_steps`` steps) in a
-   ball a little smaller than the best distance, started from the best point scaled into it; a success is
-   bisected towards x and becomes the best. It corrects what linearisation misses where the model curves.
+5. Polish, ``polish_rounds`` (``linf_polish_rounds``) times: projected gradient ascent on the margin
+   (``polish_steps`` steps) in a ball a little smaller than the best distance, started from the best point scaled
+   into it; a success is bisected towards x and becomes the best. It corrects what linearisation misses where the
+   model curves.
 6. Boundary walk, ``walk_steps`` (l2) or ``linf_walk_steps`` (l-inf) steps: :func:`boundary_walk`, a walk in
    the manner of FMN (Pintor et al. 2021) towards the best point's class, whose radius shrinks after each
    adversarial iterate and grows after each clean one, started ``walk_start`` of the way from x to the best
@@ -36,7 +37,7 @@ in the spirit of FAB (Croce & Hein 2020):
    images near it).
 
 The stages that pay differ by norm, so their step counts are set per norm: ``steps``, ``screen_steps``,
-``target_steps``, ``polish_rounds`` and ``walk_steps`` in l2 (5, 4, 30, 4, 0), and ``linf_steps``,
+``target_steps``, ``polish_rounds`` and ``walk_steps`` in l2 (5, 4, 30, 4, 0), and ``linf_refine_steps``,
 ``linf_screen_steps``, ``linf_target_steps``, ``linf_polish_rounds`` and ``linf_walk_steps`` in l-inf (0, 2,
 6, 0, 50).
 
@@ -107,7 +108,7 @@ class MinimumNorm(Attack):
         polish_shrink: float = 0.01,
         walk_steps: int = 0,
         walk_start: float = 0.5,
-        linf_steps: int = 0,
+        linf_refine_steps: int = 0,
         linf_screen_steps: int = 2,
         linf_target_steps: int = 6,
         linf_polish_rounds: int = 0,
@@ -123,16 +124,17 @@ class MinimumNorm(Attack):
         self.targets, self.target_pool = targets, target_pool
         if targets < 0 or target_pool < 1:
             raise ValueError("need targets >= 0, target_pool >= 1")
-        if polish_steps < 1 or not 0 < polish_shrink < 1 or not 0 <= walk_start < 1:
-            raise ValueError("need polish_steps >= 1, 0 < polish_shrink < 1, 0 <= walk_start < 1")
+        if polish_steps < 1 or not 0 < polish_shrink < 1 or not 0 < walk_start < 1:
+            raise ValueError("need polish_steps >= 1, 0 < polish_shrink < 1, 0 < walk_start < 1")
         self.polish_steps, self.polish_shrink, self.walk_start = polish_steps, polish_shrink, walk_start
         self.schedules = {
             "l2": Schedule(steps, screen_steps, target_steps, polish_rounds, walk_steps),
-            "linf": Schedule(linf_steps, linf_screen_steps, linf_target_steps, linf_polish_rounds, linf_walk_steps),
+            "linf": Schedule(linf_refine_steps, linf_screen_steps, linf_target_steps, linf_polish_rounds,
+                             linf_walk_steps),
         }
         if any(value < 0 for schedule in self.schedules.values() for value in astuple(schedule)):
-            raise ValueError("step counts and rounds (steps, screen_steps, target_steps, polish_rounds, walk_steps "
-                             "and their linf_ forms) must be >= 0")
+            raise ValueError("step counts and rounds (steps, screen_steps, target_steps, polish_rounds, walk_steps, "
+                             "linf_refine_steps and the other linf_ forms) must be >= 0")
 
     def run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str) -> torch.Tensor:
         schedule = self.schedules[norm]
@@ -340,7 +342,6 @@ def _pgd_margin(
     return torch.where(done.view(view), found, point)
 
 
-
 WALK_SCHEDULE = (0.2, 0.001, 1.0, 0.02)
 """(first, last) radius change and (first, last) step size of :func:`boundary_walk`, both relative and cosine-
 annealed. The step size starts at the whole radius: in l-inf the first steps jump between vertices of the ball."""
@@ -370,10 +371,11 @@ def boundary_walk(
         delta = delta.detach().requires_grad_(moving)
         with torch.set_grad_enabled(moving):
             logits = model(images + delta)
+        point = images + delta.detach()
         fooled = clearly_fooled(logits.detach(), labels)
-        measured = distance(delta.detach(), norm)
+        measured = distance(point - images, norm)
         better = fooled & (measured < best_distance)
-        best[better], best_distance[better] = (images + delta.detach())[better], measured[better]
+        best[better], best_distance[better] = point[better], measured[better]
         if not moving:
             break
         margin = logits.gather(1, target[:, None]) - logits.gather(1, labels[:, None])
