@@ -66,6 +66,27 @@ def test_hsja_never_exceeds_its_query_budget(
     assert counter.queries >= (queries - 20) * len(labels)
 
 
+def test_hsja_caps_each_normal_estimate_at_max_samples(
+    host: PluginHost, affine: tuple[nn.Module, torch.Tensor, torch.Tensor]
+) -> None:
+    """The default spends a large budget on more steps, not on larger estimates: with one image and one model call
+    per round, no call holds more than 200 probes, while 10,000 queries still all go (HopSkipJump's uncapped
+    100 sqrt(t) growth reaches 519 probes per estimate here)."""
+    model, images, labels = affine
+    sizes: list[int] = []
+
+    class Sizes(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            sizes.append(len(x))
+            return model(x)
+
+    torch.manual_seed(0)
+    counter = QueryCounter(Sizes())
+    hsja(host, queries=10000, chunk=100000).run(counter, images[:1], labels[:1], "l2")
+    assert max(sizes) == 200, max(sizes)
+    assert counter.queries >= 10000 - 20
+
+
 def test_hsja_uses_only_the_predicted_label(
     host: PluginHost, affine: tuple[nn.Module, torch.Tensor, torch.Tensor]
 ) -> None:
