@@ -329,17 +329,28 @@ def _pgd_margin(
         margin = logits.scatter(1, labels[:, None], -torch.inf).amax(1) - own
         (gradient,) = torch.autograd.grad(margin.sum(), x)
         size = radius * (0.25 * (1 + math.cos(math.pi * step / steps)) / 2 + 0.01)
-        if norm == "l2":
-            step_ = gradient / gradient.flatten(1).norm(dim=1).clamp_min(1e-12).view(view)
-        else:
-            step_ = gradient.sign()
-        moved = point + size * step_ - images
-        if norm == "l2":
-            moved = moved * (radius / moved.flatten(1).norm(dim=1).clamp_min(1e-12).view(view)).clamp(max=1)
-        else:
-            moved = torch.maximum(torch.minimum(moved, radius), -radius)
-        point = torch.where(done.view(view), point, (images + moved).clamp(0, 1)).detach()
+        point = torch.where(done.view(view), point, _steepest_step(point, images, gradient, size, radius, norm))
     return torch.where(done.view(view), found, point)
+
+
+def _steepest_step(
+    point: torch.Tensor, images: torch.Tensor, gradient: torch.Tensor, size: torch.Tensor, radius: torch.Tensor,
+    norm: str,
+) -> torch.Tensor:
+    """``point`` moved by ``size`` along the steepest ascent direction of ``gradient`` in ``norm`` (its direction in
+    l2, its sign in l-inf), projected onto the ball of ``radius`` around ``images`` and onto the box; ``size`` and
+    ``radius`` broadcast per image."""
+    view = (-1,) + (1,) * (images.dim() - 1)
+    if norm == "l2":
+        direction = gradient / gradient.flatten(1).norm(dim=1).clamp_min(1e-12).view(view)
+    else:
+        direction = gradient.sign()
+    moved = point + size * direction - images
+    if norm == "l2":
+        moved = moved * (radius / moved.flatten(1).norm(dim=1).clamp_min(1e-12).view(view)).clamp(max=1)
+    else:
+        moved = torch.maximum(torch.minimum(moved, radius), -radius)
+    return (images + moved).clamp(0, 1).detach()
 
 
 WALK_SCHEDULE = (0.2, 0.001, 1.0, 0.02)
@@ -364,33 +375,25 @@ def boundary_walk(
     gamma_first, gamma_last, alpha_first, alpha_last = WALK_SCHEDULE
     best = start.clone()
     best_distance = torch.full((images.shape[0],), torch.inf, dtype=torch.float64, device=images.device)
-    delta = start - images
-    radius = distance(delta, norm).clamp_min(1e-6)
+    point = start.detach()
+    radius = distance(point - images, norm).clamp_min(1e-6)
     for step in range(steps + 1):
         moving = step < steps
-        delta = delta.detach().requires_grad_(moving)
+        point = point.requires_grad_(moving)
         with torch.set_grad_enabled(moving):
-            logits = model(images + delta)
-        point = images + delta.detach()
+            logits = model(point)
         fooled = clearly_fooled(logits.detach(), labels)
-        measured = distance(point - images, norm)
+        measured = distance(point.detach() - images, norm)
         better = fooled & (measured < best_distance)
-        best[better], best_distance[better] = point[better], measured[better]
+        best[better], best_distance[better] = point.detach()[better], measured[better]
         if not moving:
             break
         margin = logits.gather(1, target[:, None]) - logits.gather(1, labels[:, None])
-        (gradient,) = torch.autograd.grad(margin.sum(), delta)
+        (gradient,) = torch.autograd.grad(margin.sum(), point)
         annealed = (1 + math.cos(math.pi * step / steps)) / 2
         gamma = gamma_last + (gamma_first - gamma_last) * annealed
         alpha = alpha_last + (alpha_first - alpha_last) * annealed
         radius = torch.where(fooled, torch.minimum(radius * (1 - gamma), best_distance), radius * (1 + gamma))
         size = radius.to(images.dtype).view(view)
-        if norm == "l2":
-            unit = gradient / gradient.flatten(1).norm(dim=1).clamp_min(1e-12).view(view)
-            moved = delta.detach() + alpha * size * unit
-            moved = moved * (size / moved.flatten(1).norm(dim=1).clamp_min(1e-12).view(view)).clamp(max=1)
-        else:
-            moved = delta.detach() + alpha * size * gradient.sign()
-            moved = torch.maximum(torch.minimum(moved, size), -size)
-        delta = (images + moved).clamp(0, 1) - images
+        point = _steepest_step(point.detach(), images, gradient, alpha * size, size, norm)
     return best, best_distance
