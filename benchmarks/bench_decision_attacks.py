@@ -1,7 +1,7 @@
 """Decision-based l2 attacks at equal query budgets: lipcli's ``boundary`` and ``hsja`` against foolbox 3's
 BoundaryAttack and HopSkipJump, on the same model and images.
 
-Target (issue 15): at each budget (1,000 and 10,000 queries per image), lipcli's best decision-based attack
+Target (issue 15): at each budget (1,000 and 10,000 queries per image), lipcli's ``boundary`` (and its ``hsja``)
 reaches a median distance no larger than the better foolbox attack, in less time; printed as ratios.
 
 Queries are counted the same way for every attack: the model is wrapped in lipcli's ``QueryCounter``, which
@@ -11,10 +11,14 @@ their queries per image come out at the budget; the measured queries per image a
 Every distance is measured by lipcli's accounting (eval mode, re-classified, in [0, 1], float64 l2), on the
 images the model classifies correctly; failures count as +inf. Each attack gets the same images in one batch,
 with torch's generators seeded as ``lipcli`` seeds them. Wall-clock and process CPU seconds are both printed:
-on a machine shared with other jobs, the CPU time is the steadier measure. foolbox is a benchmark-only dependency.
+on a machine shared with other jobs, the CPU time is the steadier measure, and ``--repeat N`` runs every attack N
+times in a rotated order and compares median times (at equal budgets the model's forward passes dominate every
+attack's time, so a slow spell of the machine decides a single run's ratio). foolbox is a benchmark-only
+dependency.
 
     python benchmarks/bench_decision_attacks.py CHECKPOINT [CHECKPOINT ...] [--budgets 1000,10000]
-        [--images 200,50] [--only boundary,hsja,foolbox-boundary,foolbox-hsja] [--data-dir DIR] [--device cpu]
+        [--images 200,50] [--only boundary,hsja,foolbox-boundary,foolbox-hsja] [--repeat 1]
+        [--boundary-options JSON] [--data-dir DIR] [--device cpu]
 
 ``--images`` gives how many correctly classified test images each budget attacks (the 10,000-query runs of
 foolbox take minutes per hundred images on a laptop CPU). On a CPU shared with other jobs, run it with
@@ -24,10 +28,12 @@ foolbox take minutes per hundred images on a laptop CPU). On a CPU shared with o
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -104,19 +110,24 @@ def foolbox_hsja(budget: int) -> Run:
     return run
 
 
-def lipcli_attack(host: PluginHost, name: str, budget: int) -> Run:
-    """lipcli's ``boundary`` (2 queries per step after a start of about 27) or ``hsja`` (an exact budget)."""
-    options = {"steps": max(0, (budget - 27) // 2)} if name == "boundary" else {"queries": budget}
-    attack = host.registry("attack").get(name).factory(**options)
+def lipcli_attack(host: PluginHost, name: str, budget: int, options: dict[str, object] | None = None) -> Run:
+    """lipcli's ``boundary`` (1 + 1 / ``check_every`` queries per step after a start of about 27) or ``hsja``
+    (an exact budget), with ``options`` for ``boundary`` (its steps are set from the budget)."""
+    factory = host.registry("attack").get(name).factory
+    if name == "boundary":
+        per_step = 1 + 1 / factory(**(options or {})).check_every
+        attack = factory(**(options or {}), steps=max(0, int((budget - 27) / per_step)))
+    else:
+        attack = factory(queries=budget)
     return lambda model, images, labels: attack.run(model, images, labels, "l2")
 
 
-def runner(name: str, budget: int, host: PluginHost) -> Run:
+def runner(name: str, budget: int, host: PluginHost, boundary_options: dict[str, object] | None = None) -> Run:
     if name == "foolbox-boundary":
         return foolbox_boundary(budget)
     if name == "foolbox-hsja":
         return foolbox_hsja(budget)
-    return lipcli_attack(host, name, budget)
+    return lipcli_attack(host, name, budget, boundary_options)
 
 
 def measure(name: str, run: Run, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, budget: int) -> Row:
@@ -145,10 +156,15 @@ def compare(
     attacks: Sequence[str] = ATTACKS,
     counts: Sequence[int] | None = None,
     host: PluginHost | None = None,
+    repeat: int = 1,
+    boundary_options: dict[str, object] | None = None,
 ) -> list[Row]:
     """One :class:`Row` per attack and budget, on the first ``counts[i]`` images for ``budgets[i]`` (all if None).
 
-    ``images`` must be classified correctly by ``model``; each row is printed as it is measured.
+    With ``repeat`` > 1 each budget's attacks run that many times, in a rotated order (so no attack always runs
+    in the same part of a slow spell of a shared machine), and a row keeps the median wall and CPU seconds; the
+    distances are the same every time (the same seeds). ``images`` must be classified correctly by ``model``;
+    each measurement is printed as it is made.
     """
     host = host or PluginHost()
     images, labels = images.to(device), labels.to(device)
@@ -156,11 +172,24 @@ def compare(
     with frozen_eval(model):
         for position, budget in enumerate(budgets):
             count = len(labels) if counts is None else counts[position]
-            for name in attacks:
-                row = measure(name, runner(name, budget, host), model, images[:count], labels[:count], budget)
-                print(format_row(row), flush=True)
-                rows.append(row)
+            runs: dict[str, list[Row]] = {name: [] for name in attacks}
+            for turn in range(repeat):
+                for name in attacks[turn % len(attacks):] + attacks[: turn % len(attacks)]:
+                    run = runner(name, budget, host, boundary_options)
+                    row = measure(name, run, model, images[:count], labels[:count], budget)
+                    print(format_row(row), flush=True)
+                    runs[name].append(row)
+            medians = [median_row(measured) for measured in runs.values()]
+            if repeat > 1:
+                print(f"median times of {repeat} runs:", *map(format_row, medians), sep="\n", flush=True)
+            rows += medians
     return rows
+
+
+def median_row(rows: list[Row]) -> Row:
+    """The first row with the median wall and CPU seconds of all."""
+    return replace(rows[0], seconds=statistics.median(r.seconds for r in rows),
+                   cpu_seconds=statistics.median(r.cpu_seconds for r in rows))
 
 
 def format_row(row: Row) -> str:
@@ -170,18 +199,18 @@ def format_row(row: Row) -> str:
 
 
 def ratios(rows: list[Row]) -> list[str]:
-    """Per budget: lipcli's best decision attack (smallest median) over the better foolbox attack."""
+    """Per budget: each of lipcli's decision attacks over the better foolbox attack (the smaller median)."""
     lines = []
     for budget in dict.fromkeys(row.budget for row in rows):
         ours = [r for r in rows if r.budget == budget and not r.attack.startswith("foolbox")]
         theirs = [r for r in rows if r.budget == budget and r.attack.startswith("foolbox")]
-        if not ours or not theirs:
+        if not theirs:
             continue
-        best = min(ours, key=lambda r: r.median)
         rival = min(theirs, key=lambda r: r.median)
-        lines.append(f"budget {budget}: {best.attack} / {rival.attack}: median distance ratio "
-                     f"{best.median / rival.median:.4f} (target <= 1), time ratio {best.seconds / rival.seconds:.3f} "
-                     f"(CPU time {best.cpu_seconds / rival.cpu_seconds:.3f}; target < 1)")
+        for row in ours:
+            lines.append(f"budget {budget}: {row.attack} / {rival.attack}: median distance ratio "
+                         f"{row.median / rival.median:.4f} (target <= 1), time ratio {row.seconds / rival.seconds:.3f} "
+                         f"(CPU time {row.cpu_seconds / rival.cpu_seconds:.3f}; target < 1)")
     return lines
 
 
@@ -193,12 +222,19 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(ATTACKS))
     parser.add_argument("--data-dir", type=Path, default=Path(FASHION))
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each attack; the median time is compared")
+    parser.add_argument("--boundary-options", default="{}", help="options of lipcli's boundary, as JSON")
     args = parser.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
     counts = [int(n) for n in args.images.split(",")]
     if len(counts) != len(budgets):
         parser.error("--images needs one count per budget")
-    attacks = args.only.split(",")
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    boundary_options = json.loads(args.boundary_options)
+    if "steps" in boundary_options:
+        parser.error("--boundary-options: the steps come from the budget (--budgets)")
+    attacks = tuple(dict.fromkeys(args.only.split(",")))
     if unknown := set(attacks) - set(ATTACKS):
         parser.error(f"unknown attack(s) {', '.join(sorted(unknown))}; use {', '.join(ATTACKS)}")
 
@@ -212,7 +248,8 @@ def main() -> None:
             correct = target.model(images).argmax(1) == labels
         images, labels = images[correct][: max(counts)], labels[correct][: max(counts)]
         print(f"{target.label}: {len(labels)} correctly classified test images", flush=True)
-        rows = compare(target.model, images, labels, budgets, device, attacks=attacks, counts=counts, host=host)
+        rows = compare(target.model, images, labels, budgets, device, attacks=attacks, counts=counts, host=host,
+                       repeat=args.repeat, boundary_options=boundary_options)
         for line in ratios(rows):
             print(f"{target.label} {line}", flush=True)
 

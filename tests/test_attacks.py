@@ -69,7 +69,10 @@ CASES = [
     ("pgd-linf", "linf", 0.01, 0.10),
     ("gradient", "l2", 0.01, 0.15),
     ("fgsm", "linf", 0.01, 0.20),
-    ("boundary", "l2", 0.02, 0.50),  # decision-based: most images converge in 5000 steps, a few do not
+    # decision-based and local: depending on the draws, a few images settle on the closest point of a farther
+    # class's boundary (one of 40 here, at 2.2 times the truth); test_decision_attacks.py checks that every image
+    # ends on such a point
+    ("boundary", "l2", 0.005, 1.50),
 ]
 
 

@@ -131,8 +131,8 @@ def test_same_seed_same_distances_file(run: Callable[..., Any], checkpoint: Path
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["settings"]["seed"] == 7 and summary["settings"]["batch_size"] == 8
     assert summary["per_attack"]["boundary"]["options"] == {
-        "steps": 15, "spherical_step": 0.01, "source_step": 0.01, "step_adaptation": 1.5, "adapt_every": 10,
-        "init_trials": 20, "init_bisect": 25, "seed": 0,
+        "steps": 15, "spherical_step": 0.01, "source_step": 0.01, "step_adaptation": 1.5, "check_every": 5,
+        "window": 5, "init_trials": 20, "init_bisect": 25, "seed": 0, "chunk": None,
     }
     # the attack's own seed option shifts its draws
     result = run("curve", checkpoint, "--limit", "24", "--batch-size", "8", "--device", "cpu", "-q", *BOUNDARY,

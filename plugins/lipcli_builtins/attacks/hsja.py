@@ -15,9 +15,8 @@ down to the decision boundary. Then repeat, per image, while its budget lasts:
    ``gamma / n^1.5``.
 
 Each round of probes, step sizes or bisection classifies the points of every image still working in one
-model call, split into calls of at most ``chunk`` inputs. By default 32 on a CPU, where small calls keep a
-conv net's activations in cache (a Fashion-MNIST CNN classifies an image twice as fast in calls of 32 as in calls
-of 4096), and 8192 on a GPU, which wants large calls. Every image ends with its closest
+model call, split into calls of at most ``chunk`` inputs: by default 32 on a CPU and 8192 on a GPU
+(:mod:`lipcli_builtins.attacks.labels` says why). Every image ends with its closest
 misclassified point found; an image whose start was not found is returned unchanged (a failure).
 
 Why ``max_samples`` is 200, not HopSkipJump's 10,000 (within 10,000 queries its 100 sqrt(t) growth peaks near
@@ -36,6 +35,7 @@ import torch
 from torch import nn
 
 from lipcli.api import Attack
+from lipcli_builtins.attacks.labels import default_chunk, predicted_labels
 
 PROBES = 4096
 """Probes drawn per round of a normal estimate, over all images: bounds their memory; the draws, and so the
@@ -58,8 +58,7 @@ class _Budget:
         self.spent += torch.bincount(owners, minlength=len(self.labels))
         if (self.spent > self.queries).any():
             raise RuntimeError("hsja asked for more queries than its budget: a bug in the attack")
-        predicted = torch.cat([self.model(part).argmax(1) for part in points.split(self.chunk)])
-        return predicted != self.labels[owners]
+        return predicted_labels(self.model, points, self.chunk) != self.labels[owners]
 
 
 class HopSkipJump(Attack):
@@ -87,8 +86,7 @@ class HopSkipJump(Attack):
 
     @torch.no_grad()
     def run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str) -> torch.Tensor:
-        chunk = self.chunk or (32 if images.device.type == "cpu" else 8192)
-        budget = _Budget(model, labels, self.queries, chunk)
+        budget = _Budget(model, labels, self.queries, self.chunk or default_chunk(images.device))
         size = images[0].numel()
         tolerance = self.gamma / size**1.5
         noise, found = self._start(budget, images)
