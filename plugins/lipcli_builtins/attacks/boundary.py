@@ -139,7 +139,7 @@ class BoundaryAttack(Attack):
             candidate = (images + (1 - source).view(view) * (on_sphere - images)).clamp(0, 1)
             candidate_ok = (classify(candidate) != labels) & found
             accept = candidate_ok & ((candidate - images).flatten(1).norm(dim=1) < radius)
-            adversarial[accept] = candidate[accept]
+            adversarial.copy_(torch.where(accept.view(view), candidate, adversarial))  # no host sync per step
             if step % self.check_every == 0:
                 sphere_ok = (classify(on_sphere.clamp(0, 1)) != labels) & found
                 row = (step // self.check_every - 1) % self.window

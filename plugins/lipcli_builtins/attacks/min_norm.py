@@ -246,7 +246,7 @@ class MinimumNorm(Attack):
             fooled = logits.argmax(1) != labels
             measured = torch.where(fooled, distance(point - images, norm), torch.inf)
             better = measured < best_distance
-            best[better], best_distance[better] = point[better], measured[better]
+            best, best_distance = torch.where(better.view(view), point, best), torch.minimum(measured, best_distance)
             if last:
                 break
             # The margins at any u, linearised at the point: f + w . (u - point).
@@ -387,7 +387,9 @@ def boundary_walk(
         fooled = clearly_fooled(logits.detach(), labels)
         measured = distance(point.detach() - images, norm)
         better = fooled & (measured < best_distance)
-        best[better], best_distance[better] = point.detach()[better], measured[better]
+        # torch.where, not masked writes: no host sync per step on a GPU
+        best = torch.where(better.view(view), point.detach(), best)
+        best_distance = torch.where(better, measured, best_distance)
         if not moving:
             break
         margin = logits.gather(1, target[:, None]) - logits.gather(1, labels[:, None])
