@@ -16,13 +16,16 @@ dependencies: ``pip install foolbox torchattacks tqdm && pip install --no-deps a
 
     python benchmarks/bench_attacks.py [CHECKPOINT ...] [--norms l2,linf] [--limit 300] [--steps 1000]
         [--only NAME,...] [--cache DIR] [--rerun NAME,...] [--repeat N] [--default-options JSON] [--device cpu]
-        [--suite minimal|deepfool|decision]
+        [--outside-chunk N] [--suite minimal|deepfool|decision]
 
 ``--cache DIR`` keeps each attack's distances and seconds per (checkpoint, norm, limit) and reuses them;
 ``--rerun`` runs the named attacks again anyway (``best-outside`` names the best single outside attack, so its
 time is measured in the same run as the default's). ``--repeat N`` runs the default (and that rerun) N times,
 alternating, and compares median times: on a shared machine one run's ratio moves by tens of percent (measured:
-0.21 and 0.30 for the same attacks and images). Without checkpoints, two small CNNs are trained on
+0.21 and 0.30 for the same attacks and images). lipcli's attacks call a model in pieces of at most ``chunk`` inputs
+(32 on a CPU), which keeps a small CNN's activations in cache; the outside attacks call it with the whole batch.
+``--outside-chunk N`` gives them the same split (``Chunked``), to see how much of a time ratio that part makes
+(their results are cached apart). Without checkpoints, two small CNNs are trained on
 Fashion-MNIST first (undefended and ``j2-lip+tanh``, 2 epochs each; about 6 minutes on 2 cores).
 
 ``--suite deepfool``: the batched ``deepfool`` against torchattacks' ``DeepFool`` (target: 10x faster at equal
@@ -59,6 +62,7 @@ from lipcli.engine import make_engine  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from outside_attacks import outside_attacks  # noqa: E402
+from lipcli_builtins.attacks.chunked import Chunked  # noqa: E402
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 DEFAULT = "min-norm"
@@ -132,7 +136,9 @@ def minimal_suite(args: argparse.Namespace, host: PluginHost, path: Path) -> Non
             runs = {name: run for name, run in runs.items() if name in args.only.split(",") or name == DEFAULT}
         results: dict[str, tuple[torch.Tensor, float, bool]] = {}
         times: dict[str, list[float]] = {}
-        cache = args.cache / f"{file_hash(path)}-{norm}-{args.limit}" if args.cache else None
+        split = f"-chunk{args.outside_chunk}" if args.outside_chunk else ""
+        cache = args.cache / f"{file_hash(path)}-{norm}-{args.limit}{split}" if args.cache else None
+        outside_model = Chunked(model, args.outside_chunk) if args.outside_chunk else model
 
         def measure(name: str) -> None:
             stored = cache / f"{name}.pt" if cache and name != DEFAULT else None  # the default always runs
@@ -141,7 +147,8 @@ def minimal_suite(args: argparse.Namespace, host: PluginHost, path: Path) -> Non
                 results[name] = (saved["distances"], float(saved["seconds"]), True)
                 return
             with frozen_eval(model):
-                distances, seconds = timed(name, runs[name], model, images, labels, norm, args.batch)
+                distances, seconds = timed(name, runs[name], model if name == DEFAULT else outside_model, images,
+                                           labels, norm, args.batch)
             times.setdefault(name, []).append(seconds)
             results[name] = (distances.cpu(), statistics.median(times[name]), False)
             print(f"   ran {name}: {seconds:.1f} s, median {median_distance(distances):.5f}", flush=True)
@@ -225,11 +232,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs of the default (and of the best outside attack with --rerun best-outside), "
                              "alternating; their median times are compared")
+    parser.add_argument("--outside-chunk", type=int,
+                        help="call the model in pieces of at most N inputs in the outside attacks too")
     parser.add_argument("--data-dir", default=FASHION)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    if args.repeat < 1:
-        parser.error("--repeat must be at least 1")
+    if args.repeat < 1 or (args.outside_chunk is not None and args.outside_chunk < 1):
+        parser.error("--repeat and --outside-chunk must be at least 1")
+    if args.outside_chunk and args.suite != "minimal":
+        parser.error("--outside-chunk applies to the minimal suite only")
     if args.suite == "decision":
         from bench_decision_attacks import main as decision_main
 

@@ -18,7 +18,8 @@ What is here, by use:
   from their files a batch at a time), and the errors a user can fix:
   :class:`DataError` for files that are missing or wrong, :class:`ConfigError` for a wrong option value;
 - attacks: :class:`Attack`, :class:`AttackAtBudget`, :data:`NORMS` (the attack norms, ``l2`` and ``linf``),
-  :func:`distance`, :func:`largest_distance`, :func:`within_budget`, and the search and projection helpers
+  :func:`distance`, :func:`largest_distance`, :func:`within_budget`, :func:`smallest_batch` (the smallest
+  batch a model computes without padding, for attacks that split their calls), and the search and projection helpers
   :func:`parameter_search` (a fixed-budget attack made minimal-distance; its callable type
   :data:`AttackAt`) and :func:`box_projection`;
 - gradients: :func:`input_gradient`, :func:`margin_gradients`, :func:`grad_norm` (in a norm of
@@ -68,6 +69,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time these load 
     )
     from lipcli.lipschitz.bound import LayerBounds
     from lipcli.lipschitz.operator_norms import BoundUnavailable
+    from lipcli.models.exported import smallest_batch
     from lipcli.models.heads import TanhHead, WithHead
     from lipcli.precision import full_float32
 
@@ -100,6 +102,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "margin_gradients": ("lipcli.gradients", "margin_gradients"),
     "parameter_search": ("lipcli.attacks.search", "parameter_search"),
     "plain_loss": ("lipcli.defence", "plain_loss"),
+    "smallest_batch": ("lipcli.models.exported", "smallest_batch"),
     "unwrap": ("lipcli.distributed", "unwrap"),
     "within_budget": ("lipcli.attacks.base", "within_budget"),
 }
@@ -139,6 +142,7 @@ __all__ = [
     "margin_gradients",
     "parameter_search",
     "plain_loss",
+    "smallest_batch",
     "unwrap",
     "within_budget",
 ]

@@ -15,10 +15,13 @@ import pytest
 import torch
 from torch import nn
 
+from lipcli.api import smallest_batch
 from lipcli.attacks import distance
-from lipcli.evaluation.accounting import measured_distances
+from lipcli.evaluation.accounting import QueryCounter, measured_distances
 from lipcli.gradients import frozen_eval
+from lipcli.models.exported import ExportedModel
 from lipcli.plugin_host import PluginHost
+from lipcli_builtins.attacks.chunked import Chunked, call_size
 
 SHAPE = (2, 5, 5)
 CLASSES = 5
@@ -315,6 +318,82 @@ def test_min_norm_linf_default_backward_passes_per_image(
     distances, _ = measured_distances(network, images, labels, proposals, "linf")
     assert torch.isfinite(distances).all()
     assert passes[0] / len(labels) <= 90, passes[0] / len(labels)
+
+
+class CallSizes(nn.Module):
+    """The model, recording how many inputs each call holds, and each backward pass through it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.sizes, self.backward_sizes = model, [], []
+        self.train(model.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(len(x))
+        logits = self.model(x)
+        if logits.requires_grad:
+            logits.register_hook(lambda gradient: self.backward_sizes.append(len(gradient)))
+        return logits
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+@pytest.mark.parametrize(("chunk", "largest"), [(None, 32), (7, 7)])
+def test_min_norm_calls_the_model_in_chunks_and_finds_the_same_distances(
+    host: PluginHost, affine: tuple[nn.Module, torch.Tensor, torch.Tensor], norm: str, chunk: int | None,
+    largest: int,
+) -> None:
+    """88 images, on a CPU: no forward or backward pass holds more than ``chunk`` inputs (32 by default there), the
+    largest holds exactly that many (the batch is split, not attacked image by image), and the distances equal
+    those of one call per batch up to float rounding."""
+    model, images, labels = affine
+    images, labels = torch.cat([images, images, images[:8]]), torch.cat([labels, labels, labels[:8]])
+    attack = host.registry("attack").get("min-norm").factory
+    recorded = CallSizes(model)
+    with frozen_eval(model):
+        chunked = attack(chunk=chunk).run(recorded, images, labels, norm)
+        whole = attack(chunk=len(images)).run(model, images, labels, norm)
+        found, _ = measured_distances(model, images, labels, chunked, norm)
+        reference, _ = measured_distances(model, images, labels, whole, norm)
+    assert max(recorded.sizes) == largest and max(recorded.backward_sizes) == largest
+    assert torch.isfinite(found).all()
+    assert torch.allclose(found, reference, rtol=1e-5, atol=0), (found / reference - 1).abs().max()
+
+
+def test_chunked_model_gives_the_model_outputs_gradients_and_mode(
+    affine: tuple[nn.Module, torch.Tensor, torch.Tensor],
+) -> None:
+    """The split is invisible to an attack: the same logits and input gradients, in calls of at most ``chunk``; the
+    wrapper takes the model's eval mode (a fresh Module's train mode, restored by an attack, would flip it) and
+    leaves the modes of the model's own layers alone."""
+    model, images, _ = affine
+    recorded = CallSizes(model)
+    chunked = Chunked(recorded, 6)
+    assert not chunked.training
+    mixed = nn.Sequential(nn.Flatten(), nn.BatchNorm1d(4).eval(), nn.Dropout())
+    assert Chunked(mixed, 6).training and QueryCounter(mixed).training  # lipcli's query counter wraps models alike
+    assert not mixed[1].training and mixed[2].training
+    x = images.clone().requires_grad_(True)
+    (chunked(x) ** 2).sum().backward()
+    y = images.clone().requires_grad_(True)
+    (model(y) ** 2).sum().backward()
+    assert recorded.sizes == [6] * 6 + [4] and recorded.backward_sizes == [4] + [6] * 6
+    assert torch.allclose(x.grad, y.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_calls_are_never_smaller_than_an_exported_programs_fixed_batch() -> None:
+    """An exported program with a fixed batch pads every smaller call up to it, so the default call size rises to
+    that batch; a size the user chose is kept, and a model without such a program gets the device's default."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(50, 3)).eval()
+    exported = ExportedModel(torch.export.export(model, (torch.zeros(64, *SHAPE),)))
+    cpu = torch.device("cpu")
+    assert smallest_batch(QueryCounter(exported)) == 64 and smallest_batch(model) == 1
+    assert call_size(QueryCounter(exported), cpu, None) == 64 and call_size(exported, cpu, 7) == 7
+    assert call_size(model, cpu, None) == 32 and call_size(model, torch.device("meta"), None) == 8192
+
+
+def test_min_norm_chunk_is_checked(host: PluginHost) -> None:
+    with pytest.raises(ValueError, match=r"need chunk >= 1, got 0"):
+        host.registry("attack").get("min-norm").factory(chunk=0)
 
 
 @pytest.mark.parametrize("norm", ["l2", "linf"])

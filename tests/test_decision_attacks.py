@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_attacks import SHAPE, Affine, LabelsOnly, exact_distances
+from test_attacks import SHAPE, Affine, CallSizes, LabelsOnly, exact_distances
 from torch import nn
 
 from lipcli.evaluation.accounting import QueryCounter, measured_distances
@@ -24,18 +24,6 @@ def affine() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     with torch.no_grad():
         labels = model(images).argmax(1)
     return model, images, labels
-
-
-class CallSizes(nn.Module):
-    """The model, recording how many inputs each call holds."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model, self.sizes = model, []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.sizes.append(len(x))
-        return self.model(x)
 
 
 def hsja(host: PluginHost, **options: int) -> object:

@@ -20,7 +20,9 @@ class QueryCounter(nn.Module):
         super().__init__()
         self.model = model
         self.queries = 0
-        self.train(model.training)  # a fresh Module is in train mode; an attack restoring it must not flip the model
+        # a fresh Module is in train mode, and an attack restoring it would flip the model; .train() would also reset
+        # every layer's own mode, so only the flag is copied
+        self.training = model.training
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         self.queries += images.shape[0]

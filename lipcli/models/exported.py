@@ -122,6 +122,13 @@ class ExportedModel(nn.Module):
         return torch.cat(outputs)
 
 
+def smallest_batch(model: nn.Module) -> int:
+    """The smallest batch ``model`` computes without padding: an exported program with a fixed batch (or a lower
+    bound on it) pads every smaller call up to that size, so splitting a batch below it multiplies the work; 1 for
+    any other model."""
+    return max((module.smallest for module in model.modules() if isinstance(module, ExportedModel)), default=1)
+
+
 def batch_range(program: torch.export.ExportedProgram) -> tuple[int, int | None]:
     """(smallest, largest or None) batch size the program takes: its dynamic batch dimension's range, or its
     fixed batch size twice."""

@@ -21,7 +21,8 @@ the single-window runs.
 Queries per image: at most ``init_trials`` (noise draws) + ``init_bisect`` (blend bisection) + ``steps`` +
 ``steps // check_every``: 6,125 with the defaults (5,000 steps, the paper's budget). Every image of a batch
 runs every step; each classification of the batch is split into model calls of at most ``chunk`` inputs (by
-default 32 on a CPU and 8192 on a GPU, :mod:`lipcli_builtins.attacks.labels`).
+default 32 on a CPU and 8192 on a GPU, never fewer than an exported program with a fixed batch takes;
+:mod:`lipcli_builtins.attacks.chunked`).
 
 Randomness: the draws come from a generator of the images' device seeded with torch's current seed
 (``torch.initial_seed()``) plus the ``seed`` option. lipcli sets torch's seed for each (attack, batch) from
@@ -39,7 +40,7 @@ import torch
 from torch import nn
 
 from lipcli.api import Attack
-from lipcli_builtins.attacks.labels import default_chunk, predicted_labels
+from lipcli_builtins.attacks.chunked import call_size, predicted_labels
 
 Classify = Callable[[torch.Tensor], torch.Tensor]
 """Points to the model's predicted labels (the attack's only view of the model)."""
@@ -78,7 +79,7 @@ class BoundaryAttack(Attack):
     @torch.no_grad()
     def run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str) -> torch.Tensor:
         generator = torch.Generator(device=images.device).manual_seed((torch.initial_seed() + self.seed) % 2**64)
-        classify = partial(predicted_labels, model, chunk=self.chunk or default_chunk(images.device))
+        classify = partial(predicted_labels, model, chunk=call_size(model, images.device, self.chunk))
         adversarial, found = self._start(classify, images, labels, generator)
         self._walk(classify, images, labels, adversarial, found, generator)
         return adversarial

@@ -15,8 +15,8 @@ down to the decision boundary. Then repeat, per image, while its budget lasts:
    ``gamma / n^1.5``.
 
 Each round of probes, step sizes or bisection classifies the points of every image still working in one
-model call, split into calls of at most ``chunk`` inputs: by default 32 on a CPU and 8192 on a GPU
-(:mod:`lipcli_builtins.attacks.labels` says why). Every image ends with its closest
+model call, split into calls of at most ``chunk`` inputs: by default 32 on a CPU and 8192 on a GPU, and never
+fewer than an exported program with a fixed batch takes (:mod:`lipcli_builtins.attacks.chunked` says why). Every image ends with its closest
 misclassified point found; an image whose start was not found is returned unchanged (a failure).
 
 Why ``max_samples`` is 200, not HopSkipJump's 10,000 (within 10,000 queries its 100 sqrt(t) growth peaks near
@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from lipcli.api import Attack
-from lipcli_builtins.attacks.labels import default_chunk, predicted_labels
+from lipcli_builtins.attacks.chunked import call_size, predicted_labels
 
 PROBES = 4096
 """Probes drawn per round of a normal estimate, over all images: bounds their memory; the draws, and so the
@@ -86,7 +86,7 @@ class HopSkipJump(Attack):
 
     @torch.no_grad()
     def run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str) -> torch.Tensor:
-        budget = _Budget(model, labels, self.queries, self.chunk or default_chunk(images.device))
+        budget = _Budget(model, labels, self.queries, call_size(model, images.device, self.chunk))
         size = images[0].numel()
         tolerance = self.gamma / size**1.5
         noise, found = self._start(budget, images)

@@ -41,6 +41,15 @@ The stages that pay differ by norm, so their step counts are set per norm: ``ste
 ``linf_screen_steps``, ``linf_target_steps``, ``linf_polish_rounds`` and ``linf_walk_steps`` in l-inf (0, 2,
 6, 0, 50).
 
+Model calls: every forward pass, and so every backward pass, goes to the model in pieces of at most ``chunk``
+inputs (by default 32 on a CPU and 8192 on a GPU; :mod:`lipcli_builtins.attacks.chunked`). On a CPU a small conv
+net's activations then stay in cache. On the Fashion-MNIST CNNs below (the correctly classified ones of the first 300
+test images, in one batch; two runs each, one after another), calls of 32 took the attack from 15.7 and 17.0 s to
+10.9 and 10.3 s in l-inf and from 32.0 and 29.6 s to 17.5 and 20.9 s in l2 on the undefended one, and from 16.3 and
+12.6 s to 9.0 and 10.7 s in l-inf on the tanh-head one, with the same medians (calls of 16: 11.1 and 11.7 s, and
+19.8 and 24.1 s; of 64: 11.3 and 11.9 s on the tanh head). The distances do not depend on the split beyond float
+rounding.
+
 Cost per image with the l2 defaults (10 classes): at most 20 start steps (2 backward passes each; most images
 need 3-5), 5 refinement steps (2 each), 9 x 4 screening and 2 x 26 targeted steps (1 each), 4 x 10 polish
 steps (1 each) and about 50 bisection forward passes: about 150 backward and 225 forward passes, against
@@ -74,6 +83,7 @@ import torch
 from torch import nn
 
 from lipcli.api import Attack, box_projection, distance, margin_gradients
+from lipcli_builtins.attacks.chunked import Chunked, call_size
 from lipcli_builtins.attacks.deepfool import DeepFool, closest_in_box
 
 
@@ -115,6 +125,7 @@ class MinimumNorm(Attack):
         linf_target_steps: int = 6,
         linf_polish_rounds: int = 0,
         linf_walk_steps: int = 50,
+        chunk: int | None = None,
     ) -> None:
         if candidates < 1 or start_steps < 1 or bisect_steps < 0:
             raise ValueError("bisect_steps must be >= 0, candidates and start_steps >= 1")
@@ -129,6 +140,9 @@ class MinimumNorm(Attack):
         if polish_steps < 1 or not 0 < polish_shrink < 1 or not 0 < walk_start < 1:
             raise ValueError("need polish_steps >= 1, 0 < polish_shrink < 1, 0 < walk_start < 1")
         self.polish_steps, self.polish_shrink, self.walk_start = polish_steps, polish_shrink, walk_start
+        if chunk is not None and chunk < 1:
+            raise ValueError(f"need chunk >= 1, got {chunk}")
+        self.chunk = chunk
         self.schedules = {
             "l2": Schedule(steps, screen_steps, target_steps, polish_rounds, walk_steps),
             "linf": Schedule(linf_refine_steps, linf_screen_steps, linf_target_steps, linf_polish_rounds,
@@ -140,6 +154,7 @@ class MinimumNorm(Attack):
 
     def run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str) -> torch.Tensor:
         schedule = self.schedules[norm]
+        model = Chunked(model, call_size(model, images.device, self.chunk))
         start = DeepFool(self.start_steps, self.overshoot, self.candidates, box=True).run(model, images, labels, norm)
         best, best_distance = self._refine(model, images, labels, norm, start, self.candidates, schedule.refine_steps)
         if self.targets:
