@@ -294,9 +294,10 @@ def test_distance_is_float64_and_exact() -> None:
 def test_min_norm_linf_default_backward_passes_per_image(
     host: PluginHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The l-inf default's budget, counted rather than timed: at most 90 backward passes per image on a 10-class
-    model (about 80 here; the earlier default, with its APGD-T rounds, took 331; adv_lib's APGD-T searched over
-    eps, the strongest outside attack of ``benchmarks/bench_attacks.py`` in l-inf, about 440 on Fashion-MNIST)."""
+    """The l-inf default's budget, counted rather than timed: at most 120 backward passes per image on a 10-class
+    model (114 here, 80 before the restart walk; the earlier default, with its APGD-T rounds, took 331; adv_lib's
+    APGD-T searched over eps, the strongest outside attack of ``benchmarks/bench_attacks.py`` in l-inf, about 440
+    on Fashion-MNIST)."""
     model = nn.Linear(SHAPE[0] * SHAPE[1] * SHAPE[2], 10)
     with torch.no_grad():
         model.weight.copy_(torch.randn(model.weight.shape, generator=torch.Generator().manual_seed(4)))
@@ -317,7 +318,62 @@ def test_min_norm_linf_default_backward_passes_per_image(
         proposals = host.registry("attack").get("min-norm").factory().run(network, images, labels, "linf")
     distances, _ = measured_distances(network, images, labels, proposals, "linf")
     assert torch.isfinite(distances).all()
-    assert passes[0] / len(labels) <= 90, passes[0] / len(labels)
+    assert passes[0] / len(labels) <= 120, passes[0] / len(labels)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_min_norm_restart_walks_to_the_closest_boundary_of_a_class_not_walked_to(
+    host: PluginHost, affine: tuple[nn.Module, torch.Tensor, torch.Tensor], norm: str
+) -> None:
+    """Step 7, the restart walk (the l-inf default's, 30 steps): from an adversarial beyond the second-closest
+    class's boundary, with the first walk gone to that class, it walks from a random start towards the closest
+    class among the ranked ones and ends within 0.3 % of the exact distance on every image (0.16 % at most, measured),
+    0.1 % on the median; the distances it keeps are its points' own."""
+    model, images, labels = affine
+    weight = model.linear.weight.detach()
+    with torch.no_grad():
+        logits = model(images)
+    difference = weight[labels][:, None] - weight[None]
+    dual = difference.norm(dim=2) if norm == "l2" else difference.abs().sum(dim=2)
+    per_class = ((logits.gather(1, labels[:, None]) - logits) / dual).scatter(1, labels[:, None], torch.inf).double()
+    nearest = per_class.argsort(1)
+    closest, second = nearest[:, 0], nearest[:, 1]
+    normal = (weight[second] - weight[labels]).view(images.shape)
+    step = normal.sign() if norm == "linf" else normal / normal.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    far = (images + 1.5 * per_class.gather(1, second[:, None]).float().view(-1, 1, 1, 1) * step).clamp(0, 1)
+    truth = exact_distances(model, images, labels, norm)
+    attack = host.registry("attack").get("min-norm").factory(restart_steps=30)
+    with frozen_eval(model):
+        before, _ = measured_distances(model, images, labels, far, norm)
+        assert torch.isfinite(before).all() and (before / truth).min() > 1.05, (before / truth).min()
+        ranked = (torch.stack([second, closest], dim=1), torch.tensor([[1.0, 2.0]], dtype=torch.float64).expand(40, 2))
+        found, found_distance = far.clone(), before.clone()
+        torch.manual_seed(0)
+        attack._restart(model, images, labels, norm, found, found_distance, ranked, second, 30)
+        after, _ = measured_distances(model, images, labels, found, norm)
+    assert torch.allclose(found_distance, after, rtol=1e-6, atol=0)
+    assert (after <= before).all() and (after / truth).min() >= 1 - 1e-6
+    assert (after / truth).max() <= 1.003 and (after / truth).median() <= 1.001, (after / truth).max()
+
+
+@pytest.mark.parametrize(("restart_steps", "columns"), [(30, 3), (0, 2)])
+def test_min_norm_continues_the_highest_scoring_class_for_a_restart(
+    host: PluginHost, affine: tuple[nn.Module, torch.Tensor, torch.Tensor], restart_steps: int, columns: int
+) -> None:
+    """With a restart walk, the highest-scoring other class's targeted walk always continues (two screening steps
+    often rank it too low to), so the restart can go there; without one, only the ``targets`` (2) closest do."""
+    model, images, labels = affine
+    attack = host.registry("attack").get("min-norm").factory(restart_steps=restart_steps)
+    with frozen_eval(model):
+        with torch.no_grad():
+            top = model(images).scatter(1, labels[:, None], -torch.inf).argmax(1)
+        best = images.clone()
+        best_distance = torch.full((40,), torch.inf, dtype=torch.float64)
+        classes, distances = attack._targeted(model, images, labels, "l2", best, best_distance, attack.schedules["l2"])
+    assert classes.shape == (40, columns) and (distances.diff(dim=1) >= 0).all()
+    if restart_steps:
+        assert (classes == top[:, None]).any(1).all()
+    assert torch.equal(best_distance, distances.min(1).values)
 
 
 class CallSizes(nn.Module):
@@ -437,4 +493,4 @@ def test_min_norm_walk_brings_a_far_adversarial_to_the_closest_boundary(
     assert torch.allclose(walked_distance, after, rtol=1e-6, atol=0)  # the distances kept are the points' own
     assert (before / truth).min() > 1.05, (before / truth).min()  # the start is well off the closest point
     assert (after <= before).all() and (after / truth).min() >= 1 - 1e-6
-    assert (after / truth).max() <= 1.001, (after / truth).max()
+    assert (after / truth).max() <= 1.003 and (after / truth).median() <= 1.001, (after / truth).max()

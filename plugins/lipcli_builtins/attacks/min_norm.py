@@ -96,6 +96,7 @@ class Schedule:
     target_steps: int
     polish_rounds: int
     walk_steps: int
+    restart_steps: int
 
 
 class MinimumNorm(Attack):
@@ -125,6 +126,9 @@ class MinimumNorm(Attack):
         linf_target_steps: int = 6,
         linf_polish_rounds: int = 0,
         linf_walk_steps: int = 50,
+        restart_steps: int = 0,
+        linf_restart_steps: int = 30,
+        restart_radius: float = 0.5,
         chunk: int | None = None,
     ) -> None:
         if candidates < 1 or start_steps < 1 or bisect_steps < 0:
@@ -137,32 +141,35 @@ class MinimumNorm(Attack):
         self.targets, self.target_pool = targets, target_pool
         if targets < 0 or target_pool < 1:
             raise ValueError("need targets >= 0, target_pool >= 1")
-        if polish_steps < 1 or not 0 < polish_shrink < 1 or not 0 < walk_start < 1:
-            raise ValueError("need polish_steps >= 1, 0 < polish_shrink < 1, 0 < walk_start < 1")
+        if polish_steps < 1 or not 0 < polish_shrink < 1 or not 0 < walk_start < 1 or not 0 < restart_radius <= 1:
+            raise ValueError("need polish_steps >= 1, 0 < polish_shrink < 1, 0 < walk_start < 1, "
+                             "0 < restart_radius <= 1")
         self.polish_steps, self.polish_shrink, self.walk_start = polish_steps, polish_shrink, walk_start
+        self.restart_radius = restart_radius
         if chunk is not None and chunk < 1:
             raise ValueError(f"need chunk >= 1, got {chunk}")
         self.chunk = chunk
         self.schedules = {
-            "l2": Schedule(steps, screen_steps, target_steps, polish_rounds, walk_steps),
+            "l2": Schedule(steps, screen_steps, target_steps, polish_rounds, walk_steps, restart_steps),
             "linf": Schedule(linf_refine_steps, linf_screen_steps, linf_target_steps, linf_polish_rounds,
-                             linf_walk_steps),
+                             linf_walk_steps, linf_restart_steps),
         }
         if any(value < 0 for schedule in self.schedules.values() for value in astuple(schedule)):
             raise ValueError("step counts and rounds (steps, screen_steps, target_steps, polish_rounds, walk_steps, "
-                             "linf_refine_steps and the other linf_ forms) must be >= 0")
+                             "restart_steps, linf_refine_steps and the other linf_ forms) must be >= 0")
 
     def run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str) -> torch.Tensor:
         schedule = self.schedules[norm]
         model = Chunked(model, call_size(model, images.device, self.chunk))
         start = DeepFool(self.start_steps, self.overshoot, self.candidates, box=True).run(model, images, labels, norm)
         best, best_distance = self._refine(model, images, labels, norm, start, self.candidates, schedule.refine_steps)
-        if self.targets:
-            self._targeted(model, images, labels, norm, best, best_distance, schedule)
+        ranked = self._targeted(model, images, labels, norm, best, best_distance, schedule) if self.targets else None
         best = segment_bisection(model, images, labels, best, self.bisect_steps)
         best_distance = _distance_if_fooled(model, images, labels, best, norm)
         self._polish(model, images, labels, norm, best, best_distance, schedule.polish_rounds)
-        self._walk(model, images, labels, norm, best, best_distance, schedule.walk_steps)
+        walked = self._walk(model, images, labels, norm, best, best_distance, schedule.walk_steps)
+        if ranked is not None:
+            self._restart(model, images, labels, norm, best, best_distance, ranked, walked, schedule.restart_steps)
         return best
 
     def _walk(
@@ -170,24 +177,54 @@ class MinimumNorm(Attack):
         best_distance: torch.Tensor, steps: int,
     ) -> None:
         """Step 6: a boundary walk (:func:`boundary_walk`) towards the best point's class, from ``walk_start`` of
-        the way to it; its best point replaces ``best`` (and ``best_distance``, both in place) where it is closer."""
+        the way to it; its best point replaces ``best`` (and ``best_distance``, both in place) where it is closer.
+        Returns the class walked towards per image, -1 where there was no walk."""
+        walked = torch.full_like(labels, -1)
         index = (torch.isfinite(best_distance) & (best_distance > 0)).nonzero().flatten()
         if steps == 0 or index.numel() == 0:
-            return
+            return walked
         x, y, point = images[index], labels[index], best[index]
         with torch.no_grad():
             target = model(point).scatter(1, y[:, None], -torch.inf).argmax(1)
         found, distances = boundary_walk(model, x, y, norm, x + self.walk_start * (point - x), target, steps)
         better = distances < best_distance[index]
         best[index[better]], best_distance[index[better]] = found[better], distances[better]
+        walked[index] = target
+        return walked
+
+    def _restart(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str, best: torch.Tensor,
+        best_distance: torch.Tensor, ranked: tuple[torch.Tensor, torch.Tensor], walked: torch.Tensor, steps: int,
+    ) -> None:
+        """Step 7: a second boundary walk, towards the closest class of the continued targeted walks (``ranked``:
+        their classes and distances, closest first) other than the class ``walked`` towards, from a random point
+        at ``restart_radius`` times the best distance from x (uniform in that l-inf ball; a random direction in
+        l2). Updates ``best`` and ``best_distance`` in place where it is closer."""
+        classes, distances = ranked
+        usable = (classes != walked[:, None]) & torch.isfinite(distances)
+        index = (usable.any(1) & torch.isfinite(best_distance) & (best_distance > 0)).nonzero().flatten()
+        if steps == 0 or index.numel() == 0:
+            return
+        x, y = images[index], labels[index]
+        target = classes[index, usable[index].int().argmax(1)]
+        view = (-1,) + (1,) * (images.dim() - 1)
+        noise = 2 * torch.rand_like(x) - 1
+        if norm == "l2":
+            noise = noise / noise.flatten(1).norm(dim=1).clamp_min(1e-12).view(view)
+        radius = (self.restart_radius * best_distance[index]).to(x.dtype).view(view)
+        found, found_distance = boundary_walk(model, x, y, norm, (x + radius * noise).clamp(0, 1), target, steps)
+        better = found_distance < best_distance[index]
+        best[index[better]], best_distance[index[better]] = found[better], found_distance[better]
 
     def _targeted(
         self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str, best: torch.Tensor,
         best_distance: torch.Tensor, schedule: Schedule,
-    ) -> None:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Targeted walks: a short one towards each of the ``target_pool`` highest-scoring other classes, then
-        the ``targets`` walks that got closest continue to ``target_steps`` steps (per image, its own classes).
-        Updates ``best`` and ``best_distance`` in place."""
+        the ``targets`` walks that got closest continue to ``target_steps`` steps (per image, its own classes);
+        with a restart walk (step 7) the highest-scoring class's walk continues too, where it is not among them.
+        Updates ``best`` and ``best_distance`` in place; returns the continued walks' classes and distances,
+        closest first, per image."""
 
         def keep(found: torch.Tensor, found_distance: torch.Tensor) -> torch.Tensor:
             better = found_distance < best_distance
@@ -204,13 +241,22 @@ class MinimumNorm(Attack):
                                                  screen)
             points.append(found)
             reached.append(keep(found, found_distance))
-        order = torch.stack(reached, dim=1).argsort(dim=1, stable=True)[:, : self.targets]
+        screened = torch.stack(reached, dim=1).argsort(dim=1, stable=True)
+        order = screened[:, : self.targets]
+        if schedule.restart_steps and screened.shape[1] > self.targets:
+            # two screening steps often misrank the highest-scoring class (pool column 0), which a restart can use
+            extra = torch.where((order == 0).any(1), screened[:, self.targets], 0)
+            order = torch.cat([order, extra[:, None]], dim=1)
         points = torch.stack(points, dim=1)
         rows = torch.arange(images.shape[0], device=images.device)
+        continued = []
         for column in range(order.shape[1]):
             picked = order[:, column]
-            keep(*self._refine(model, images, labels, norm, points[rows, picked], pool[rows, picked][:, None],
-                               schedule.target_steps - screen))
+            continued.append(keep(*self._refine(model, images, labels, norm, points[rows, picked],
+                                                pool[rows, picked][:, None], schedule.target_steps - screen)))
+        distances = torch.stack(continued, dim=1)
+        rank = distances.argsort(dim=1, stable=True)
+        return pool.gather(1, order).gather(1, rank), distances.gather(1, rank)
 
     def _polish(
         self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str, best: torch.Tensor,
