@@ -147,15 +147,16 @@ def test_min_norm_finds_the_closest_boundary_of_a_low_scoring_class(host: Plugin
         return float(measured_distances(model, images, labels, proposals, norm)[0])
 
     assert 0.1 - 1e-6 <= found() <= 0.1 * 1.001
-    assert found(target_pool=2, linf_walk_steps=0) >= 0.25 - 1e-6  # only the two highest-scoring classes: the far one
+    # only the two highest-scoring classes: the far one
+    assert found(target_pool=2, walk_steps=0, linf_walk_steps=0, linf_restart_steps=0) >= 0.25 - 1e-6
 
 
 def test_min_norm_polish_walks_from_a_far_boundary_point_to_the_closest(
     host: PluginHost, affine: tuple[nn.Module, torch.Tensor, torch.Tensor]
 ) -> None:
     """Started on the closest class's boundary but off the shortest path (about 2 % farther), the default's
-    polish rounds come back to within 0.5 % of the exact l2 distance (0.1 % with its 4 rounds; 2 rounds, the
-    earlier default, stopped 0.86 % above); bisection alone cannot (the start is on the boundary)."""
+    polish rounds come back to within 0.5 % of the exact l2 distance (0.10 % with its 3 rounds and with 4; 2
+    rounds stopped 0.86 % above); bisection alone cannot (the start is on the boundary)."""
     model, images, labels = affine
     weight = model.linear.weight.detach()
     truth = exact_distances(model, images, labels, "l2")
@@ -323,12 +324,18 @@ def test_min_norm_linf_default_backward_passes_per_image(
 
 @pytest.mark.parametrize("norm", ["l2", "linf"])
 def test_min_norm_restart_walks_to_the_closest_boundary_of_a_class_not_walked_to(
-    host: PluginHost, affine: tuple[nn.Module, torch.Tensor, torch.Tensor], norm: str
+    host: PluginHost, affine: tuple[nn.Module, torch.Tensor, torch.Tensor], norm: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Step 7, the restart walk (the l-inf default's, 30 steps): from an adversarial beyond the second-closest
-    class's boundary, with the first walk gone to that class, it walks from a random start towards the closest
-    class among the ranked ones and ends within 0.3 % of the exact distance on every image (0.16 % at most, measured),
-    0.1 % on the median; the distances it keeps are its points' own."""
+    """Step 7, the restart walk (the l-inf default's, 30 steps), from adversarials beyond the second-closest class's
+    boundary with the first walk gone to that class: it walks towards the closest class among the ranked ones,
+    from a random start at ``restart_radius`` times the best distance (not on the segment to the best point), and
+    ends within 0.3 % of the exact distance on every image (0.16 % at most, measured), 0.1 % on the median; the
+    distances it keeps are its points' own. Images already misclassified, without an adversarial, or without a
+    ranked class other than the one walked to are left alone; one not walked (-1) goes to the closest ranked class.
+    The same seed gives the same points, another seed others."""
+    import lipcli_builtins.attacks.min_norm as min_norm
+
     model, images, labels = affine
     weight = model.linear.weight.detach()
     with torch.no_grad():
@@ -343,17 +350,44 @@ def test_min_norm_restart_walks_to_the_closest_boundary_of_a_class_not_walked_to
     far = (images + 1.5 * per_class.gather(1, second[:, None]).float().view(-1, 1, 1, 1) * step).clamp(0, 1)
     truth = exact_distances(model, images, labels, norm)
     attack = host.registry("attack").get("min-norm").factory(restart_steps=30)
+    walks = []
+
+    def recorded(*args: Any) -> Any:
+        walks.append((args[4], args[5]))  # start, target
+        return boundary_walk(*args)
+
+    boundary_walk = min_norm.boundary_walk
+    monkeypatch.setattr(min_norm, "boundary_walk", recorded)
     with frozen_eval(model):
         before, _ = measured_distances(model, images, labels, far, norm)
         assert torch.isfinite(before).all() and (before / truth).min() > 1.05, (before / truth).min()
-        ranked = (torch.stack([second, closest], dim=1), torch.tensor([[1.0, 2.0]], dtype=torch.float64).expand(40, 2))
-        found, found_distance = far.clone(), before.clone()
-        torch.manual_seed(0)
-        attack._restart(model, images, labels, norm, found, found_distance, ranked, second, 30)
+        before[0], before[1] = 0.0, torch.inf  # misclassified already; no adversarial
+        distances = torch.tensor([[1.0, 2.0]], dtype=torch.float64).repeat(40, 1)
+        distances[2, 1] = torch.inf  # only the class walked to is ranked
+        walked = second.clone()
+        walked[3] = -1  # no first walk: the closest ranked class, here the second-closest one
+        runs = []
+        for seed in (0, 0, 1):
+            found, found_distance = far.clone(), before.clone()
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                attack._restart(model, images, labels, norm, found, found_distance,
+                                (torch.stack([second, closest], dim=1), distances), walked, 30)
+            runs.append(found)
         after, _ = measured_distances(model, images, labels, found, norm)
-    assert torch.allclose(found_distance, after, rtol=1e-6, atol=0)
-    assert (after <= before).all() and (after / truth).min() >= 1 - 1e-6
-    assert (after / truth).max() <= 1.003 and (after / truth).median() <= 1.001, (after / truth).max()
+    start, target = walks[-1]
+    kept = torch.arange(40)[4:]
+    assert torch.equal(target, torch.cat([second[3:4], closest[4:]]))
+    offset, towards = (start - images[3:]).flatten(1), (far[3:] - images[3:]).flatten(1)
+    radius = distance(start - images[3:], norm) / before[3:]  # 0.47-0.5 measured (l-inf: the largest noise entry)
+    assert (radius <= 0.5 * (1 + 1e-5)).all() and (radius >= 0.4).all() and start.min() >= 0 and start.max() <= 1
+    assert (torch.nn.functional.cosine_similarity(offset, towards) < 0.9).all()  # not towards the best point
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+    assert torch.equal(found[:3], far[:3]) and found_distance[1] == torch.inf
+    assert torch.allclose(found_distance[2:], after[2:], rtol=1e-6, atol=0)
+    assert (after[kept] <= before[kept]).all() and (after[kept] / truth[kept]).min() >= 1 - 1e-6
+    ratio = after[kept] / truth[kept]
+    assert ratio.max() <= 1.003 and ratio.median() <= 1.001, ratio.max()
 
 
 @pytest.mark.parametrize(("restart_steps", "columns"), [(30, 3), (0, 2)])
@@ -371,6 +405,7 @@ def test_min_norm_continues_the_highest_scoring_class_for_a_restart(
         best_distance = torch.full((40,), torch.inf, dtype=torch.float64)
         classes, distances = attack._targeted(model, images, labels, "l2", best, best_distance, attack.schedules["l2"])
     assert classes.shape == (40, columns) and (distances.diff(dim=1) >= 0).all()
+    assert (classes.sort(1).values.diff(dim=1) > 0).all() and (classes != labels[:, None]).all()  # distinct classes
     if restart_steps:
         assert (classes == top[:, None]).any(1).all()
     assert torch.equal(best_distance, distances.min(1).values)
@@ -456,7 +491,7 @@ def test_min_norm_chunk_is_checked(host: PluginHost) -> None:
 def test_min_norm_walk_brings_a_far_adversarial_to_the_closest_boundary(
     host: PluginHost, affine: tuple[nn.Module, torch.Tensor, torch.Tensor], norm: str
 ) -> None:
-    """Step 6, the boundary walk (the l-inf default's last stage, ``walk_steps`` in l2): from adversarials 17-24 %
+    """Step 6, the boundary walk (``linf_walk_steps``, 50; ``walk_steps`` in l2, 40): from adversarials 17-24 %
     (l2) and 30-70 % (l-inf) farther than the exact distance, on a direction off the shortest one (so bisection
     towards x alone stops short), the l-inf default's 50 steps end within 0.1 % of the exact distance on every image."""
     model, images, labels = affine
@@ -493,4 +528,4 @@ def test_min_norm_walk_brings_a_far_adversarial_to_the_closest_boundary(
     assert torch.allclose(walked_distance, after, rtol=1e-6, atol=0)  # the distances kept are the points' own
     assert (before / truth).min() > 1.05, (before / truth).min()  # the start is well off the closest point
     assert (after <= before).all() and (after / truth).min() >= 1 - 1e-6
-    assert (after / truth).max() <= 1.003 and (after / truth).median() <= 1.001, (after / truth).max()
+    assert (after / truth).max() <= 1.001, (after / truth).max()
