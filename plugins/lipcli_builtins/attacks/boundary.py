@@ -34,13 +34,12 @@ attack leaves torch's own generators untouched.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 
 import torch
 from torch import nn
 
 from lipcli.api import Attack
-from lipcli_builtins.attacks.chunked import call_size, predicted_labels
+from lipcli_builtins.attacks.chunked import Chunked, call_size
 
 Classify = Callable[[torch.Tensor], torch.Tensor]
 """Points to the model's predicted labels (the attack's only view of the model)."""
@@ -79,7 +78,11 @@ class BoundaryAttack(Attack):
     @torch.no_grad()
     def run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str) -> torch.Tensor:
         generator = torch.Generator(device=images.device).manual_seed((torch.initial_seed() + self.seed) % 2**64)
-        classify = partial(predicted_labels, model, chunk=call_size(model, images.device, self.chunk))
+        chunked = Chunked(model, call_size(model, images.device, self.chunk))
+
+        def classify(points: torch.Tensor) -> torch.Tensor:
+            return chunked(points).argmax(1)
+
         adversarial, found = self._start(classify, images, labels, generator)
         self._walk(classify, images, labels, adversarial, found, generator)
         return adversarial

@@ -42,7 +42,3 @@ class Chunked(nn.Module):
             return self.model(inputs)
         return torch.cat([self.model(part) for part in inputs.split(self.chunk)])
 
-
-def predicted_labels(model: nn.Module, points: torch.Tensor, chunk: int) -> torch.Tensor:
-    """``model``'s argmax label of each point, in calls of at most ``chunk`` points."""
-    return torch.cat([model(part).argmax(1) for part in points.split(chunk)])

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from lipcli.api import Attack
-from lipcli_builtins.attacks.chunked import call_size, predicted_labels
+from lipcli_builtins.attacks.chunked import Chunked, call_size
 
 PROBES = 4096
 """Probes drawn per round of a normal estimate, over all images: bounds their memory; the draws, and so the
@@ -46,8 +46,8 @@ class _Budget:
     """The model behind a per-image query budget: classifies points of chosen images and counts, per image,
     every point it classifies. Only the predicted label leaves it."""
 
-    def __init__(self, model: nn.Module, labels: torch.Tensor, queries: int, chunk: int) -> None:
-        self.model, self.labels, self.queries, self.chunk = model, labels, queries, chunk
+    def __init__(self, model: nn.Module, labels: torch.Tensor, queries: int) -> None:
+        self.model, self.labels, self.queries = model, labels, queries
         self.spent = torch.zeros_like(labels)
 
     def left(self) -> torch.Tensor:
@@ -58,7 +58,7 @@ class _Budget:
         self.spent += torch.bincount(owners, minlength=len(self.labels))
         if (self.spent > self.queries).any():
             raise RuntimeError("hsja asked for more queries than its budget: a bug in the attack")
-        return predicted_labels(self.model, points, self.chunk) != self.labels[owners]
+        return self.model(points).argmax(1) != self.labels[owners]
 
 
 class HopSkipJump(Attack):
@@ -86,7 +86,7 @@ class HopSkipJump(Attack):
 
     @torch.no_grad()
     def run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str) -> torch.Tensor:
-        budget = _Budget(model, labels, self.queries, call_size(model, images.device, self.chunk))
+        budget = _Budget(Chunked(model, call_size(model, images.device, self.chunk)), labels, self.queries)
         size = images[0].numel()
         tolerance = self.gamma / size**1.5
         noise, found = self._start(budget, images)
